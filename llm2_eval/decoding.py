@@ -1,0 +1,435 @@
+"""Dual-process decoding (LLM2 paper Eq. 1; LLM2.md section 3), in plain PyTorch on transformers models.
+
+At every step ``t`` and for every sequence of the batch:
+
+1. ``z_t = pi(x_<t)``: next-token logits of the LLM (KV cache).
+2. Candidates ``V_t``: the plausibility mask ``p(v) >= alpha * max_u p(u)``, or the ``top_k`` tokens, optionally
+   capped at ``max_candidates`` by probability (:func:`plausible_candidates`, shared with exploration).
+3. If ``|V_t| > 1`` for some row, all candidates of all rows are scored in ONE verifier forward: they are appended
+   after the sequence, all with position id = current length, each attending to the real prefix and to itself
+   (a 4-D attention mask).
+4. ``z*_t[v] = z_t[v] + beta * s(x_<t, v)`` on ``V_t``, ``-inf`` elsewhere.
+5. Greedy: argmax of ``z*``. Sampling: temperature and top-p on ``z*``.
+6. The verifier's KV cache holds exactly the real sequence: the candidates' key/values are cropped after each
+   scoring forward, and real tokens the verifier has not read yet ("pending" tokens: the prompt, the last chosen
+   token, and tokens of steps where every row had ``|V_t| = 1``) are fed in front of the next candidates.
+
+``beta == 0`` or no verifier is plain System-1 decoding over the full vocabulary (token for token the same as
+transformers' greedy ``generate``); the verifier is then never called.
+
+The loop knows nothing of lm-eval; it serves lm-eval, exploration rollouts and the benchmarks alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class DecodeConfig:
+    """Settings of one decoding call (LLM2.md section 3; released defaults alpha 0.1, beta 0.25).
+
+    Attributes:
+        alpha: plausibility threshold in (0, 1]: candidates are tokens with ``p >= alpha * p_max``.
+        top_k: when > 0, the candidates are the ``top_k`` most probable tokens instead (alpha unused).
+        max_candidates: optional cap on ``|V_t|`` (most probable first); ``None`` = no cap.
+        beta: verifier weight in ``z* = z + beta * s``; 0 turns the verifier off.
+        do_sample: sample from ``z*`` (else greedy argmax).
+        temperature: divides ``z*`` before sampling; must be > 0 when sampling.
+        top_p: nucleus threshold in (0, 1] applied after temperature when sampling.
+        max_new_tokens: generation budget per sequence, in tokens.
+        stop: stop strings; a sequence ends with the token that completes one (the token is kept, as in
+            transformers' stopping criteria; callers cut the string).
+        eos_token_ids: token ids that end a sequence (kept in the output).
+    """
+
+    alpha: float = 0.1
+    top_k: int = 0
+    max_candidates: int | None = None
+    beta: float = 0.25
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    stop: Sequence[str] = ()
+    eos_token_ids: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        if not (0.0 < float(self.alpha) <= 1.0):
+            raise ValueError(f"alpha={self.alpha!r}: the plausibility threshold must be in (0, 1]")
+        if int(self.top_k) < 0:
+            raise ValueError(f"top_k={self.top_k!r}: must be >= 0 (0 = use alpha)")
+        if self.max_candidates is not None and int(self.max_candidates) < 1:
+            raise ValueError(f"max_candidates={self.max_candidates!r}: must be >= 1 or None")
+        if not math.isfinite(float(self.beta)) or float(self.beta) < 0:
+            raise ValueError(f"beta={self.beta!r}: the verifier weight must be a finite number >= 0")
+        if self.do_sample and not float(self.temperature) > 0:
+            raise ValueError(f"temperature={self.temperature!r}: must be > 0 when sampling")
+        if not (0.0 < float(self.top_p) <= 1.0):
+            raise ValueError(f"top_p={self.top_p!r}: must be in (0, 1]")
+        if int(self.max_new_tokens) < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens!r}: must be >= 1")
+
+
+@dataclass
+class RowStats:
+    """Per-sequence counters of one decoding call (units: steps and token forwards).
+
+    Attributes:
+        steps: generated tokens.
+        candidates: sum over steps of ``|V_t|`` (0 when the verifier is off).
+        scored_steps: steps with ``|V_t| > 1`` (the verifier scored this row).
+        flips: scored steps where the chosen token is not the LLM's most probable token.
+        margin_sum: sum over scored steps of ``max_v s(v) - s(v_llm)``, the verifier's preference for its
+            favourite candidate over the LLM's top token (>= 0).
+        llm_tokens: tokens fed through the LLM (prompt tokens + one per step after the first).
+        verifier_tokens: tokens fed through the verifier (prefix tokens read + candidate slots scored).
+    """
+
+    steps: int = 0
+    candidates: int = 0
+    scored_steps: int = 0
+    flips: int = 0
+    margin_sum: float = 0.0
+    llm_tokens: int = 0
+    verifier_tokens: int = 0
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps where the verifier was not needed for this row (``|V_t| = 1``)."""
+        return self.steps - self.scored_steps
+
+
+@dataclass
+class DecodeOutput:
+    """Result of :func:`generate`.
+
+    Attributes:
+        tokens: per input row, the generated token ids (EOS or the stop-completing token included).
+        stats: per input row, its :class:`RowStats`.
+        finish_reasons: per input row, ``"eos"``, ``"stop"`` or ``"length"``.
+    """
+
+    tokens: list[list[int]]
+    stats: list[RowStats]
+    finish_reasons: list[str] = field(default_factory=list)
+
+
+def plausible_candidates(
+    logits: torch.Tensor,
+    *,
+    alpha: float = 0.1,
+    top_k: int = 0,
+    max_candidates: int | None = None,
+    exclude: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate set ``V_t`` of each row (LLM2.md section 3 step 2; paper Sec. 2.2).
+
+    Args:
+        logits: next-token logits, shape ``[batch, vocab]`` (any float dtype).
+        alpha: keep tokens with ``p(v) >= alpha * max_u p(u)``, i.e. ``logit >= max_logit + log(alpha)``.
+        top_k: when > 0 keep the ``top_k`` most probable tokens instead.
+        max_candidates: optional cap, most probable first.
+        exclude: optional token ids to remove from the set, shape ``[batch]`` (exploration removes the gold
+            token this way); later candidates shift left, and a row may then have no candidate at all.
+
+    Returns:
+        ``(ids, mask)``: ``ids`` shape ``[batch, K]`` long, sorted by decreasing probability (ties in index
+        order), ``K`` the largest set size in the batch; ``mask`` shape ``[batch, K]`` bool, True for real
+        candidates. Without ``exclude`` every row has at least one candidate and ``ids[:, 0]`` is the argmax.
+    """
+    z = logits.float()
+    if top_k and top_k > 0:
+        counts = torch.full((z.shape[0],), min(int(top_k), z.shape[-1]), device=z.device, dtype=torch.long)
+    else:
+        threshold = z.max(dim=-1, keepdim=True).values + math.log(alpha)
+        counts = (z >= threshold).sum(dim=-1)
+    if max_candidates is not None:
+        counts = counts.clamp(max=int(max_candidates))
+    k = int(counts.max().item())
+    ids = torch.topk(z, k, dim=-1, sorted=True).indices
+    mask = torch.arange(k, device=z.device)[None, :] < counts[:, None]
+    if exclude is None:
+        return ids, mask
+    mask = mask & (ids != exclude.to(ids.device)[:, None])
+    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)  # real candidates first, order kept
+    ids, mask = ids.gather(-1, order), mask.gather(-1, order)
+    width = max(int(mask.sum(-1).max().item()), 1)
+    return ids[:, :width], mask[:, :width]
+
+
+def candidate_attention_mask(
+    attention_mask: torch.Tensor, n_cached: int, n_candidates: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive 4-D mask for one verifier forward over pending real tokens followed by candidates.
+
+    Keys are the ``S`` real columns (``n_cached`` already in the KV cache, then ``P = S - n_cached`` pending ones)
+    followed by the ``K`` candidate slots; queries are the ``P`` pending tokens then the ``K`` candidates.
+    A pending token sees the real (non-padding) tokens up to itself; a candidate sees every real token and
+    itself only (LLM2.md section 3 step 3). Every query sees itself, so no row is fully masked.
+
+    Args:
+        attention_mask: 2-D padding mask ``[batch, S]`` (1 = real token).
+        n_cached: columns already in the verifier's KV cache.
+        n_candidates: ``K``.
+        dtype: the model's dtype (0 where allowed, ``finfo(dtype).min`` elsewhere).
+
+    Returns:
+        Tensor ``[batch, 1, P + K, S + K]``.
+    """
+    b, s = attention_mask.shape
+    p, k = s - n_cached, n_candidates
+    dev = attention_mask.device
+    real = attention_mask.bool()
+    cols = torch.arange(s, device=dev)
+    q_abs = torch.arange(n_cached, s, device=dev)
+    pend = (cols[None, :] <= q_abs[:, None])[None] & real[:, None, :]  # [b, P, S]
+    pend = pend | (cols[None, :] == q_abs[:, None])[None]
+    eye_k = torch.eye(k, dtype=torch.bool, device=dev)
+    top = torch.cat([pend, torch.zeros(b, p, k, dtype=torch.bool, device=dev)], dim=-1)
+    bottom = torch.cat([real[:, None, :].expand(b, k, s), eye_k[None].expand(b, k, k)], dim=-1)
+    allowed = torch.cat([top, bottom], dim=1)
+    out = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return out[:, None]
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _new_cache(model: torch.nn.Module):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers
+        return DynamicCache()
+
+
+class _Forward:
+    """A model forward with its KV cache, hiding the transformers keyword spelling (``cache`` / ``past_key_values``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.cache = _new_cache(model)
+        self._cache_kw = _cache_kwarg(model)
+        self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def __call__(self, input_ids, attention_mask, position_ids, last_only: bool = False):
+        kwargs = {self._cache_kw: self.cache, "use_cache": True}
+        if last_only and self._keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        return out.logits
+
+    def select_rows(self, keep: torch.Tensor) -> None:
+        if self.cache.get_seq_length() > 0:
+            self.cache.batch_select_indices(keep)
+
+
+def _row_uniforms(generators: list[torch.Generator], device: torch.device) -> torch.Tensor:
+    return torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators]).to(device)
+
+
+def sample_from_logits(
+    z: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator]
+) -> torch.Tensor:
+    """Draw one index per row from ``softmax(z / temperature)`` after a top-p (nucleus) filter.
+
+    Each row draws one uniform number from its own CPU ``torch.Generator``, so a row's samples depend only on its
+    own seed and logits, never on the other rows of the batch or on the device.
+
+    Args:
+        z: scores ``[batch, n]`` (``-inf`` = excluded).
+        temperature: > 0.
+        top_p: keep the smallest prefix of the sorted distribution whose mass reaches ``top_p`` (at least 1).
+        generators: one per row.
+
+    Returns:
+        Long tensor ``[batch]`` of indices into ``n``.
+    """
+    probs = torch.softmax(z.float() / temperature, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    if top_p < 1.0:
+        before = sorted_p.cumsum(-1) - sorted_p
+        sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
+    cdf = sorted_p.double().cumsum(-1)
+    u = _row_uniforms(generators, z.device)[:, None] * cdf[:, -1:]
+    pick = torch.searchsorted(cdf, u).clamp_(max=z.shape[-1] - 1)
+    # never land on a zero-probability slot (u at the very top of the cdf)
+    nonzero = (sorted_p > 0).sum(-1, keepdim=True) - 1
+    pick = torch.minimum(pick, nonzero)
+    return order.gather(-1, pick)[:, 0]
+
+
+def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per row, seeded with ``seeds[i]``."""
+    gens = []
+    for s in seeds:
+        g = torch.Generator(device="cpu")
+        g.manual_seed(int(s))
+        gens.append(g)
+    return gens
+
+
+@torch.inference_mode()
+def generate(
+    llm: "PreTrainedModel",
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    config: DecodeConfig,
+    *,
+    verifier: "PreTrainedModel | None" = None,
+    tokenizer: "PreTrainedTokenizerBase | None" = None,
+    seeds: Sequence[int] | None = None,
+) -> DecodeOutput:
+    """Generate continuations with LLM2 dual-process decoding (paper Eq. 1; LLM2.md section 3).
+
+    Args:
+        llm: any ``AutoModelForCausalLM`` (System 1).
+        input_ids: prompts, shape ``[batch, S]``, LEFT-padded.
+        attention_mask: ``[batch, S]``, 1 for real tokens (``None`` = no padding).
+        config: the decoding settings.
+        verifier: a 1-label token-classification model sharing the LLM's tokenizer (System 2), on the same
+            device; ``None`` (or ``config.beta == 0``) decodes with the LLM alone.
+        tokenizer: needed only when ``config.stop`` is non-empty.
+        seeds: one integer per row for sampling (row ``i`` uses its own generator seeded ``seeds[i]``);
+            default ``0..batch-1``. Ignored for greedy decoding.
+
+    Returns:
+        :class:`DecodeOutput` with the generated ids of each row (prompt excluded) and per-row statistics.
+
+    Raises:
+        ValueError: an empty prompt (a row with no real token), a seeds list of the wrong length, or stop
+            strings without a tokenizer.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape [batch, seq], got {tuple(input_ids.shape)}")
+    batch, seq_len = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
+    empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist() if seq_len else list(range(batch))
+    if empty:
+        raise ValueError(f"empty prompt in row(s) {empty}: every prompt needs at least one token")
+    if config.stop and tokenizer is None:
+        raise ValueError("stop strings need a tokenizer")
+    if seeds is None:
+        seeds = list(range(batch))
+    if len(seeds) != batch:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
+
+    use_verifier = verifier is not None and float(config.beta) != 0.0
+    do_sample = bool(config.do_sample)
+    generators = make_generators(seeds) if do_sample else []
+    eos = set(int(t) for t in config.eos_token_ids)
+    stop = [s for s in config.stop if s]
+    stop_window = (max(len(s) for s in stop) + 4) if stop else 0
+
+    llm_fwd = _Forward(llm)
+    ver_fwd = _Forward(verifier) if use_verifier else None
+    v_cached = 0  # columns of `seq` already in the verifier's KV cache
+
+    seq = input_ids
+    attn = attention_mask
+    next_pos = attn.sum(-1)  # position id of the next token, per row
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = llm_fwd(seq, attn, positions, last_only=True)[:, -1, :].float()
+
+    active = list(range(batch))  # original row of each row of the working batch
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    stats = [RowStats(llm_tokens=int(n)) for n in attn.sum(-1).tolist()]
+    reasons = ["length"] * batch
+
+    for step in range(int(config.max_new_tokens)):
+        if use_verifier:
+            cand_ids, cand_mask = plausible_candidates(
+                logits, alpha=config.alpha, top_k=config.top_k, max_candidates=config.max_candidates
+            )
+            n_cand = cand_mask.sum(-1)
+            z = logits.gather(-1, cand_ids)
+            scored = n_cand > 1
+            scores = None
+            if bool(scored.any()):
+                k = cand_ids.shape[1]
+                mask4d = candidate_attention_mask(attn, v_cached, k, verifier.dtype)
+                pend_pos = positions[:, v_cached:]
+                pos = torch.cat([pend_pos, next_pos[:, None].expand(-1, k)], dim=1)
+                inp = torch.cat([seq[:, v_cached:], cand_ids], dim=1)
+                out = ver_fwd(inp, mask4d, pos)
+                scores = out[:, -k:, 0].float()
+                ver_fwd.cache.crop(-k)
+                read = attn[:, v_cached:].sum(-1) + k
+                v_cached = seq.shape[1]
+                z = z + float(config.beta) * scores
+            z = z.masked_fill(~cand_mask, float("-inf"))
+            if do_sample:
+                idx = sample_from_logits(z, config.temperature, config.top_p, [generators[r] for r in active])
+            else:
+                idx = z.argmax(-1)
+            next_tok = cand_ids.gather(-1, idx[:, None])[:, 0]
+            # bookkeeping for the traces
+            n_list = n_cand.tolist()
+            if scores is not None:
+                sc = scores.masked_fill(~cand_mask, float("-inf"))
+                margin = (sc.max(-1).values - scores[:, 0]).tolist()
+                flips = (idx != 0).tolist()
+                read_list = read.tolist()
+                for i, r in enumerate(active):
+                    st = stats[r]
+                    st.verifier_tokens += int(read_list[i])
+                    if n_list[i] > 1:
+                        st.scored_steps += 1
+                        st.flips += int(flips[i])
+                        st.margin_sum += float(margin[i])
+            for i, r in enumerate(active):
+                stats[r].candidates += int(n_list[i])
+        else:
+            if do_sample:
+                next_tok = sample_from_logits(logits, config.temperature, config.top_p, [generators[r] for r in active])
+            else:
+                next_tok = logits.argmax(-1)
+
+        seq = torch.cat([seq, next_tok[:, None]], dim=1)
+        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+        positions = torch.cat([positions, next_pos[:, None]], dim=1)
+        next_pos = next_pos + 1
+
+        finished = []
+        for i, (r, t) in enumerate(zip(active, next_tok.tolist())):
+            tokens[r].append(t)
+            stats[r].steps += 1
+            if t in eos:
+                reasons[r] = "eos"
+                finished.append(i)
+            elif stop and tokenizer is not None:
+                tail = tokenizer.decode(tokens[r][-stop_window:])
+                if any(s in tail for s in stop):
+                    reasons[r] = "stop"
+                    finished.append(i)
+        if len(finished) == len(active) or step + 1 == int(config.max_new_tokens):
+            break
+        if finished:
+            done = set(finished)
+            keep_list = [i for i in range(len(active)) if i not in done]
+            keep = torch.tensor(keep_list, device=seq.device)
+            active = [active[i] for i in keep_list]
+            seq, attn, positions, next_pos = seq[keep], attn[keep], positions[keep], next_pos[keep]
+            next_tok = next_tok[keep]
+            llm_fwd.select_rows(keep)
+            if ver_fwd is not None:
+                ver_fwd.select_rows(keep)
+        logits = llm_fwd(next_tok[:, None], attn, next_pos[:, None] - 1)[:, -1, :].float()
+        for r in active:
+            stats[r].llm_tokens += 1
+
+    return DecodeOutput(tokens=tokens, stats=stats, finish_reasons=reasons)

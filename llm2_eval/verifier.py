@@ -1,0 +1,195 @@
+"""The process verifier (System 2): create, load, and pair it with an LLM.
+
+Checkpoint format (LLM2.md section 2): a plain transformers token-classification checkpoint with one label
+(``AutoModelForTokenClassification``, ``num_labels=1``, classifier dropout 0), saved as safetensors together with
+its tokenizer. The score ``s(x_<t, v)`` of token ``v`` is the head's output at the position of ``v`` itself.
+Anyone can load such a checkpoint without this package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class TokenizerMismatchError(ValueError):
+    """The LLM and the verifier do not share a tokenizer vocabulary (LLM2.md section 2)."""
+
+
+def resolve_dtype(dtype: "str | torch.dtype | None") -> "torch.dtype | str | None":
+    """Map a user dtype string to a ``torch.dtype``.
+
+    Args:
+        dtype: ``None``/``"auto"`` (keep the checkpoint's), ``"float32"``/``"fp32"``, ``"bfloat16"``/``"bf16"``,
+            ``"float16"``/``"fp16"``/``"half"``, or a ``torch.dtype``.
+
+    Returns:
+        A ``torch.dtype``, or ``"auto"`` for the checkpoint's own dtype.
+
+    Raises:
+        ValueError: for any other string, naming the accepted values.
+    """
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+        "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    }
+    try:
+        return names[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of auto, {', '.join(sorted(names))}") from None
+
+
+def init_verifier(
+    llm: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    dtype: "str | torch.dtype | None" = None,
+    seed: int = 0,
+) -> Path:
+    """Create an untrained verifier from a causal LM and save it (LLM2.md section 2).
+
+    The verifier has the LLM's architecture and weights, with its LM head replaced by a new linear head
+    ``hidden_size -> 1`` on the final normed hidden state (a 1-label token-classification model, dropout 0).
+
+    Args:
+        llm: local directory (or hub id, when reachable) of any ``AutoModelForCausalLM`` checkpoint.
+        output_dir: directory to write; created if missing. Written atomically (a ``.partial`` sibling is
+            renamed at the end), so a crash never leaves a half-written verifier.
+        dtype: dtype of the saved weights (default: the LLM's).
+        seed: seed for the new head's random initialisation (the only random part).
+
+    Returns:
+        The output directory.
+
+    Raises:
+        OSError: when the LLM cannot be loaded from ``llm``.
+        ValueError: when transformers has no token-classification class for the architecture.
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+
+    out = Path(output_dir)
+    torch.manual_seed(seed)
+    config = AutoConfig.from_pretrained(str(llm), num_labels=1)
+    config.classifier_dropout = 0.0
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(str(llm), config=config, dtype=resolve_dtype(dtype))
+    except ValueError as err:
+        raise ValueError(f"cannot build a token-classification verifier from {llm}: {err}") from err
+    tokenizer = AutoTokenizer.from_pretrained(str(llm))
+    model.config.llm2_verifier = {"base_model": str(llm), "head": "score", "num_labels": 1}
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, out)
+    return out
+
+
+def load_verifier(
+    path: "str | os.PathLike | PreTrainedModel",
+    *,
+    dtype: "str | torch.dtype | None" = None,
+    device: "str | torch.device | None" = None,
+    attn_implementation: str | None = "sdpa",
+) -> "PreTrainedModel":
+    """Load a verifier checkpoint for scoring (eval mode).
+
+    Args:
+        path: verifier directory (format above), or an already loaded token-classification model.
+        dtype: weight dtype (see :func:`resolve_dtype`); default the checkpoint's.
+        device: where to put it; default CPU.
+        attn_implementation: ``"sdpa"`` or ``"eager"``; decoding passes 4-D attention masks, which
+            flash-attention does not accept.
+
+    Returns:
+        An ``AutoModelForTokenClassification`` whose ``logits[..., 0]`` are the scores, shape ``[batch, seq]``.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the checkpoint does not have exactly one label.
+    """
+    from transformers import AutoModelForTokenClassification
+
+    if isinstance(path, (str, os.PathLike)):
+        if not Path(path).exists() and not _looks_like_hub_id(str(path)):
+            raise FileNotFoundError(f"verifier checkpoint not found: {path}")
+        kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForTokenClassification.from_pretrained(str(path), **kwargs)
+    else:
+        model = path
+    if getattr(model.config, "num_labels", None) != 1:
+        raise ValueError(
+            f"verifier {getattr(path, 'name_or_path', path)} has num_labels={model.config.num_labels}; "
+            "an LLM2 verifier is a token-classification model with exactly one label"
+        )
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def check_tokenizers_compatible(
+    llm_tokenizer: "PreTrainedTokenizerBase",
+    verifier_tokenizer: "PreTrainedTokenizerBase",
+    *,
+    llm_name: str = "LLM",
+    verifier_name: str = "verifier",
+) -> None:
+    """Refuse to pair an LLM and a verifier whose tokenizers differ (LLM2.md section 2).
+
+    Candidates are token ids proposed by the LLM and scored by the verifier, so both must map every id to the
+    same string. Models of one family with different embedding-matrix sizes but the same vocabulary pass.
+
+    Raises:
+        TokenizerMismatchError: naming both models and the first differing token.
+    """
+    a, b = llm_tokenizer.get_vocab(), verifier_tokenizer.get_vocab()
+    if a == b:
+        return
+    only_a = sorted(set(a) - set(b), key=lambda t: a[t])
+    only_b = sorted(set(b) - set(a), key=lambda t: b[t])
+    moved = sorted((t for t in set(a) & set(b) if a[t] != b[t]), key=lambda t: a[t])
+    detail = []
+    if only_a:
+        detail.append(f"{len(only_a)} tokens only in the {llm_name} tokenizer (first: {only_a[0]!r} id {a[only_a[0]]})")
+    if only_b:
+        detail.append(
+            f"{len(only_b)} tokens only in the {verifier_name} tokenizer (first: {only_b[0]!r} id {b[only_b[0]]})"
+        )
+    if moved:
+        t = moved[0]
+        detail.append(f"{len(moved)} tokens with different ids (first: {t!r} is {a[t]} vs {b[t]})")
+    raise TokenizerMismatchError(
+        f"the {llm_name} and the {verifier_name} do not share a tokenizer vocabulary ({len(a)} vs {len(b)} "
+        f"entries): {'; '.join(detail)}. A verifier can only guide an LLM with the same tokenizer."
+    )
+
+
+def verifier_scores(verifier_output: Any) -> "torch.Tensor":
+    """Scores from a verifier forward: ``logits[..., 0]`` in float32, shape ``[batch, seq]`` (LLM2.md section 1)."""
+    return verifier_output.logits[..., 0].float()
