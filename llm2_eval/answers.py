@@ -4,13 +4,17 @@ One module used by the lm-eval tasks, by exploration (rollout quality, paper Eq.
 
 GSM8K: the gold answer is the number after ``####`` (commas removed); a prediction's answer is the number after
 "The answer is" / "answer is" / inside ``\\boxed{}`` when present, else the last number; numbers compare
-numerically. Self-consistency: majority vote over extracted answers, ties to the answer seen first.
+numerically. MATH: the gold is the ``answer`` field (MATH-500) or the last ``\\boxed{}`` of the solution; a
+prediction's answer is its last ``\\boxed{}`` else what follows "The answer is"; equivalence by math-verify
+(imported lazily, inside the functions, so importing this module stays cheap). Self-consistency: majority vote
+over extracted answers, ties to the answer seen first; MATH votes group answers math-verify judges equal.
 """
 
 from __future__ import annotations
 
 import re
 from fractions import Fraction
+from functools import lru_cache
 from typing import Callable, Hashable, Iterable, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -139,3 +143,89 @@ def majority_vote(
         return None
     best = max(range(len(reps)), key=lambda i: (counts[i], -i))
     return reps[best]
+
+
+# --------------------------------------------------------------------------------------------- MATH
+
+_MATH_ANSWER_IS_RE = re.compile(r"answer is[:\s]*(.+)", re.IGNORECASE)
+
+
+def _answer_after_phrase(rest: str) -> str:
+    """The answer at the start of ``rest`` (text after "answer is"): a ``$..$`` / ``\\(..\\)`` span if it opens
+    with one, else the text up to the first sentence-ending period; bold markers and a final period dropped."""
+    t = rest.strip().strip("*").strip()
+    for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if t.startswith(open_):
+            end = t.find(close, len(open_))
+            if end > 0:
+                return t[len(open_) : end].strip()
+    t = re.split(r"\.\s", t, maxsplit=1)[0]
+    return t.strip().rstrip(".").strip("*").strip()
+
+
+def extract_math_answer(prediction: str) -> str | None:
+    """The final answer of a model's MATH solution as a LaTeX string (LLM2.md section 7), or None.
+
+    Order: content of the last ``\\boxed{}`` / ``\\fbox{}``; else the rest of the line after the last
+    "The answer is" / "answer is", with ``$`` delimiters and a final period removed. No normalisation
+    beyond that: equivalence is :func:`math_equal`'s job.
+    """
+    boxed = last_boxed(prediction)
+    if boxed is not None and boxed.strip():
+        return boxed.strip()
+    matches = _MATH_ANSWER_IS_RE.findall(prediction)
+    if matches:
+        answer = _answer_after_phrase(matches[-1])
+        if "\\boxed" in answer or "\\fbox" in answer:  # "The answer is \\boxed{}" with nothing inside
+            answer = (last_boxed(answer) or "").strip()
+        if answer:
+            return answer
+    return None
+
+
+def math_gold(doc: dict) -> str:
+    """The gold answer of a MATH / MATH-500 document (LLM2.md section 7).
+
+    The ``answer`` field when present and non-empty (MATH-500), else the content of the last ``\\boxed{}`` of
+    ``solution`` (original MATH).
+
+    Raises:
+        ValueError: when the document has neither a non-empty ``answer`` nor a boxed answer in ``solution``.
+    """
+    answer = doc.get("answer")
+    if isinstance(answer, str) and answer.strip():
+        return answer.strip()
+    boxed = last_boxed(doc.get("solution") or "")
+    if boxed is None or not boxed.strip():
+        raise ValueError(f"MATH document has no 'answer' and no \\boxed{{}} in its solution: {doc.get('unique_id')!r}")
+    return boxed.strip()
+
+
+@lru_cache(maxsize=4096)
+def _math_parse(answer: str) -> tuple:
+    """math-verify parse of ``\\boxed{answer}`` (so bare LaTeX such as ``\\frac{1}{2}`` or ``x=3`` parses)."""
+    from math_verify import parse  # lazy: sympy + antlr cost ~1 s at import
+
+    return tuple(parse("\\boxed{" + answer + "}"))
+
+
+def math_equal(pred: str | None, gold: str | None) -> bool:
+    """Whether two MATH answers (LaTeX strings without ``\\boxed``) are equivalent, by math-verify.
+
+    Both are parsed as ``\\boxed{...}`` and compared with ``math_verify.verify(gold, pred)`` (numeric tolerance:
+    math-verify's default 6-digit float rounding). When math-verify parses neither side, falls back to equality
+    of the whitespace-stripped strings. None never matches. Never raises on malformed LaTeX.
+    """
+    if pred is None or gold is None:
+        return False
+    parsed_gold, parsed_pred = _math_parse(gold), _math_parse(pred)
+    if not parsed_gold or not parsed_pred:
+        return not parsed_gold and not parsed_pred and "".join(pred.split()) == "".join(gold.split())
+    from math_verify import verify
+
+    return bool(verify(list(parsed_gold), list(parsed_pred)))
+
+
+def math_is_correct(prediction: str, gold: str) -> bool:
+    """True when the answer extracted from ``prediction`` (:func:`extract_math_answer`) equals ``gold``."""
+    return math_equal(extract_math_answer(prediction), gold)

@@ -116,11 +116,15 @@ class DecodeOutput:
         tokens: per input row, the generated token ids (EOS or the stop-completing token included).
         stats: per input row, its :class:`RowStats`.
         finish_reasons: per input row, ``"eos"``, ``"stop"`` or ``"length"``.
+        caches: only with ``return_caches=True``: ``(llm_cache, verifier_cache, verifier_columns)``, the final
+            KV caches of the rows still active at the last step and how many sequence columns the verifier's
+            cache holds (for tests and debugging).
     """
 
     tokens: list[list[int]]
     stats: list[RowStats]
     finish_reasons: list[str] = field(default_factory=list)
+    caches: tuple | None = None
 
 
 def plausible_candidates(
@@ -291,6 +295,7 @@ def generate(
     verifier: "PreTrainedModel | None" = None,
     tokenizer: "PreTrainedTokenizerBase | None" = None,
     seeds: Sequence[int] | None = None,
+    return_caches: bool = False,
 ) -> DecodeOutput:
     """Generate continuations with LLM2 dual-process decoding (paper Eq. 1; LLM2.md section 3).
 
@@ -304,6 +309,7 @@ def generate(
         tokenizer: needed only when ``config.stop`` is non-empty.
         seeds: one integer per row for sampling (row ``i`` uses its own generator seeded ``seeds[i]``);
             default ``0..batch-1``. Ignored for greedy decoding.
+        return_caches: also return the final KV caches (see :class:`DecodeOutput`).
 
     Returns:
         :class:`DecodeOutput` with the generated ids of each row (prompt excluded) and per-row statistics.
@@ -432,4 +438,5 @@ def generate(
         for r in active:
             stats[r].llm_tokens += 1
 
-    return DecodeOutput(tokens=tokens, stats=stats, finish_reasons=reasons)
+    caches = (llm_fwd.cache, ver_fwd.cache if ver_fwd else None, v_cached) if return_caches else None
+    return DecodeOutput(tokens=tokens, stats=stats, finish_reasons=reasons, caches=caches)

@@ -1,0 +1,99 @@
+"""The ``llm2`` command line: ``eval``, ``init-verifier``, ``explore``, ``train-verifier``, ``report``.
+
+Sub-commands are imported lazily (``llm2 --help`` loads neither torch nor lm-eval); each lives next to the code it
+drives and is registered here by its import path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# command name -> "module:attribute" of a click.Command
+_COMMANDS = {
+    "eval": "llm2_eval.cli:eval_command",
+    "init-verifier": "llm2_eval.cli:init_verifier_command",
+    "explore": "verifier_train.explore:explore_command",
+    "train-verifier": "verifier_train.train:train_command",
+    "report": "llm2_eval.report:report_command",
+}
+
+_HELP = {
+    "eval": "Run lm-eval's CLI with the llm2 model and tasks registered.",
+    "init-verifier": "Create an untrained verifier from an LLM.",
+    "explore": "Token quality exploration: make verifier training data.",
+    "train-verifier": "Train a verifier with the pairwise loss.",
+    "report": "Accuracy vs compute table and plot over lm-eval runs.",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = _COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            @click.command(name=name, help=_HELP[name])
+            def unavailable() -> None:
+                raise click.ClickException(f"'llm2 {name}' is not available in this installation: {err}")
+
+            return unavailable
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, _HELP[n]) for n in sorted(_COMMANDS)])
+
+
+@click.group(cls=_LazyGroup)
+@click.version_option(package_name="llm2-eval")
+def main() -> None:
+    """llm2-eval: LLM2 dual-process decoding (Yang et al., NAACL 2025) for lm-evaluation-harness."""
+
+
+@click.command(
+    "eval",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("lm_eval_args", nargs=-1, type=click.UNPROCESSED)
+def eval_command(lm_eval_args: tuple[str, ...]) -> None:
+    """Forward everything to lm-eval's CLI after registering the ``llm2`` model and the llm2 tasks.
+
+    Example: ``llm2 eval --model llm2 --model_args pretrained=DIR,verifier=VDIR --tasks gsm8k_llm2 --limit 50``.
+    """
+    from llm2_eval.registration import register_all
+
+    register_all()
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval", *lm_eval_args]
+    cli_evaluate()
+
+
+@click.command("init-verifier")
+@click.option("--model", "llm", required=True, help="LLM directory (or hub id) to initialise the verifier from.")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Directory to write.")
+@click.option("--dtype", default="auto", show_default=True, help="auto, float32, bfloat16 or float16.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the new score head's initialisation.")
+def init_verifier_command(llm: str, output: str, dtype: str, seed: int) -> None:
+    """Create an untrained verifier (LLM weights + a new 1-output head) from an LLM (LLM2.md section 2)."""
+    from llm2_eval.verifier import init_verifier, resolve_dtype
+
+    try:
+        resolve_dtype(dtype)
+        path = init_verifier(llm, output, dtype=dtype, seed=seed)
+    except (OSError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(str(path))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,256 @@
+"""Dual-process decoding against a naive from-scratch reference (LLM2.md section 3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm2_eval.decoding import (
+    DecodeConfig,
+    candidate_attention_mask,
+    generate,
+    plausible_candidates,
+    sample_from_logits,
+    make_generators,
+)
+from llm2_eval.verifier import load_verifier
+
+PROMPTS = [
+    "how many apples",
+    "she buys 12 eggs and sells 3 so then how many are left",
+    "the",
+    "each hour he makes 7 dollars",
+    "they had 40 apples. The answer is",
+]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_llm, tiny_verifier):
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    tok.padding_side = "left"
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32).eval()
+    ver = load_verifier(tiny_verifier, dtype=torch.float32)
+    return tok, llm, ver
+
+
+@pytest.fixture(scope="module")
+def llama_models(tiny_llama):
+    from llm2_eval.verifier import init_verifier
+
+    vdir = init_verifier(tiny_llama, tiny_llama.parent / "llama_verifier", seed=5)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok.padding_side = "left"
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    return tok, llm, load_verifier(vdir, dtype=torch.float32)
+
+
+@torch.no_grad()
+def naive_decode(tok, llm, ver, prompt: str, cfg: DecodeConfig) -> list[int]:
+    """Reference: recompute everything from scratch each step, one sequence, one candidate at a time."""
+    seq = tok(prompt).input_ids
+    out: list[int] = []
+    for _ in range(cfg.max_new_tokens):
+        logits = llm(torch.tensor([seq])).logits[0, -1].float()
+        if ver is None or cfg.beta == 0:
+            t = int(logits.argmax())
+        else:
+            if cfg.top_k:
+                cands = logits.topk(cfg.top_k).indices
+            else:
+                p = logits.softmax(-1)
+                cands = (p >= cfg.alpha * p.max()).nonzero().flatten()
+                cands = cands[logits[cands].argsort(descending=True, stable=True)]
+            if cfg.max_candidates:
+                cands = cands[: cfg.max_candidates]
+            z = logits[cands]
+            if len(cands) > 1:
+                # each candidate as its own full sequence (same length, so they can share one batch)
+                rows = torch.tensor([seq + [int(c)] for c in cands])
+                s = ver(rows).logits[:, -1, 0].float()
+                z = z + cfg.beta * s
+            t = int(cands[z.argmax()])
+        seq.append(t)
+        out.append(t)
+        if t in cfg.eos_token_ids:
+            break
+        if cfg.stop and any(s in tok.decode(out) for s in cfg.stop):
+            break
+    return out
+
+
+def batch(tok, prompts):
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    return enc.input_ids, enc.attention_mask
+
+
+def test_plausible_candidates_alpha_topk_cap_exclude():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    ids, mask = plausible_candidates(logits, alpha=0.2)
+    p = logits.softmax(-1)
+    for b in range(4):
+        expect = set((p[b] >= 0.2 * p[b].max()).nonzero().flatten().tolist())
+        got = ids[b][mask[b]].tolist()
+        assert set(got) == expect and len(got) == len(expect)
+        assert got[0] == int(logits[b].argmax())
+        assert all(logits[b, got[i]] >= logits[b, got[i + 1]] for i in range(len(got) - 1))
+    ids, mask = plausible_candidates(logits, top_k=5)
+    assert mask.all() and ids.shape == (4, 5)
+    assert torch.equal(ids, logits.topk(5).indices)
+    ids, mask = plausible_candidates(logits, alpha=0.01, max_candidates=3)
+    assert mask.sum(-1).max() <= 3 and torch.equal(ids[:, 0], logits.argmax(-1))
+    gold = logits.argmax(-1)
+    ids, mask = plausible_candidates(logits, alpha=0.2, exclude=gold)
+    for b in range(4):
+        got = ids[b][mask[b]].tolist()
+        full = set((p[b] >= 0.2 * p[b].max()).nonzero().flatten().tolist())
+        assert set(got) == full - {int(gold[b])}
+
+
+def test_candidate_mask_sees_prefix_and_itself_only():
+    attn = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    m = candidate_attention_mask(attn, n_cached=3, n_candidates=3, dtype=torch.float32)
+    assert m.shape == (2, 1, 2 + 3, 5 + 3)
+    allowed = m[:, 0] == 0
+    # pending token at column 3 of row 0: sees real columns 2, 3 (not the left padding, not the future)
+    assert allowed[0, 0].tolist() == [False, False, True, True, False, False, False, False]
+    # candidate 1 of row 0: every real column and its own slot
+    assert allowed[0, 3].tolist() == [False, False, True, True, True, False, True, False]
+    assert allowed[1, 4].tolist() == [True] * 5 + [False, False, True]
+    assert (m[~allowed[:, None]] == torch.finfo(torch.float32).min).all()
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_greedy_equals_naive_reference(models, batch_size):
+    tok, llm, ver = models
+    cfg = DecodeConfig(alpha=0.3, beta=4.0, max_new_tokens=12, eos_token_ids=[tok.eos_token_id])
+    prompts = PROMPTS[:batch_size]
+    out = generate(llm, *batch(tok, prompts), cfg, verifier=ver, tokenizer=tok)
+    flips = 0
+    for p, got, st in zip(prompts, out.tokens, out.stats):
+        assert got == naive_decode(tok, llm, ver, p, cfg), p
+        flips += st.flips
+    assert flips > 0, "the verifier never changed a decision: the test would not see a scoring bug"
+
+
+def test_single_candidate_steps_skip_verifier_and_stay_exact(llama_models):
+    tok, llm, ver = llama_models
+    cfg = DecodeConfig(alpha=0.25, beta=6.0, max_new_tokens=16, eos_token_ids=[tok.eos_token_id])
+    for prompts in (PROMPTS[:1], PROMPTS[1:4]):
+        out = generate(llm, *batch(tok, prompts), cfg, verifier=ver, tokenizer=tok)
+        for p, got in zip(prompts, out.tokens):
+            assert got == naive_decode(tok, llm, ver, p, cfg)
+    skipped = sum(s.skipped_steps for s in out.stats)
+    scored = sum(s.scored_steps for s in out.stats)
+    assert skipped > 0 and scored > 0
+
+
+def test_top_k_and_max_candidates_match_reference(models):
+    tok, llm, ver = models
+    for cfg in (
+        DecodeConfig(top_k=3, beta=4.0, max_new_tokens=8),
+        DecodeConfig(alpha=0.05, max_candidates=4, beta=4.0, max_new_tokens=8),
+    ):
+        out = generate(llm, *batch(tok, PROMPTS[:3]), cfg, verifier=ver, tokenizer=tok)
+        for p, got, st in zip(PROMPTS[:3], out.tokens, out.stats):
+            assert got == naive_decode(tok, llm, ver, p, cfg)
+            assert st.candidates <= st.steps * (cfg.top_k or cfg.max_candidates)
+
+
+def test_stop_strings_end_generation_like_reference(models):
+    tok, llm, ver = models
+    free = generate(llm, *batch(tok, PROMPTS[:1]), DecodeConfig(alpha=0.3, beta=4.0, max_new_tokens=12),
+                    verifier=ver, tokenizer=tok)
+    text = tok.decode(free.tokens[0])
+    stop = text[len(tok.decode(free.tokens[0][:4])):][:2]  # a string that appears after the 4th token
+    assert stop
+    cfg = DecodeConfig(alpha=0.3, beta=4.0, max_new_tokens=12, stop=[stop])
+    out = generate(llm, *batch(tok, PROMPTS[:3]), cfg, verifier=ver, tokenizer=tok)
+    assert out.finish_reasons[0] == "stop" and stop in tok.decode(out.tokens[0])
+    assert stop not in tok.decode(out.tokens[0][:-1])
+    for p, got in zip(PROMPTS[:3], out.tokens):
+        assert got == naive_decode(tok, llm, ver, p, cfg)
+
+
+def test_beta_zero_and_no_verifier_equal_transformers_greedy(models):
+    tok, llm, ver = models
+    ids, attn = batch(tok, PROMPTS)
+    ref = llm.generate(input_ids=ids, attention_mask=attn, do_sample=False, max_new_tokens=10,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[:, ids.shape[1]:]
+    for v, beta in ((ver, 0.0), (None, 0.25)):
+        out = generate(llm, ids, attn, DecodeConfig(beta=beta, max_new_tokens=10, eos_token_ids=[tok.eos_token_id]),
+                       verifier=v)
+        for i, got in enumerate(out.tokens):
+            assert got == ref[i, : len(got)].tolist()
+        assert all(s.verifier_tokens == 0 for s in out.stats)
+
+
+def test_verifier_cache_holds_exactly_the_real_sequence(models):
+    tok, llm, ver = models
+    ids, attn = batch(tok, PROMPTS[1:2])
+    out = generate(llm, ids, attn, DecodeConfig(alpha=0.3, beta=4.0, max_new_tokens=9), verifier=ver,
+                   tokenizer=tok, return_caches=True)
+    _, vcache, cols = out.caches
+    seq = torch.cat([ids, torch.tensor([out.tokens[0]])], dim=1)
+    assert vcache.get_seq_length() == cols and ids.shape[1] < cols <= seq.shape[1]
+    from transformers import DynamicCache
+
+    fresh = DynamicCache(config=ver.config)
+    with torch.no_grad():
+        ver(input_ids=seq[:, :cols], cache=fresh, use_cache=True)
+    for got, want in zip(vcache.layers, fresh.layers):
+        assert got.keys.shape == want.keys.shape
+        torch.testing.assert_close(got.keys, want.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-4)
+
+
+def test_sampling_is_reproducible_and_independent_of_the_batch(models):
+    tok, llm, ver = models
+    cfg = DecodeConfig(alpha=0.1, beta=1.0, do_sample=True, temperature=1.0, top_p=0.9, max_new_tokens=10)
+    ids, attn = batch(tok, PROMPTS[:3])
+    a = generate(llm, ids, attn, cfg, verifier=ver, seeds=[11, 12, 13])
+    b = generate(llm, ids, attn, cfg, verifier=ver, seeds=[11, 12, 13])
+    c = generate(llm, ids, attn, cfg, verifier=ver, seeds=[21, 22, 23])
+    assert a.tokens == b.tokens
+    assert a.tokens != c.tokens
+    alone = generate(llm, *batch(tok, PROMPTS[1:2]), cfg, verifier=ver, seeds=[12])
+    assert alone.tokens[0] == a.tokens[1]
+
+
+def test_sample_from_logits_respects_top_p_and_distribution():
+    z = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gens = make_generators([0])
+    draws = [int(sample_from_logits(z, 1.0, 0.7, gens)) for _ in range(400)]
+    assert set(draws) <= {0, 1}  # 0.5 + 0.3 reaches 0.7: tokens 2 and 3 are cut
+    share = draws.count(0) / len(draws)
+    assert abs(share - 0.5 / 0.8) < 0.08
+    z2 = torch.tensor([[0.0, float("-inf"), 0.0]])
+    assert {int(sample_from_logits(z2, 1.0, 1.0, gens)) for _ in range(50)} == {0, 2}
+
+
+def test_bf16_decoding_runs_and_stays_finite(tiny_llm, tiny_verifier):
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    tok.padding_side = "left"
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.bfloat16).eval()
+    ver = load_verifier(tiny_verifier, dtype=torch.bfloat16)
+    out = generate(llm, *batch(tok, PROMPTS[:2]), DecodeConfig(alpha=0.3, beta=1.0, max_new_tokens=6),
+                   verifier=ver)
+    assert [len(t) for t in out.tokens] == [6, 6]
+    assert all(math.isfinite(s.margin_sum) for s in out.stats)
+
+
+def test_bad_input_gives_clear_errors(models):
+    tok, llm, ver = models
+    with pytest.raises(ValueError, match="empty prompt in row"):
+        generate(llm, torch.tensor([[tok.pad_token_id, 5]]), torch.tensor([[0, 0]]), DecodeConfig(), verifier=ver)
+    with pytest.raises(ValueError, match="alpha"):
+        DecodeConfig(alpha=0)
+    with pytest.raises(ValueError, match="beta"):
+        DecodeConfig(beta=-1)
+    with pytest.raises(ValueError, match="temperature"):
+        DecodeConfig(do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match="seeds"):
+        generate(llm, *batch(tok, PROMPTS[:2]), DecodeConfig(do_sample=True), seeds=[1])

@@ -1,0 +1,241 @@
+"""The verifier-training data format (LLM2.md section 5): read, validate, and write it resumably.
+
+One JSON object per line, one solution per object::
+
+    {"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}],
+     "samples": [[pos, gold_id, neg_id], ...], ...extra keys...}
+
+``pos`` indexes the token list that the LLM's chat template produces for ``messages`` (no generation prompt), and
+``input_ids[pos] == gold_id`` must hold. Extra keys (example id, qualities, settings) are allowed and ignored by
+readers. The same format is written by ``llm2 explore`` and read by ``llm2 train-verifier``; the authors' released
+files use the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+OnError = Literal["fail", "skip"]
+
+
+class RecordError(ValueError):
+    """A line of a JSON Lines file is not a valid record; the message names the file and the line."""
+
+    def __init__(self, path: str | os.PathLike, line: int, reason: str):
+        self.path, self.line, self.reason = str(path), line, reason
+        super().__init__(f"{path}:{line}: {reason}")
+
+
+@dataclass
+class Record:
+    """One solution with its (position, gold token, negative token) triplets.
+
+    Attributes:
+        messages: chat messages (at least a user and a final assistant message).
+        samples: ``[pos, gold_id, neg_id]`` triplets, positions into the chat-template token list.
+        line: 1-based line number in the source file.
+        extra: every other key of the JSON object.
+    """
+
+    messages: list[dict[str, str]]
+    samples: list[tuple[int, int, int]]
+    line: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReadStats:
+    """Counts of one pass over a file: records read and lines skipped (with their reasons)."""
+
+    records: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _parse(obj: Any) -> tuple[list[dict[str, str]], list[tuple[int, int, int]]]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    for key in ("messages", "samples"):
+        if key not in obj:
+            raise ValueError(f"missing field {key!r}")
+    messages = obj["messages"]
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise ValueError("field 'messages' must be a list of at least two chat messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f"messages[{i}] must be an object with string 'role' and 'content'")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the last message must have role 'assistant' (the solution)")
+    samples = obj["samples"]
+    if not isinstance(samples, list):
+        raise ValueError("field 'samples' must be a list of [pos, gold_id, neg_id] triplets")
+    out = []
+    for i, s in enumerate(samples):
+        if (
+            not isinstance(s, (list, tuple))
+            or len(s) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in s)
+        ):
+            raise ValueError(f"samples[{i}] = {s!r} is not a triplet of non-negative integers [pos, gold_id, neg_id]")
+        out.append((s[0], s[1], s[2]))
+    return messages, out
+
+
+def iter_records(
+    path: str | os.PathLike, *, on_error: OnError = "fail", stats: ReadStats | None = None
+) -> Iterator[Record]:
+    """Read records from a JSON Lines file, checking their structure (not yet their tokens).
+
+    Args:
+        path: the file.
+        on_error: ``"fail"`` raises at the first bad line; ``"skip"`` skips it and notes why in ``stats``.
+        stats: optional :class:`ReadStats` filled while reading.
+
+    Yields:
+        :class:`Record` objects in file order (blank lines are ignored).
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        RecordError: (``on_error="fail"``) a line that is not JSON, lacks ``messages``/``samples``, or holds a
+            malformed triplet; the message names the file and line.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"data file not found: {p}")
+    with p.open("r", encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"not valid JSON ({err.msg} at column {err.colno})") from None
+                messages, samples = _parse(obj)
+            except ValueError as err:
+                if on_error == "skip":
+                    if stats is not None:
+                        stats.skipped.append(f"{p}:{lineno}: {err}")
+                    continue
+                raise RecordError(p, lineno, str(err)) from None
+            extra = {k: v for k, v in obj.items() if k not in ("messages", "samples")}
+            if stats is not None:
+                stats.records += 1
+            yield Record(messages=messages, samples=samples, line=lineno, extra=extra)
+
+
+def chat_token_ids(tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, str]], **kwargs: Any) -> list[int]:
+    """Token ids of ``messages`` through the tokenizer's chat template (no generation prompt unless asked).
+
+    This is the token list that ``pos`` of a triplet indexes (LLM2.md section 5).
+    """
+    kwargs.setdefault("add_generation_prompt", False)
+    out = tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)
+    if isinstance(out, dict) or hasattr(out, "input_ids"):  # transformers 5 may return a BatchEncoding
+        out = out["input_ids"]
+    return [int(t) for t in out]
+
+
+def response_start(tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, str]]) -> int:
+    """Index of the first token of the final assistant message in :func:`chat_token_ids` (the response start).
+
+    Raises:
+        ValueError: when the template's prompt part is not a prefix of the full token list.
+    """
+    full = chat_token_ids(tokenizer, messages)
+    prompt = chat_token_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+    if full[: len(prompt)] != prompt:
+        raise ValueError("the chat template's prompt tokens are not a prefix of the full conversation's tokens")
+    return len(prompt)
+
+
+def check_samples(
+    input_ids: list[int], samples: list[tuple[int, int, int]], vocab_size: int
+) -> str | None:
+    """Validate triplets against a tokenised solution; returns the first problem as text, or None if all good.
+
+    Checks: ``0 <= pos < len(input_ids)``, ``input_ids[pos] == gold_id``, both ids inside the vocabulary, and
+    ``neg_id != gold_id``.
+    """
+    n = len(input_ids)
+    for i, (pos, gold, neg) in enumerate(samples):
+        if pos >= n:
+            return f"samples[{i}]: pos {pos} is outside the {n}-token sequence"
+        if gold >= vocab_size or neg >= vocab_size:
+            return f"samples[{i}]: token id {max(gold, neg)} is outside the vocabulary (size {vocab_size})"
+        if input_ids[pos] != gold:
+            return f"samples[{i}]: input_ids[{pos}] is {input_ids[pos]}, not gold_id {gold}"
+        if neg == gold:
+            return f"samples[{i}]: the negative token equals the gold token ({gold})"
+    return None
+
+
+class JsonlAppender:
+    """Append-only JSON Lines writer that makes long jobs resumable.
+
+    On open it repairs a truncated last line (a crash mid-write) by cutting the file back to its last newline,
+    and collects the value of ``key`` of every complete line so callers can skip finished work. Each
+    :meth:`write` appends one line, flushes and fsyncs, so a killed run loses at most the item in progress.
+
+    Args:
+        path: output file (created with its parent directory if missing).
+        key: the field that identifies an item (e.g. ``"id"``); lines without it are kept but not indexed.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str = "id"):
+        self.path = Path(path)
+        self.key = key
+        self.done: set[Any] = set()
+        self.repaired_bytes = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self._repair_and_index()
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def _repair_and_index(self) -> None:
+        data = self.path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):
+            self.repaired_bytes = len(data) - cut
+            with self.path.open("r+b") as f:
+                f.truncate(cut)
+            data = data[:cut]
+        for raw in data.decode("utf-8").splitlines():
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and self.key in obj:
+                self.done.add(_hashable(obj[self.key]))
+
+    def __contains__(self, item_key: Any) -> bool:
+        return _hashable(item_key) in self.done
+
+    def write(self, obj: dict[str, Any]) -> None:
+        """Append ``obj`` as one line, flushed and fsynced."""
+        self._f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        if self.key in obj:
+            self.done.add(_hashable(obj[self.key]))
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _hashable(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
