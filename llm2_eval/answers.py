@@ -13,9 +13,10 @@ over extracted answers, ties to the answer seen first; MATH votes group answers 
 from __future__ import annotations
 
 import re
+import threading
 from fractions import Fraction
 from functools import lru_cache
-from typing import Callable, Hashable, Iterable, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -197,8 +198,14 @@ def math_gold(doc: dict) -> str:
         return answer.strip()
     boxed = last_boxed(doc.get("solution") or "")
     if boxed is None or not boxed.strip():
-        raise ValueError(f"MATH document has no 'answer' and no \\boxed{{}} in its solution: {doc.get('unique_id')!r}")
+        uid = doc.get("unique_id")
+        raise ValueError(f"MATH document has no 'answer' and no \\boxed{{}} in its solution: {uid!r}")
     return boxed.strip()
+
+
+def _timeout() -> int | None:
+    """math-verify's time limit (s): it uses SIGALRM, which only the main thread may set; None elsewhere."""
+    return 5 if threading.current_thread() is threading.main_thread() else None
 
 
 @lru_cache(maxsize=4096)
@@ -206,7 +213,7 @@ def _math_parse(answer: str) -> tuple:
     """math-verify parse of ``\\boxed{answer}`` (so bare LaTeX such as ``\\frac{1}{2}`` or ``x=3`` parses)."""
     from math_verify import parse  # lazy: sympy + antlr cost ~1 s at import
 
-    return tuple(parse("\\boxed{" + answer + "}"))
+    return tuple(parse("\\boxed{" + answer + "}", parsing_timeout=_timeout()))
 
 
 def math_equal(pred: str | None, gold: str | None) -> bool:
@@ -214,7 +221,8 @@ def math_equal(pred: str | None, gold: str | None) -> bool:
 
     Both are parsed as ``\\boxed{...}`` and compared with ``math_verify.verify(gold, pred)`` (numeric tolerance:
     math-verify's default 6-digit float rounding). When math-verify parses neither side, falls back to equality
-    of the whitespace-stripped strings. None never matches. Never raises on malformed LaTeX.
+    of the whitespace-stripped strings. None never matches. Never raises on malformed LaTeX; safe in threads
+    (math-verify's 5 s time limit applies in the main thread only).
     """
     if pred is None or gold is None:
         return False
@@ -223,7 +231,7 @@ def math_equal(pred: str | None, gold: str | None) -> bool:
         return not parsed_gold and not parsed_pred and "".join(pred.split()) == "".join(gold.split())
     from math_verify import verify
 
-    return bool(verify(list(parsed_gold), list(parsed_pred)))
+    return bool(verify(list(parsed_gold), list(parsed_pred), timeout_seconds=_timeout()))
 
 
 def math_is_correct(prediction: str, gold: str) -> bool:

@@ -240,6 +240,108 @@ class _Forward:
             self.cache.batch_select_indices(keep)
 
 
+@dataclass
+class PrefixCache:
+    """A batch of left-padded prompt prefixes whose LLM KV cache is already computed (``generate(prefix_cache=)``).
+
+    Attributes:
+        input_ids: ``[rows, C]`` long, the prefixes, left-padded (pad id 0, masked).
+        attention_mask: ``[rows, C]`` long, 1 for real tokens.
+        cache: the LLM's KV cache over those ``C`` columns, batch ``rows``; :func:`generate` consumes (mutates) it.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    cache: object
+
+
+class SharedPrefix:
+    """One token sequence run through the LLM once; batch caches of its prefixes are cut from that single forward.
+
+    Causal attention makes the keys/values of ``token_ids[:L]`` the first ``L`` columns of the full sequence's, so
+    every prefix (e.g. the ``prompt + gold[:t]`` of each explored position, LLM2.md section 4) shares one prefill;
+    :meth:`batch` repeats and left-pads them into a :class:`PrefixCache` for :func:`generate`.
+
+    Args:
+        llm: a causal LM whose KV cache is a full-attention ``DynamicCache`` (no sliding-window/linear layers).
+        token_ids: the sequence (``n >= 1`` ids).
+        logits_at: indices into ``token_ids`` whose next-token logits to keep in ``self.logits``, shape
+            ``[len(logits_at), vocab]`` float32 (row ``i`` predicts ``token_ids[logits_at[i] + 1]``).
+
+    Raises:
+        ValueError: an empty sequence, or a cache with sliding-window / non-standard layers (prefixes cannot be
+            cut from it); callers then fall back to plain :func:`generate`.
+    """
+
+    @torch.inference_mode()
+    def __init__(self, llm: "PreTrainedModel", token_ids: Sequence[int], *, logits_at: Sequence[int] = ()):
+        if len(token_ids) == 0:
+            raise ValueError("SharedPrefix needs at least one token")
+        self.model = llm
+        self.token_ids = [int(t) for t in token_ids]
+        n = len(self.token_ids)
+        dev = next(llm.parameters()).device
+        fwd = _Forward(llm)
+        at = torch.tensor([int(i) for i in logits_at], dtype=torch.long, device=dev)
+        kwargs = {fwd._cache_kw: fwd.cache, "use_cache": True}
+        if fwd._keep:
+            kwargs["logits_to_keep"] = at if at.numel() else 1
+        out = llm(
+            input_ids=torch.tensor([self.token_ids], device=dev),
+            attention_mask=torch.ones(1, n, dtype=torch.long, device=dev),
+            position_ids=torch.arange(n, device=dev)[None],
+            **kwargs,
+        )
+        logits = out.logits[0] if fwd._keep else out.logits[0, at]
+        self.logits = logits[: at.numel()].float()
+        layers = getattr(fwd.cache, "layers", None)
+        if not layers or any(
+            getattr(layer, "is_sliding", False) or getattr(layer, "keys", None) is None or layer.keys.shape[-2] != n
+            for layer in layers
+        ):
+            raise ValueError(f"{type(llm).__name__}: its KV cache is not a plain full-attention cache; cannot share prefixes")
+        self._kv = [(layer.keys, layer.values) for layer in layers]
+
+    def batch(self, lengths: Sequence[int], repeats: Sequence[int]) -> PrefixCache:
+        """A :class:`PrefixCache` whose rows are ``token_ids[:lengths[i]]``, each repeated ``repeats[i]`` times.
+
+        Rows are in order (prefix 0 x repeats[0], prefix 1 x repeats[1], ...), left-padded to ``max(lengths)``.
+
+        Raises:
+            ValueError: a length outside ``[1, n]``, a negative repeat, or no row at all.
+        """
+        n = len(self.token_ids)
+        if len(lengths) != len(repeats) or any(not 1 <= int(ln) <= n for ln in lengths) or any(r < 0 for r in repeats):
+            raise ValueError(f"prefix lengths must be in [1, {n}] with one repeat count >= 0 each")
+        if sum(repeats) == 0:
+            raise ValueError("a prefix batch needs at least one row")
+        width = max(int(ln) for ln, r in zip(lengths, repeats) if r > 0)
+        cache = _new_cache(self.model)
+        for li, (keys, values) in enumerate(self._kv):
+            ks, vs = [], []
+            for ln, r in zip(lengths, repeats):
+                if r == 0:
+                    continue
+                k, v = keys[:, :, :ln], values[:, :, :ln]
+                if ln < width:
+                    k = torch.cat([k.new_zeros(*k.shape[:2], width - ln, k.shape[-1]), k], dim=2)
+                    v = torch.cat([v.new_zeros(*v.shape[:2], width - ln, v.shape[-1]), v], dim=2)
+                ks.append(k.expand(r, -1, -1, -1))
+                vs.append(v.expand(r, -1, -1, -1))
+            cache.update(torch.cat(ks, 0), torch.cat(vs, 0), li)
+        ids, mask = [], []
+        for ln, r in zip(lengths, repeats):
+            pad = width - int(ln)
+            ids += [[0] * pad + self.token_ids[: int(ln)]] * r
+            mask += [[0] * pad + [1] * int(ln)] * r
+        dev = self._kv[0][0].device
+        return PrefixCache(
+            input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
+            attention_mask=torch.tensor(mask, dtype=torch.long, device=dev),
+            cache=cache,
+        )
+
+
 def _row_uniforms(generators: list[torch.Generator], device: torch.device) -> torch.Tensor:
     return torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators]).to(device)
 
@@ -296,6 +398,7 @@ def generate(
     tokenizer: "PreTrainedTokenizerBase | None" = None,
     seeds: Sequence[int] | None = None,
     return_caches: bool = False,
+    prefix_cache: PrefixCache | None = None,
 ) -> DecodeOutput:
     """Generate continuations with LLM2 dual-process decoding (paper Eq. 1; LLM2.md section 3).
 
@@ -310,6 +413,11 @@ def generate(
         seeds: one integer per row for sampling (row ``i`` uses its own generator seeded ``seeds[i]``);
             default ``0..batch-1``. Ignored for greedy decoding.
         return_caches: also return the final KV caches (see :class:`DecodeOutput`).
+        prefix_cache: optional :class:`PrefixCache` (from :meth:`SharedPrefix.batch`) with one row per input row:
+            the LLM's cache already holds those columns, so ``input_ids`` are only the tokens AFTER the prefix
+            (left-padded, >= 1 real token per row) and the effective prompt of row ``i`` is its prefix followed
+            by its own tokens. The cache is consumed. The verifier (if any) still reads the whole prompt itself.
+            ``stats.llm_tokens`` then counts only the tokens fed by this call (not the shared prefill).
 
     Returns:
         :class:`DecodeOutput` with the generated ids of each row (prompt excluded) and per-row statistics.
@@ -347,13 +455,21 @@ def generate(
 
     seq = input_ids
     attn = attention_mask
+    fed = attn.sum(-1)  # prompt tokens this call feeds through the LLM, per row
+    if prefix_cache is not None:
+        if prefix_cache.input_ids.shape[0] != batch:
+            raise ValueError(f"prefix_cache has {prefix_cache.input_ids.shape[0]} rows for a batch of {batch}")
+        llm_fwd.cache = prefix_cache.cache
+        seq = torch.cat([prefix_cache.input_ids.to(seq.device), seq], dim=1)
+        attn = torch.cat([prefix_cache.attention_mask.to(device=attn.device, dtype=torch.long), attn], dim=1)
+    n_pre = seq.shape[1] - input_ids.shape[1]  # columns already in the LLM's cache
     next_pos = attn.sum(-1)  # position id of the next token, per row
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = llm_fwd(seq, attn, positions, last_only=True)[:, -1, :].float()
+    logits = llm_fwd(seq[:, n_pre:], attn, positions[:, n_pre:], last_only=True)[:, -1, :].float()
 
     active = list(range(batch))  # original row of each row of the working batch
     tokens: list[list[int]] = [[] for _ in range(batch)]
-    stats = [RowStats(llm_tokens=int(n)) for n in attn.sum(-1).tolist()]
+    stats = [RowStats(llm_tokens=int(n)) for n in fed.tolist()]
     reasons = ["length"] * batch
 
     for step in range(int(config.max_new_tokens)):

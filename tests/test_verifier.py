@@ -1,0 +1,73 @@
+"""Verifier checkpoints: creation from an LLM, loading, tokenizer pairing (LLM2.md section 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+from llm2_eval.verifier import TokenizerMismatchError, check_tokenizers_compatible, init_verifier, load_verifier
+from tiny_models import build_tokenizer
+
+
+def test_init_verifier_copies_llm_weights_and_adds_a_scalar_head(tiny_llm, tiny_verifier):
+    cfg = json.loads((tiny_verifier / "config.json").read_text())
+    assert cfg["architectures"] == ["Qwen2ForTokenClassification"]
+    assert len(cfg["id2label"]) == 1 and cfg["classifier_dropout"] == 0.0
+    assert (tiny_verifier / "model.safetensors").exists()
+    assert (tiny_verifier / "tokenizer.json").exists()
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llm)
+    ver = AutoModelForTokenClassification.from_pretrained(tiny_verifier)  # plain transformers, no llm2 code
+    assert ver.score.weight.shape == (1, llm.config.hidden_size)
+    torch.testing.assert_close(ver.model.embed_tokens.weight, llm.model.embed_tokens.weight)
+    torch.testing.assert_close(ver.model.layers[1].mlp.up_proj.weight, llm.model.layers[1].mlp.up_proj.weight)
+    ver.eval()
+    out = ver(torch.tensor([[5, 6, 7]]))
+    assert out.logits.shape == (1, 3, 1)
+
+
+def test_init_verifier_is_seeded(tiny_llm, tmp_path):
+    a = load_verifier(init_verifier(tiny_llm, tmp_path / "a", seed=3))
+    b = load_verifier(init_verifier(tiny_llm, tmp_path / "b", seed=3))
+    torch.testing.assert_close(a.score.weight, b.score.weight)
+    assert not (tmp_path / "a.partial").exists()
+
+
+def test_load_verifier_errors(tmp_path, tiny_llm):
+    with pytest.raises(FileNotFoundError, match="verifier checkpoint not found"):
+        load_verifier(tmp_path / "missing")
+    with pytest.raises(ValueError, match="exactly one label"):
+        load_verifier(AutoModelForTokenClassification.from_pretrained(tiny_llm, num_labels=2))
+
+
+def test_tokenizer_mismatch_is_refused_with_a_clear_error(tiny_llm):
+    same = AutoTokenizer.from_pretrained(tiny_llm)
+    check_tokenizers_compatible(same, AutoTokenizer.from_pretrained(tiny_llm))
+    other = build_tokenizer(extra_token="<|verifier_only|>")
+    with pytest.raises(TokenizerMismatchError, match=r"only in the verifier tokenizer.*verifier_only"):
+        check_tokenizers_compatible(same, other)
+    shuffled = build_tokenizer(vocab_size=280)
+    with pytest.raises(TokenizerMismatchError, match="do not share a tokenizer vocabulary"):
+        check_tokenizers_compatible(same, shuffled)
+
+
+def test_cli_init_verifier(tiny_llm, tmp_path):
+    out = tmp_path / "v"
+    run = subprocess.run(
+        [sys.executable, "-m", "llm2_eval.cli", "init-verifier", "--model", str(tiny_llm), "--output", str(out),
+         "--dtype", "bfloat16"],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith(str(out))
+    assert load_verifier(out).dtype == torch.bfloat16
+    bad = subprocess.run(
+        [sys.executable, "-m", "llm2_eval.cli", "init-verifier", "--model", str(tmp_path / "nope"), "--output",
+         str(tmp_path / "x")],
+        capture_output=True, text=True,
+    )
+    assert bad.returncode != 0 and "nope" in bad.stderr
