@@ -23,6 +23,7 @@ The loop knows nothing of lm-eval; it serves lm-eval, exploration rollouts and t
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
@@ -399,6 +400,7 @@ def generate(
     seeds: Sequence[int] | None = None,
     return_caches: bool = False,
     prefix_cache: PrefixCache | None = None,
+    repeats: Sequence[int] | None = None,
 ) -> DecodeOutput:
     """Generate continuations with LLM2 dual-process decoding (paper Eq. 1; LLM2.md section 3).
 
@@ -418,21 +420,32 @@ def generate(
             (left-padded, >= 1 real token per row) and the effective prompt of row ``i`` is its prefix followed
             by its own tokens. The cache is consumed. The verifier (if any) still reads the whole prompt itself.
             ``stats.llm_tokens`` then counts only the tokens fed by this call (not the shared prefill).
+        repeats: optional number of samples per input row (self-consistency). Each distinct prompt is prefilled
+            ONCE by the LLM and by the verifier, and both KV caches are then expanded to ``repeats[i]`` rows
+            (row order: prompt 0 x repeats[0], prompt 1 x repeats[1], ...); ``seeds`` then has one entry per
+            output row. Prompt tokens are counted in the stats of each prompt's first copy only.
 
     Returns:
-        :class:`DecodeOutput` with the generated ids of each row (prompt excluded) and per-row statistics.
+        :class:`DecodeOutput` with the generated ids of each output row (prompt excluded) and per-row statistics.
 
     Raises:
-        ValueError: an empty prompt (a row with no real token), a seeds list of the wrong length, or stop
-            strings without a tokenizer.
+        ValueError: an empty prompt (a row with no real token), a seeds list of the wrong length, repeats that
+            are not one integer >= 1 per row, or stop strings without a tokenizer.
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape [batch, seq], got {tuple(input_ids.shape)}")
-    batch, seq_len = input_ids.shape
+    n_prompts, seq_len = input_ids.shape
+    if repeats is not None:
+        repeats = [int(r) for r in repeats]
+        if len(repeats) != n_prompts or min(repeats, default=1) < 1:
+            raise ValueError(f"repeats must hold one integer >= 1 per prompt row ({n_prompts}), got {repeats}")
+        if prefix_cache is not None:
+            raise ValueError("repeats and prefix_cache cannot be combined")
+    batch = sum(repeats) if repeats is not None else n_prompts
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
-    empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist() if seq_len else list(range(batch))
+    empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist() if seq_len else list(range(n_prompts))
     if empty:
         raise ValueError(f"empty prompt in row(s) {empty}: every prompt needs at least one token")
     if config.stop and tokenizer is None:
@@ -467,9 +480,26 @@ def generate(
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     logits = llm_fwd(seq[:, n_pre:], attn, positions[:, n_pre:], last_only=True)[:, -1, :].float()
 
+    stats = [RowStats(llm_tokens=int(n)) for n in fed.tolist()]
+    if repeats is not None:
+        # self-consistency: the verifier reads each distinct prompt once too, then both caches are expanded.
+        if ver_fwd is not None:
+            ver_fwd(seq, candidate_attention_mask(attn, 0, 0, verifier.dtype), positions)
+            v_cached = seq.shape[1]
+            for st, n in zip(stats, fed.tolist()):
+                st.verifier_tokens = int(n)
+        index = torch.repeat_interleave(
+            torch.arange(n_prompts, device=seq.device), torch.tensor(repeats, device=seq.device)
+        )
+        seq, attn, positions, next_pos, logits = seq[index], attn[index], positions[index], next_pos[index], logits[index]
+        llm_fwd.select_rows(index)
+        if ver_fwd is not None:
+            ver_fwd.select_rows(index)
+        firsts = {0, *itertools.accumulate(repeats[:-1])}
+        stats = [stats[p] if i in firsts else RowStats() for i, p in enumerate(index.tolist())]
+
     active = list(range(batch))  # original row of each row of the working batch
     tokens: list[list[int]] = [[] for _ in range(batch)]
-    stats = [RowStats(llm_tokens=int(n)) for n in fed.tolist()]
     reasons = ["length"] * batch
 
     for step in range(int(config.max_new_tokens)):

@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 import torch
+from lm_eval.api.instance import Instance
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
@@ -71,6 +72,10 @@ class LLM2LM(HFLM):
     - ``beta`` (0.25): verifier weight in ``z + beta * s``; 0 = plain LLM decoding.
     - ``max_candidates`` (none): cap on the candidate-set size.
     - ``seed`` (none): base seed of sampling; default: drawn from torch's RNG, which lm-eval seeds (``--seed``).
+    - ``trace`` (none): path of a JSON Lines file that receives, per generated sequence, the task, doc id, copy
+      index, steps, mean candidate-set size, flips (steps where the verifier changed the LLM's choice), mean
+      score margin ``max_v s(v) - s(v_llm)``, LLM and verifier token forwards, finish reason and seconds. The
+      file is rewritten at start-up and each line is flushed as it is produced.
 
     Sampling seeds: the k-th request with a given prompt gets the seed ``hash(seed, prompt tokens, k)``, so a
     sample does not depend on the batch size or on which other requests share its batch.
@@ -91,6 +96,7 @@ class LLM2LM(HFLM):
         beta: float = 0.25,
         max_candidates: int | None = None,
         seed: int | None = None,
+        trace: str | None = None,
         device: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -120,21 +126,17 @@ class LLM2LM(HFLM):
             )
         self._seed_base = seed_value if seed_value is not None else int(torch.randint(0, 2**62, ()).item())
         self._prompt_counts: dict[bytes, int] = {}
+        self._trace = None
+        if trace is not None and str(trace).lower() not in ("", "none", "null"):
+            from pathlib import Path
+
+            Path(trace).parent.mkdir(parents=True, exist_ok=True)
+            self._trace = open(trace, "w", encoding="utf-8")
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos = set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self._eos_ids = sorted(int(t) for t in eos)
-
-    def _row_seeds(self, context: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
-        seeds = []
-        for row, mask in zip(context.tolist(), attention_mask.tolist()):
-            real = [t for t, m in zip(row, mask) if m]
-            key = hashlib.blake2b(torch.tensor(real, dtype=torch.int64).numpy().tobytes(), digest_size=16).digest()
-            k = self._prompt_counts.get(key, 0)
-            self._prompt_counts[key] = k + 1
-            seeds.append(_seed_for(self._seed_base, real, k))
-        return seeds
 
     def decode_config(self, gen_kwargs: dict[str, Any], max_new_tokens: int, stop: list[str]) -> DecodeConfig:
         """The :class:`DecodeConfig` of one request batch: model-arg defaults + the task's generation kwargs.
@@ -162,35 +164,116 @@ class LLM2LM(HFLM):
             max_new_tokens=max_new_tokens, stop=list(stop), eos_token_ids=self._eos_ids,
         )
 
-    def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        """Replace HFLM's ``model.generate`` call with LLM2 decoding.
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        """Generate for lm-eval ``generate_until`` requests with LLM2 decoding.
 
-        Args:
-            context: left-padded prompt ids ``[batch, S]``.
-            max_length: ``S`` + the generation budget, in tokens.
-            stop: stop strings (lm-eval appended the EOS string).
-            generation_kwargs: ``attention_mask`` ``[batch, S]`` and the task's generation kwargs.
+        Identical requests (lm-eval sends ``repeats`` copies of a document's request) are decoded together from
+        ONE prefill of their prompt by the LLM and by the verifier (self-consistency without waste). A batch
+        holds up to ``batch_size`` sequences, but the copies of one prompt are never split, so a batch may hold
+        more rows when ``repeats > batch_size``. Prompts are encoded, truncated and their generations cut at the
+        stop strings exactly as HFLM does. With the ``trace`` model arg one JSON line per sequence is written.
 
         Returns:
-            ``[batch, S + n]`` ids: the prompts followed by the generations, right-padded with the pad id.
+            One generated string per request, in request order.
         """
-        attention_mask = generation_kwargs.pop("attention_mask", None)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(context)
-        cfg = self.decode_config(generation_kwargs, max_length - context.shape[1], stop)
-        seeds = self._row_seeds(context, attention_mask) if cfg.do_sample else None
-        with torch.autocast(
-            device_type=self.device.type, dtype=self.mixed_precision_dtype,
-            enabled=self.mixed_precision_dtype is not None,
-        ):
-            out = generate(
-                self.model, context, attention_mask, cfg,
-                verifier=self.verifier, tokenizer=self.tokenizer, seeds=seeds,
-            )
-        width = max(len(t) for t in out.tokens)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._eos_ids[0]
-        gen = torch.full((context.shape[0], width), pad, dtype=context.dtype, device=context.device)
-        for i, toks in enumerate(out.tokens):
-            gen[i, : len(toks)] = torch.tensor(toks, dtype=context.dtype, device=context.device)
-        self.last_decode = out
-        return torch.cat([context, gen], dim=1)
+        import json
+        import time
+
+        from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+        from rich.progress import Progress
+
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, req in enumerate(requests):
+            context, gen_kwargs = req.args
+            groups.setdefault((context, json.dumps(gen_kwargs, sort_keys=True, default=str)), []).append(i)
+        lengths = {key: len(self.tok_encode(key[0])) for key in groups}
+        order = sorted(groups, key=lambda k: (k[1], -lengths[k], k[0]))  # longest first, as HFLM
+        limit = self.batch_size if isinstance(self.batch_size, int) else int(self._detect_batch_size())
+        batches: list[list[tuple[str, str]]] = []
+        for key in order:
+            rows = sum(len(groups[k]) for k in batches[-1]) if batches else 0
+            if batches and batches[-1][0][1] == key[1] and rows + len(groups[key]) <= max(limit, 1):
+                batches[-1].append(key)
+            else:
+                batches.append([key])
+
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        results: list[str | None] = [None] * len(requests)
+        with Progress(disable=disable_tqdm or self.rank != 0, transient=True) as progress:
+            bar = progress.add_task("llm2 generate_until", total=len(requests))
+            for keys in batches:
+                gen_kwargs = requests[groups[keys[0]][0]].args[1]
+                kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+                until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+                max_gen_toks = kwargs.pop("max_gen_toks")
+                max_ctx_len = self.max_length - max_gen_toks
+                if max_ctx_len <= 0:
+                    raise ValueError(
+                        f"max_gen_toks={max_gen_toks} leaves no room for the prompt in max_length={self.max_length}"
+                    )
+                contexts = [k[0] for k in keys]
+                context_enc, attn = self.tok_batch_encode(
+                    contexts, left_truncate_len=max_ctx_len, truncation=self.truncation
+                )
+                context_enc, attn = context_enc.to(self.device), attn.to(self.device)
+                cfg = self.decode_config(kwargs, max_gen_toks, until)
+                repeats = [len(groups[k]) for k in keys]
+                seeds = self._seeds(context_enc, attn, repeats) if cfg.do_sample else None
+                t0 = time.perf_counter()
+                with torch.autocast(
+                    device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                    enabled=self.mixed_precision_dtype is not None,
+                ):
+                    out = generate(
+                        self.model, context_enc, attn, cfg, verifier=self.verifier, tokenizer=self.tokenizer,
+                        seeds=seeds, repeats=repeats if max(repeats) > 1 else None,
+                    )
+                seconds = (time.perf_counter() - t0) / len(out.tokens)
+                self.last_decode = out
+                row = 0
+                for key in keys:
+                    for copy, req_index in enumerate(groups[key]):
+                        toks = out.tokens[row]
+                        if isinstance(self.think_end_token, int) and self.think_end_token in toks:
+                            toks = toks[len(toks) - toks[::-1].index(self.think_end_token):]
+                        text = self.tok_decode(toks)
+                        if isinstance(self.think_end_token, int):
+                            text = text.lstrip()
+                        text = postprocess_generated_text(
+                            generation=text, stop=until,
+                            think_end_token=self.think_end_token if isinstance(self.think_end_token, str) else None,
+                        )
+                        results[req_index] = text
+                        self.cache_hook.add_partial("generate_until", requests[req_index].args, text)
+                        if self._trace is not None:
+                            self._write_trace(requests[req_index], copy, out, row, seconds)
+                        row += 1
+                progress.advance(bar, sum(repeats))
+        return results  # type: ignore[return-value]
+
+    def _seeds(self, context: torch.Tensor, attention_mask: torch.Tensor, repeats: list[int]) -> list[int]:
+        """One seed per output row: ``hash(seed, prompt tokens, k)`` for the k-th sample of a prompt."""
+        seeds = []
+        for row, mask, n in zip(context.tolist(), attention_mask.tolist(), repeats):
+            real = [t for t, m in zip(row, mask) if m]
+            key = hashlib.blake2b(torch.tensor(real, dtype=torch.int64).numpy().tobytes(), digest_size=16).digest()
+            first = self._prompt_counts.get(key, 0)
+            self._prompt_counts[key] = first + n
+            seeds += [_seed_for(self._seed_base, real, first + k) for k in range(n)]
+        return seeds
+
+    def _write_trace(self, request: Instance, copy: int, out, row: int, seconds: float) -> None:
+        import json
+
+        st = out.stats[row]
+        line = {
+            "task": request.task_name, "doc_id": request.doc_id, "repeat": copy,
+            "steps": st.steps,
+            "mean_candidates": st.candidates / st.steps if st.steps else 0.0,
+            "scored_steps": st.scored_steps, "flips": st.flips,
+            "mean_score_margin": st.margin_sum / st.scored_steps if st.scored_steps else 0.0,
+            "llm_token_forwards": st.llm_tokens, "verifier_token_forwards": st.verifier_tokens,
+            "finish_reason": out.finish_reasons[row], "seconds": round(seconds, 4),
+        }
+        self._trace.write(json.dumps(line) + "\n")
+        self._trace.flush()

@@ -254,3 +254,28 @@ def test_bad_input_gives_clear_errors(models):
         DecodeConfig(do_sample=True, temperature=0)
     with pytest.raises(ValueError, match="seeds"):
         generate(llm, *batch(tok, PROMPTS[:2]), DecodeConfig(do_sample=True), seeds=[1])
+
+
+def test_repeats_share_the_prefill_and_equal_separate_seeded_runs(models):
+    tok, llm, ver = models
+    cfg = DecodeConfig(alpha=0.1, beta=1.0, do_sample=True, temperature=1.0, max_new_tokens=8)
+    ids, attn = batch(tok, PROMPTS[:2])
+    seeds = [101, 102, 103, 201, 202]
+    shared = generate(llm, ids, attn, cfg, verifier=ver, seeds=seeds, repeats=[3, 2])
+    assert len(shared.tokens) == 5
+    rows = torch.tensor([0, 0, 0, 1, 1])
+    separate = generate(llm, ids[rows], attn[rows], cfg, verifier=ver, seeds=seeds)
+    assert shared.tokens == separate.tokens
+    assert len({tuple(t) for t in shared.tokens[:3]}) > 1
+    # the prompt is read once per distinct prompt, by each model
+    prompt_lens = attn.sum(-1).tolist()
+    llm_shared = sum(s.llm_tokens for s in shared.stats)
+    llm_separate = sum(s.llm_tokens for s in separate.stats)
+    assert llm_separate - llm_shared == 2 * prompt_lens[0] + 1 * prompt_lens[1]
+    assert shared.stats[0].verifier_tokens >= prompt_lens[0] and shared.stats[1].llm_tokens < prompt_lens[0]
+    greedy = generate(llm, ids, attn, DecodeConfig(alpha=0.3, beta=4.0, max_new_tokens=6), verifier=ver,
+                      repeats=[2, 1])
+    assert greedy.tokens[0] == greedy.tokens[1] == naive_decode(tok, llm, ver, PROMPTS[0], DecodeConfig(
+        alpha=0.3, beta=4.0, max_new_tokens=6))
+    with pytest.raises(ValueError, match="repeats"):
+        generate(llm, ids, attn, cfg, repeats=[1])

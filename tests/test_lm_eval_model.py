@@ -89,3 +89,59 @@ def test_empty_prompt_and_unsupported_gen_kwargs(tiny_llm, tiny_verifier):
         m.generate_until(requests([""]))
     with pytest.raises(ValueError, match="does not support the generation kwargs \\['num_beams'\\]"):
         m.generate_until(requests(["hi"], num_beams=4))
+
+
+def test_trace_counts_flips_candidates_and_forwards(tiny_llm, tiny_verifier, tmp_path):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trace = tmp_path / "t" / "trace.jsonl"
+    m = make(tiny_llm, verifier=str(tiny_verifier), beta=8.0, alpha=0.3, trace=str(trace))
+    reqs = requests(PROMPTS[:2])
+    for i, r in enumerate(reqs):
+        r.doc_id, r.task_name = i, "toy"
+    m.generate_until(reqs)
+    lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    assert sorted((x["task"], x["doc_id"], x["repeat"]) for x in lines) == [("toy", 0, 0), ("toy", 1, 0)]
+    # recompute from scratch: a flip is a step whose chosen token is not the LLM's argmax
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32).eval()
+    for line in lines:
+        prompt = tok(PROMPTS[line["doc_id"]]).input_ids
+        assert m.tok_encode(PROMPTS[line["doc_id"]]) == prompt  # the tokenisation HFLM used
+        seq = list(prompt)
+        flips, cands = 0, 0
+        with torch.no_grad():
+            for t in _tokens_of(m, tok, reqs, line["doc_id"]):
+                logits = llm(torch.tensor([seq])).logits[0, -1]
+                p = logits.softmax(-1)
+                cands += int((p >= 0.3 * p.max()).sum())
+                flips += int(int(logits.argmax()) != t)
+                seq.append(t)
+        assert line["flips"] == flips and flips > 0
+        assert line["steps"] == len(seq) - len(prompt)
+        assert abs(line["mean_candidates"] - cands / line["steps"]) < 1e-9
+        assert line["llm_token_forwards"] == len(prompt) + line["steps"] - 1
+        assert line["verifier_token_forwards"] > len(prompt)
+
+
+def _tokens_of(m, tok, reqs, doc_id):
+    # the generated ids of one request, from the model's last decode (one batch of 2 rows, longest prompt first)
+    order = sorted(range(len(reqs)), key=lambda i: -len(tok(reqs[i].args[0]).input_ids))
+    return m.last_decode.tokens[order.index(doc_id)]
+
+
+def test_repeats_decode_from_one_prefill_and_match_separate_requests(tiny_llm, tiny_verifier):
+    m = make(tiny_llm, verifier=str(tiny_verifier), seed=3)
+    reqs = requests([PROMPTS[0]] * 4, do_sample=True, temperature=1.0)
+    shared = m.generate_until(reqs)
+    st = m.last_decode.stats
+    n_prompt = len(m.tok_encode(PROMPTS[0]))
+    assert st[0].llm_tokens == n_prompt + st[0].steps - 1
+    assert all(s.llm_tokens == s.steps - 1 for s in st[1:])  # the copies did not re-read the prompt
+    one_by_one = make(tiny_llm, verifier=str(tiny_verifier), seed=3)
+    separate = [one_by_one.generate_until([r])[0] for r in requests([PROMPTS[0]] * 4, do_sample=True,
+                                                                      temperature=1.0)]
+    assert shared == separate

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import random
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import click
 import torch
 import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
 
 from llm2_eval.verifier import verifier_scores
 from verifier_train.packing import PackedCollator, PackedExample, additive_mask, pack_solution
@@ -46,8 +46,6 @@ from verifier_train.records import JsonlAppender, ReadStats, RecordError, chat_t
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-log = logging.getLogger(__name__)
 
 TRAIN_LOG = "train_log.jsonl"
 TRAINING_CARD = "training_card.json"
@@ -362,85 +360,87 @@ def _eval_metrics(pred: Any) -> dict[str, float]:
 
 
 class VerifierTrainer(Trainer):
-"""transformers' Trainer with the pairwise loss of paper Eq. 4 over packed solutions.
+    """transformers' Trainer with the pairwise loss of paper Eq. 4 over packed solutions.
 
-- ``get_batch_samples`` counts the real pairs of the whole accumulated global batch (all processes), and
-  ``compute_loss`` divides each micro-batch's loss sum by it, so one optimizer step minimises the mean over
-  the real pairs of the global batch exactly (``loss_is_scaled_for_ga``).
-- ``prediction_step`` returns ``(s_gold, s_neg)`` per pair; the held-out metrics (pair accuracy, loss over
-  real pairs) are computed from all of them.
-- Training pair accuracy since the last log is added to the logs as ``pair_accuracy``.
-"""
+    - ``get_batch_samples`` counts the real pairs of the whole accumulated global batch (all processes), and
+      ``compute_loss`` divides each micro-batch's loss sum by it, so one optimizer step minimises the mean over
+      the real pairs of the global batch exactly (``loss_is_scaled_for_ga``).
+    - ``prediction_step`` returns ``(s_gold, s_neg)`` per pair; the held-out metrics (pair accuracy, loss over
+      real pairs) are computed from all of them.
+    - Training pair accuracy since the last log is added to the logs as ``pair_accuracy``.
+    """
 
-loss_is_scaled_for_ga = True
+    loss_is_scaled_for_ga = True
 
-def __init__(self, *args: Any, **kwargs: Any):
-    super().__init__(*args, **kwargs)
-    # transformers < 5 reads this flag instead of loss_is_scaled_for_ga
-    self.model_accepts_loss_kwargs = True
-    self._pair_stats = torch.zeros(2, dtype=torch.float64)  # correct, count (since the last log)
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # transformers < 5 reads this flag instead of loss_is_scaled_for_ga
+        self.model_accepts_loss_kwargs = True
+        self._pair_stats = torch.zeros(2, dtype=torch.float64)  # correct, count (since the last log)
 
-def attn_dtype(self, model: torch.nn.Module) -> torch.dtype:
-    """dtype attention runs in: the mixed-precision dtype, else the parameters'."""
-    if self.args.bf16:
-        return torch.bfloat16
-    if self.args.fp16:
-        return torch.float16
-    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+    def attn_dtype(self, model: torch.nn.Module) -> torch.dtype:
+        """dtype attention runs in: the mixed-precision dtype, else the parameters'."""
+        if self.args.bf16:
+            return torch.bfloat16
+        if self.args.fp16:
+            return torch.float16
+        return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
-def get_batch_samples(self, epoch_iterator, num_batches, device):  # noqa: D102
-    batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-    n = sum(int(b["pair_mask"].sum()) for b in batch_samples)
-    n = torch.tensor([float(n)], device=device)
-    if self.accelerator.num_processes > 1:
-        n = self.accelerator.gather(n).sum().reshape(1)
-    return batch_samples, n[0].clamp(min=1.0)
-
-def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
-    s_gold, s_neg = pair_scores(model, inputs, self.attn_dtype(model))
-    mask = inputs["pair_mask"]
-    total = pairwise_loss(s_gold, s_neg, mask, reduction="sum")
-    if num_items_in_batch is not None and model.training:
-        loss = total / num_items_in_batch * self.accelerator.num_processes
-    else:
-        loss = total / mask.sum().clamp(min=1)
-    if model.training:
-        with torch.no_grad():
-            correct = (s_gold > s_neg)[mask].sum()
-            self._pair_stats += torch.stack([correct, mask.sum()]).double().cpu()
-    if return_outputs:
-        return loss, {"s_gold": s_gold, "s_neg": s_neg}
-    return loss
-
-def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: D102
-    inputs = self._prepare_inputs(inputs)
-    with torch.no_grad():
-        s_gold, s_neg = pair_scores(model, inputs, self.attn_dtype(model))
-    return None, torch.stack([s_gold, s_neg], dim=-1), inputs["pair_mask"].long()
-
-def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:  # noqa: D102
-    if "loss" in logs and not any(k.startswith("eval_") for k in logs):
-        stats = self._pair_stats.to(self.args.device)
+    def get_batch_samples(self, epoch_iterator, num_batches, device):  # noqa: D102
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        n = sum(int(b["pair_mask"].sum()) for b in batch_samples)
+        n = torch.tensor([float(n)], device=device)
         if self.accelerator.num_processes > 1:
-            stats = self.accelerator.reduce(stats, reduction="sum")
-        if float(stats[1]) > 0:
-            logs["pair_accuracy"] = round(float(stats[0] / stats[1]), 6)
-            logs["pairs"] = int(stats[1])
-        self._pair_stats.zero_()
-    super().log(logs, *args, **kwargs)
+            n = self.accelerator.gather(n).sum().reshape(1)
+        return batch_samples, n[0].clamp(min=1.0)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
+        s_gold, s_neg = pair_scores(model, inputs, self.attn_dtype(model))
+        mask = inputs["pair_mask"]
+        total = pairwise_loss(s_gold, s_neg, mask, reduction="sum")
+        if num_items_in_batch is not None and model.training:
+            loss = total / num_items_in_batch * self.accelerator.num_processes
+        else:
+            loss = total / mask.sum().clamp(min=1)
+        if model.training:
+            with torch.no_grad():
+                correct = (s_gold > s_neg)[mask].sum()
+                self._pair_stats += torch.stack([correct, mask.sum()]).double().cpu()
+        if return_outputs:
+            return loss, {"s_gold": s_gold, "s_neg": s_neg}
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: D102
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            s_gold, s_neg = pair_scores(model, inputs, self.attn_dtype(model))
+        return None, torch.stack([s_gold, s_neg], dim=-1), inputs["pair_mask"].long()
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:  # noqa: D102
+        if "loss" in logs and not any(k.startswith("eval_") for k in logs):
+            stats = self._pair_stats.to(self.args.device)
+            if self.accelerator.num_processes > 1:
+                stats = self.accelerator.reduce(stats, reduction="sum")
+            if float(stats[1]) > 0:
+                logs["pair_accuracy"] = round(float(stats[0] / stats[1]), 6)
+                logs["pairs"] = int(stats[1])
+            self._pair_stats.zero_()
+        super().log(logs, *args, **kwargs)
 
 
 class JsonLogCallback(TrainerCallback):
-    """Appends every Trainer log (training and held-out metrics) as one line to ``train_log.jsonl``."""
+    """Appends every Trainer log (training and held-out metrics) as one JSON line to ``log_path``
+    (``train_log.jsonl``): ``{"step", "epoch", "time", ...the logged values}``; main process only."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_path: str | os.PathLike) -> None:
+        self.log_path = Path(log_path)
         self.writer: JsonlAppender | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
         if self.writer is None:
-            self.writer = JsonlAppender(log_path, key="step")
+            self.writer = JsonlAppender(self.log_path, key="step")
         rec = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": round(time.time(), 3)}
         rec.update({k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
                     for k, v in logs.items()})
@@ -450,6 +450,7 @@ class JsonLogCallback(TrainerCallback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
 
 class RichProgressCallback(TrainerCallback):
     """A rich progress bar over optimizer steps (and held-out batches), with log lines printed above it."""
@@ -710,8 +711,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     out = Path(config.output)
     ckpt_dir = out / CHECKPOINTS
     resume_from = _last_checkpoint(ckpt_dir) if config.resume else None
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = int(os.environ.get("RANK", "0"))  # set by accelerate launch / torchrun
     main_proc = rank == 0
     console = _console()
     if not config.resume and _last_checkpoint(ckpt_dir) is not None:
@@ -764,8 +764,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
 
     train_model = _apply_lora(config, model) if config.lora else model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    trainer_cls = _make_trainer_class()
-    trainer = trainer_cls(
+    trainer = VerifierTrainer(
         model=train_model,
         args=args,
         train_dataset=PackedDataset(data.train),
@@ -773,7 +772,8 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         data_collator=PackedCollator(pad_token_id=pad_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         processing_class=tokenizer,
         compute_metrics=_eval_metrics,
-        callbacks=_callbacks(out / TRAIN_LOG, config.progress and main_proc),
+        callbacks=[JsonLogCallback(out / TRAIN_LOG)]
+        + ([RichProgressCallback()] if config.progress and main_proc else []),
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)

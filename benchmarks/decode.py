@@ -1,0 +1,146 @@
+"""Decoding throughput: plain transformers greedy vs LLM2 at batch 1 and batch 8/16, on the same prompts.
+
+Prints a table and a JSON object with generated tokens/s, the mean candidate-set size |V_t|, and the share of
+steps where the verifier was skipped (|V_t| = 1). Every configuration generates exactly ``--new-tokens`` tokens
+per prompt (EOS ignored), so the numbers compare the same work.
+
+    python benchmarks/decode.py --model /path/to/llm [--verifier /path/to/verifier] --dtype bfloat16 \
+        --prompts 16 --new-tokens 64 --batch-sizes 1,8,16 [--json out.json]
+
+Without ``--verifier`` an untrained verifier is initialised from the LLM in a temporary directory (scores are
+then noise, but the compute is the same as with a trained one). Prompts are the first GSM8K test questions of
+``$LLM2_DATA_DIR/gsm8k/test.jsonl`` in the model's chat template.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm2_eval.decoding import DecodeConfig, generate
+from llm2_eval.verifier import init_verifier, load_verifier, resolve_dtype
+
+
+def load_prompts(tokenizer, n: int) -> list[str]:
+    data = Path(os.environ.get("LLM2_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    path = data / "gsm8k" / "test.jsonl"
+    if not path.exists():
+        sys.exit(f"GSM8K test data not found at {path}; set LLM2_DATA_DIR")
+    qs = [json.loads(line)["question"] for line in path.open()][:n]
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in qs
+    ]
+
+
+def chunks(xs, n):
+    for i in range(0, len(xs), n):
+        yield xs[i : i + n]
+
+
+def run_hf(llm, tok, prompts, bs, new_tokens) -> float:
+    t0 = time.perf_counter()
+    for part in chunks(prompts, bs):
+        enc = tok(part, return_tensors="pt", padding=True).to(llm.device)
+        with torch.inference_mode():
+            llm.generate(**enc, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                         pad_token_id=tok.pad_token_id)
+    return time.perf_counter() - t0
+
+
+def run_llm2(llm, ver, tok, prompts, bs, cfg):
+    stats = []
+    t0 = time.perf_counter()
+    for part in chunks(prompts, bs):
+        enc = tok(part, return_tensors="pt", padding=True).to(llm.device)
+        out = generate(llm, enc.input_ids, enc.attention_mask, cfg, verifier=ver, tokenizer=tok)
+        stats += out.stats
+    return time.perf_counter() - t0, stats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--verifier")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--batch-sizes", default="1,8,16")
+    ap.add_argument("--alpha", type=float, default=0.1)
+    ap.add_argument("--beta", type=float, default=0.25)
+    ap.add_argument("--json", help="also write the JSON result here")
+    args = ap.parse_args()
+
+    dtype = resolve_dtype(args.dtype)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    llm = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    tmp = None
+    vpath = args.verifier
+    if vpath is None:
+        tmp = tempfile.TemporaryDirectory(prefix="llm2-bench-")
+        vpath = init_verifier(args.model, Path(tmp.name) / "verifier", dtype=args.dtype)
+    ver = load_verifier(vpath, dtype=dtype, device=args.device)
+    prompts = load_prompts(tok, args.prompts)
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    total = len(prompts) * args.new_tokens
+    cfg = DecodeConfig(alpha=args.alpha, beta=args.beta, max_new_tokens=args.new_tokens, eos_token_ids=())
+    plain = DecodeConfig(beta=0.0, max_new_tokens=args.new_tokens, eos_token_ids=())
+
+    # warm-up (first calls pay one-off costs)
+    run_llm2(llm, ver, tok, prompts[:2], 2, DecodeConfig(alpha=args.alpha, beta=args.beta, max_new_tokens=4))
+
+    rows = []
+    for bs in sizes:
+        t = run_hf(llm, tok, prompts, bs, args.new_tokens)
+        rows.append({"config": f"hf greedy b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t})
+        t, _ = run_llm2(llm, None, tok, prompts, bs, plain)
+        rows.append({"config": f"llm2 beta=0 b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t})
+        t, st = run_llm2(llm, ver, tok, prompts, bs, cfg)
+        steps = sum(s.steps for s in st)
+        rows.append({
+            "config": f"llm2 b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t,
+            "mean_candidates": sum(s.candidates for s in st) / steps,
+            "verifier_skipped_share": sum(s.skipped_steps for s in st) / steps,
+            "mean_flips_per_seq": statistics.mean(s.flips for s in st),
+        })
+    by = {r["config"]: r for r in rows}
+    ratios = {}
+    if len(sizes) > 1:
+        ratios[f"llm2 b{sizes[-1]} / llm2 b{sizes[0]}"] = (
+            by[f"llm2 b{sizes[-1]}"]["tokens_per_s"] / by[f"llm2 b{sizes[0]}"]["tokens_per_s"]
+        )
+    for bs in sizes:
+        ratios[f"llm2 / hf greedy at b{bs}"] = by[f"llm2 b{bs}"]["tokens_per_s"] / by[f"hf greedy b{bs}"]["tokens_per_s"]
+    result = {
+        "model": args.model, "device": str(args.device), "dtype": args.dtype, "prompts": len(prompts),
+        "new_tokens": args.new_tokens, "alpha": args.alpha, "beta": args.beta,
+        "torch_threads": torch.get_num_threads(), "rows": rows, "ratios": ratios,
+    }
+    print(f"{'config':<20}{'tok/s':>10}{'seconds':>10}{'|V_t|':>8}{'skipped':>9}")
+    for r in rows:
+        extra = (f"{r['mean_candidates']:>8.2f}{r['verifier_skipped_share']:>9.2f}" if "mean_candidates" in r else "")
+        print(f"{r['config']:<20}{r['tokens_per_s']:>10.1f}{r['seconds']:>10.1f}{extra}")
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}x")
+    print(json.dumps(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

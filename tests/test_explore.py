@@ -1,0 +1,430 @@
+"""``llm2 explore`` (verifier_train/explore.py): labels, triplet consistency, resume, shards, sample modes, bad input.
+
+CPU only, tiny random models (tests/tiny_models.py) and stub answer checkers; every run is a few examples with
+rollouts of a few tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tiny_models import build_tiny_llm
+
+from llm2_eval.decoding import DecodeConfig, generate, plausible_candidates
+from verifier_train.explore import (
+    ExploreConfig,
+    ExploreInputError,
+    derive_seed,
+    explore,
+    explore_command,
+    gsm8k_solution_text,
+    in_shard,
+    parse_positions,
+    parse_shard,
+    rollout_seed,
+    sample_scores,
+    select_positions,
+    shard_output_path,
+    summary_path,
+)
+from verifier_train.records import check_samples, chat_token_ids, iter_records, response_start
+from verifier_train.rollouts import HFRolloutEngine
+
+QUESTIONS = [
+    ("she has 3 apples and buys 4 more. how many apples?", "3 + 4 = <<3+4=7>>7 apples.\n#### 7"),
+    ("he had 12 eggs and sells 5. how many eggs are left?", "12 - 5 = <<12-5=7>>7 eggs are left.\n#### 7"),
+    ("they make 2 dollars each hour for 6 hours. how much in total?", "2 * 6 = <<2*6=12>>12 dollars.\n#### 12"),
+    ("a total of 10 apples is shared by 2. how many each?", "10 / 2 = <<10/2=5>>5 apples each.\n#### 5"),
+    ("she gives 1 of her 9 eggs away. how many are left?", "9 - 1 = <<9-1=8>>8 eggs.\n#### 1,008"),
+]
+
+
+def parity_checker(text, gold, tokens):
+    """Stub: a rollout 'reaches the answer' iff its first generated token id is even."""
+    return bool(tokens) and tokens[0] % 2 == 0
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("explore")
+    llm = build_tiny_llm(root / "llm", seed=5)
+    contrast = build_tiny_llm(root / "contrast", seed=6)
+    data = root / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS))
+    return SimpleNamespace(
+        root=root, llm=str(llm), contrast=str(contrast), data=str(data),
+        tok=AutoTokenizer.from_pretrained(llm), model=AutoModelForCausalLM.from_pretrained(llm).eval(),
+        contrast_model=AutoModelForCausalLM.from_pretrained(contrast).eval(),
+    )
+
+
+def _cfg(env, out, **kw):
+    base = dict(model=env.llm, data=env.data, output=str(out), positions="sample:2", candidates=2, rollouts=2,
+                max_rollout_tokens=3, progress=False, checker=parity_checker)
+    base.update(kw)
+    return ExploreConfig(**base)
+
+
+def _lines(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def _strip_timing(rec):
+    return {k: v for k, v in rec.items() if k != "seconds"}
+
+
+@pytest.fixture(scope="module")
+def controlled(env):
+    out = env.root / "controlled" / "out.jsonl"
+    cfg = _cfg(env, out, positions="sample:3", candidates=3, rollouts=3, limit=2, gold_rollouts=True)
+    summary = explore(cfg)
+    return SimpleNamespace(cfg=cfg, out=out, summary=summary, records=_lines(out))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float()
+
+
+def _eos(env):
+    return sorted({env.tok.eos_token_id, env.model.generation_config.eos_token_id} - {None})
+
+
+# --------------------------------------------------------------------------------------------------- exact labels
+
+
+def test_labels_exact_on_controlled_case(env, controlled):
+    """Every quality equals an independent recomputation: the same rollouts (seeds of rollout_seed) generated one
+    prompt per row without any prefix sharing, judged by the stub; negatives are exactly q < tau (Eq. 5-6)."""
+    cfg = controlled.cfg
+    assert [r["id"] for r in controlled.records] == [1, 2]
+    n_checked = 0
+    for rec in controlled.records:
+        ids = chat_token_ids(env.tok, rec["messages"])
+        rows, seeds, keys = [], [], []
+        for q in rec["qualities"] + rec["gold_qualities"]:
+            for j in range(cfg.rollouts):
+                rows.append(ids[: q["pos"]] + [q["token"]])
+                seeds.append(rollout_seed(cfg.seed, rec["id"], q["pos"], q["token"], j))
+                keys.append((q["pos"], q["token"]))
+        width = max(map(len, rows))
+        inp = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        dcfg = DecodeConfig(beta=0, do_sample=True, temperature=0.7, max_new_tokens=cfg.max_rollout_tokens,
+                            eos_token_ids=_eos(env))
+        out = generate(env.model, inp, mask, dcfg, seeds=seeds)
+        wins: dict = {}
+        for key, toks in zip(keys, out.tokens):
+            wins[key] = wins.get(key, 0) + int(parity_checker("", "", toks))
+        expected_samples = []
+        for q in rec["qualities"]:
+            k = wins[(q["pos"], q["token"])]
+            assert q["correct"] == k and q["rollouts"] == 3 and q["q"] == pytest.approx(k / 3)
+            assert q["negative"] == (k / 3 < cfg.tau)
+            if q["negative"]:
+                expected_samples.append([q["pos"], ids[q["pos"]], q["token"]])
+            n_checked += 1
+        for q in rec["gold_qualities"]:
+            assert q["token"] == ids[q["pos"]] and q["correct"] == wins[(q["pos"], q["token"])]
+        assert rec["samples"] == expected_samples
+    assert n_checked == controlled.summary["candidates"] > 0
+    assert controlled.summary["rollouts"] == 3 * (controlled.summary["candidates"] + controlled.summary["positions"])
+    labels = [q["negative"] for r in controlled.records for q in r["qualities"]]
+    assert any(labels) and not all(labels), "the stub should give both labels on this case"
+
+
+def test_candidates_are_plausible_draws(env, controlled):
+    """Each explored position has min(n, |V_t \\ gold|) distinct candidates from the plausible set of a plain forward."""
+    for rec in controlled.records:
+        ids = chat_token_ids(env.tok, rec["messages"])
+        logits = _logits(env.model, ids)
+        tried: dict = {}
+        for q in rec["qualities"]:
+            tried.setdefault(q["pos"], []).append(q["token"])
+        assert sorted(tried) == rec["positions"] and len(rec["positions"]) == min(3, rec["candidate_positions"])
+        for t, toks in tried.items():
+            cid, cmask = plausible_candidates(logits[t - 1 : t], alpha=0.1, exclude=torch.tensor([ids[t]]))
+            allowed = set(cid[0][cmask[0]].tolist())
+            assert len(set(toks)) == len(toks) == min(3, len(allowed))
+            assert set(toks) <= allowed and ids[t] not in toks
+
+
+@pytest.mark.parametrize("verdict", [True, False])
+def test_constant_checkers_give_all_or_no_negatives(env, tmp_path, verdict):
+    s = explore(_cfg(env, tmp_path / "o.jsonl", limit=1, checker=lambda text, gold, toks: verdict))
+    (rec,) = _lines(tmp_path / "o.jsonl")
+    assert rec["qualities"] and all(q["q"] == (1.0 if verdict else 0.0) for q in rec["qualities"])
+    assert len(rec["samples"]) == (0 if verdict else len(rec["qualities"])) == s["negatives"]
+
+
+def test_default_checker_reads_the_response_text(env, tmp_path):
+    """With the real GSM8K checker the response includes the gold prefix: at the last digits of the answer the
+    prefix already holds 'The answer is', so the extracted answer is what the candidate makes it."""
+    s = explore(_cfg(env, tmp_path / "o.jsonl", limit=1, checker=None, positions="all", candidates=1, rollouts=1,
+                     max_rollout_tokens=1))
+    assert s["candidates"] > 0 and s["negatives"] <= s["candidates"]
+    (rec,) = _lines(tmp_path / "o.jsonl")
+    assert rec["gold_answer"] == "7"
+
+
+# ------------------------------------------------------------------------------------ triplets vs chat template
+
+
+def test_triplets_consistent_with_chat_template(env, controlled):
+    for rec, (q, a) in zip(controlled.records, QUESTIONS):
+        assert rec["messages"] == [{"role": "user", "content": q}, {"role": "assistant", "content": gsm8k_solution_text(a)}]
+        content = rec["messages"][1]["content"]
+        assert "<<" not in content and "####" not in content and content.endswith("The answer is 7.")
+        ids = chat_token_ids(env.tok, rec["messages"])
+        rs = response_start(env.tok, rec["messages"])
+        end = ids.index(env.tok.eos_token_id, rs)  # the assistant's end-of-turn (excluded by default)
+        assert rec["response_start"] == rs and rec["response_positions"] == end - rs
+        assert env.tok.decode(ids[rs:end]) == content
+        assert check_samples(ids, [tuple(s) for s in rec["samples"]], len(env.tok)) is None
+        for t, g, v in rec["samples"]:
+            assert rs <= t < end and ids[t] == g and v != g
+        for q in rec["qualities"]:
+            assert q["gold_id"] == ids[q["pos"]] and rs <= q["pos"] < end
+
+
+def test_output_reloads_in_training_reader(env, controlled):
+    recs = list(iter_records(controlled.out))
+    assert [r.extra["id"] for r in recs] == [1, 2]
+    assert sum(len(r.samples) for r in recs) == controlled.summary["negatives"]
+    for r in recs:
+        assert check_samples(chat_token_ids(env.tok, r.messages), r.samples, len(env.tok)) is None
+        assert "qualities" in r.extra and r.extra["settings"]["strategy"] == "rollout"
+
+
+def test_summary_written_next_to_output(controlled):
+    s = json.loads(summary_path(controlled.out).read_text())
+    assert summary_path(controlled.out).name == "out.summary.json"
+    for k in ("examples", "positions", "candidates", "negatives", "rollouts", "generated_tokens", "wall_seconds",
+              "rollouts_per_s", "tokens_per_s", "examples_per_s", "skipped_lines", "settings"):
+        assert k in s
+    assert s["finished"] and s["examples"] == 2 and s["settings"]["tau"] == 0.5
+    assert s["generated_tokens"] == sum(r["generated_tokens"] for r in controlled.records) > 0
+
+
+# ------------------------------------------------------------------------------------------------------ resume
+
+
+def test_resume_after_crash(env, tmp_path):
+    ref_out = tmp_path / "ref.jsonl"
+    explore(_cfg(env, ref_out, limit=4))
+    reference = _lines(ref_out)
+    assert [r["id"] for r in reference] == [1, 2, 3, 4]
+
+    def crashing(text, gold, toks):
+        if gold == "12":  # the third example
+            raise RuntimeError("simulated crash")
+        return parity_checker(text, gold, toks)
+
+    out = tmp_path / "run.jsonl"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        explore(_cfg(env, out, limit=4, checker=crashing))
+    assert [r["id"] for r in _lines(out)] == [1, 2]
+    with out.open("a") as f:  # killed in the middle of writing the next line
+        f.write('{"id": 3, "messages": [{"role": "us')
+    s = explore(_cfg(env, out, limit=4))
+    assert s["resumed"] == 2 and s["examples"] == 2
+    got = _lines(out)
+    assert [_strip_timing(r) for r in got] == [_strip_timing(r) for r in reference]
+    again = explore(_cfg(env, out, limit=4))
+    assert again["resumed"] == 4 and again["examples"] == 0 and len(_lines(out)) == 4
+    with pytest.raises(ValueError, match="tau"):
+        explore(_cfg(env, out, limit=4, tau=0.3))
+
+
+# ---------------------------------------------------------------------------------------------------- sharding
+
+
+def test_shard_assignment_is_a_partition():
+    for n in (1, 2, 3, 7):
+        for j in range(50):
+            assert sum(in_shard(j, (i, n)) for i in range(n)) == 1
+    assert parse_shard("2/5") == (2, 5)
+    for bad in ("5/5", "1", "a/b", "-1/3", "0/0"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+    names = {shard_output_path("o/out.jsonl", (i, 3)).name for i in range(3)}
+    assert names == {"out.shard0-of-3.jsonl", "out.shard1-of-3.jsonl", "out.shard2-of-3.jsonl"}
+    assert shard_output_path("o/out.jsonl", (0, 1)) == Path("o/out.jsonl")
+
+
+def test_shards_cover_every_example_once(env, tmp_path):
+    out = tmp_path / "out.jsonl"
+    whole = explore(_cfg(env, tmp_path / "whole.jsonl", strategy="sample", positions="all"))
+    ids, records = [], {}
+    for i in range(3):
+        s = explore(_cfg(env, out, strategy="sample", positions="all", shard=(i, 3)))
+        assert Path(s["output"]).name == f"out.shard{i}-of-3.jsonl"
+        for r in _lines(s["output"]):
+            ids.append(r["id"])
+            records[r["id"]] = _strip_timing(r)
+    assert sorted(ids) == [1, 2, 3, 4, 5] == sorted(set(ids))
+    assert whole["examples"] == 5
+    assert {r["id"]: _strip_timing(r) for r in _lines(tmp_path / "whole.jsonl")} == records
+    sub = explore(_cfg(env, tmp_path / "sub.jsonl", strategy="sample", start=1, limit=3, shard=(1, 2)))
+    assert [r["id"] for r in _lines(sub["output"])] == [2, 4]  # indices 1..3, odd ones
+
+
+# ------------------------------------------------------------------------------------------------- sample strategy
+
+
+@pytest.mark.parametrize("mode", ["base", "uniform", "contrast"])
+def test_sample_strategy_modes(env, tmp_path, mode):
+    kw = dict(strategy="sample", mode=mode, positions="all", num_samples=3, limit=2)
+    if mode == "contrast":
+        kw.update(contrast_model=env.contrast, gamma=0.5)
+    s = explore(_cfg(env, tmp_path / "o.jsonl", **kw))
+    recs = _lines(tmp_path / "o.jsonl")
+    assert s["rollouts"] == 0 and s["negatives"] == sum(len(r["samples"]) for r in recs) > 0
+    for rec in recs:
+        ids = chat_token_ids(env.tok, rec["messages"])
+        l1 = _logits(env.model, ids)
+        l2 = _logits(env.contrast_model, ids)
+        per_pos: dict = {}
+        for t, g, v in rec["samples"]:
+            assert ids[t] == g != v
+            for logits in (l1, l2) if mode == "contrast" else (l1,):
+                cid, cmask = plausible_candidates(logits[t - 1 : t], alpha=0.1, exclude=torch.tensor([g]))
+                assert v in set(cid[0][cmask[0]].tolist())
+            per_pos.setdefault(t, []).append(v)
+        assert all(len(v) == len(set(v)) <= 3 for v in per_pos.values())
+        assert rec["settings"]["mode"] == mode and "qualities" not in rec
+    assert check_samples(ids, [tuple(x) for x in recs[-1]["samples"]], len(env.tok)) is None
+
+
+def test_sample_scores_formulas():
+    l1 = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    l2 = torch.tensor([[0.0, 1.0, 2.0, 0.5]])
+    lp1, lp2 = torch.log_softmax(l1, -1), torch.log_softmax(l2, -1)
+    assert torch.equal(sample_scores("uniform", l1, None, 1.0), torch.zeros(1, 4))
+    torch.testing.assert_close(sample_scores("base", l1, None, 1.0), lp1)
+    torch.testing.assert_close(sample_scores("contrast", l1, l2, 0.5), lp1 + 0.5 * (lp1 - lp2))
+    # logits and log-probs give the same contrast distribution (softmax is shift-invariant per row)
+    p = torch.softmax(sample_scores("contrast", l1, l2, 2.0), -1)
+    torch.testing.assert_close(p, torch.softmax(l1 + 2.0 * (l1 - l2), -1))
+    with pytest.raises(ValueError):
+        sample_scores("contrast", l1, None, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+
+
+def _bad_file(env, path):
+    long_q = " ".join(["how many apples does she have"] * 60)
+    lines = [
+        json.dumps({"question": QUESTIONS[0][0], "answer": QUESTIONS[0][1]}),
+        '{"question": "broken',
+        json.dumps({"question": "no answer field"}),
+        json.dumps({"question": "q", "answer": "no final line"}),
+        json.dumps({"question": long_q, "answer": "1 + 1 = 2.\n#### 2"}),
+        "",
+        json.dumps({"id": "q7", "question": QUESTIONS[1][0], "answer": QUESTIONS[1][1]}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_input_fail_names_the_line(env, tmp_path):
+    data = _bad_file(env, tmp_path / "bad.jsonl")
+    with pytest.raises(ExploreInputError, match=r"bad\.jsonl:2: not valid JSON"):
+        explore(_cfg(env, tmp_path / "o.jsonl", data=str(data), strategy="sample", max_context=200))
+    res = CliRunner().invoke(explore_command, ["--model", env.llm, "--data", str(data), "--output",
+                                              str(tmp_path / "c.jsonl"), "--strategy", "sample", "--no-progress"])
+    assert res.exit_code != 0 and "bad.jsonl:2" in res.output
+
+
+def test_bad_input_skip_counts_lines(env, tmp_path):
+    data = _bad_file(env, tmp_path / "bad.jsonl")
+    s = explore(_cfg(env, tmp_path / "o.jsonl", data=str(data), strategy="sample", max_context=200, on_error="skip"))
+    assert s["skipped"] == 4 and s["examples"] == 2
+    lines = {int(x[len(str(data)) + 1 :].split(":")[0]) for x in s["skipped_lines"]}
+    assert lines == {2, 3, 4, 5}
+    reasons = " ".join(s["skipped_lines"])
+    for part in ("not valid JSON", "missing field 'answer'", "no parseable gold answer", "exceed the model context"):
+        assert part in reasons
+    assert [r["id"] for r in _lines(tmp_path / "o.jsonl")] == [1, "q7"]
+
+
+# --------------------------------------------------------------------------------------------------- --gold self
+
+
+def test_gold_self_keeps_first_correct_solution(env, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(env.llm).eval()
+    # many end tokens, so that sampled solutions finish within the small budget
+    model.generation_config.eos_token_id = sorted({env.tok.eos_token_id, *range(0, len(env.tok), 3)})
+    calls = []
+
+    def second_is_right(text, gold, toks):
+        calls.append(text)
+        return len(calls) == 2
+
+    cfg = _cfg(env, tmp_path / "o.jsonl", gold="self", self_samples=6, self_max_tokens=12, limit=1,
+               checker=second_is_right, positions="sample:1", rollouts=1, candidates=1)
+    s = explore(cfg, engine=HFRolloutEngine(model))
+    (rec,) = _lines(tmp_path / "o.jsonl")
+    assert rec["messages"][1]["content"] == calls[1] and s["self_samples"] == 6 and s["self_gold_failed"] == 0
+    s2 = explore(_cfg(env, tmp_path / "none.jsonl", gold="self", self_samples=3, self_max_tokens=12, limit=2,
+                      checker=lambda *a: False), engine=HFRolloutEngine(model))
+    assert s2["self_gold_failed"] == 2 and s2["self_gold_failed_ids"] == [1, 2] and s2["examples"] == 0
+    assert not (tmp_path / "none.jsonl").read_text()
+
+
+# ----------------------------------------------------------------------------------------------- CLI and helpers
+
+
+def test_cli_vllm_missing(env, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    res = CliRunner().invoke(explore_command, ["--model", env.llm, "--data", env.data, "--output",
+                                              str(tmp_path / "o.jsonl"), "--backend", "vllm", "--no-progress"])
+    assert res.exit_code != 0 and "pip install llm2-eval[vllm]" in res.output
+
+
+def test_cli_runs_and_prints_summary(env, tmp_path):
+    res = CliRunner().invoke(explore_command, [
+        "--model", env.llm, "--data", env.data, "--output", str(tmp_path / "o.jsonl"), "--limit", "1",
+        "--positions", "stride:4", "--rollouts", "1", "--candidates", "1", "--max-rollout-tokens", "2",
+        "--no-progress", "--shard", "0/1",
+    ])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.splitlines()[0])
+    assert summary["examples"] == 1 and summary["rollouts"] == summary["candidates"]
+
+
+def test_positions_and_helpers():
+    assert parse_positions("all") == ("all", 0.0)
+    assert parse_positions("stride:4") == ("stride", 4.0)
+    assert parse_positions("sample:0.25") == ("sample", 0.25)
+    for bad in ("some", "stride:0", "stride:1.5", "sample:0", "sample:2.5"):
+        with pytest.raises(ValueError):
+            parse_positions(bad)
+    pos = list(range(10, 30))
+    assert select_positions("all", pos, 0) == pos
+    assert select_positions("stride:5", pos, 0) == [10, 15, 20, 25]
+    a = select_positions("sample:4", pos, 7)
+    assert len(a) == 4 and a == sorted(a) and set(a) <= set(pos) and a == select_positions("sample:4", pos, 7)
+    assert len(select_positions("sample:0.25", pos, 1)) == 5 and len(select_positions("sample:0.01", pos, 1)) == 1
+    assert select_positions("sample:50", pos, 1) == pos
+    assert gsm8k_solution_text("a = <<1+1=2>>2 b.\nc 1,000.\n#### 1,000") == "a = 2 b.\nc 1,000.\nThe answer is 1000."
+    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 1, 3)
+    assert rollout_seed(0, "a", 5, 7, 1) != rollout_seed(0, "a", 5, 7, 2)
+    with pytest.raises(ValueError):
+        ExploreConfig(model="m", data="d", output="o", strategy="sample", mode="contrast")
+    with pytest.raises(ValueError):
+        ExploreConfig(model="m", data="d", output="o", positions="every:3")
+    assert ExploreConfig(model="m", data="d", output="o").resolved_temperature == 0.7
+    assert ExploreConfig(model="m", data="d", output="o", strategy="sample").resolved_temperature == 1.0
