@@ -140,6 +140,8 @@ class ExploreConfig:
         dtype: ``"auto"``, ``"bfloat16"``, ``"float16"`` or ``"float32"``.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         batch_rows: hf backend: maximum rollouts decoded together (16-32 suits a CPU; larger on GPUs).
+        threads: CPU threads for torch (``torch.set_num_threads``, process-wide); 0 = torch's default. On a CPU
+            shared with other jobs, 1 thread avoids OpenMP oversubscription stalls.
         tensor_parallel_size: vLLM tensor parallelism.
         vllm_args: further ``vllm.LLM`` keyword arguments.
         vllm_logprobs: vLLM: top-k prompt logprobs used for candidate sets.
@@ -180,6 +182,7 @@ class ExploreConfig:
     dtype: str = "auto"
     device: str = "auto"
     batch_rows: int = 32
+    threads: int = 0
     tensor_parallel_size: int = 1
     vllm_args: dict[str, Any] = field(default_factory=dict)
     vllm_logprobs: int = 20
@@ -200,6 +203,8 @@ class ExploreConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be one of {', '.join(allowed)}")
         if not 0.0 < float(self.alpha) <= 1.0:
             raise ValueError(f"alpha={self.alpha!r}: must be in (0, 1]")
+        if int(self.threads) < 0:
+            raise ValueError(f"threads={self.threads!r}: must be >= 0")
         for name in ("candidates", "rollouts", "num_samples", "self_samples", "self_max_tokens",
                      "max_rollout_tokens", "batch_rows", "tensor_parallel_size", "vllm_logprobs"):
             if int(getattr(self, name)) < 1:
@@ -770,6 +775,10 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
 
     tokenizer = _load_tokenizer(cfg.model)
     device = _device(cfg.device)
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     model_config = gen_config = None
     if engine is None:
         from verifier_train.rollouts import HFRolloutEngine, VLLMRolloutEngine
@@ -964,6 +973,8 @@ def _default(name: str) -> Any:
 @click.option("--device", default=_default("device"), show_default=True)
 @click.option("--batch-rows", type=int, default=_default("batch_rows"), show_default=True,
               help="hf: rollouts decoded together.")
+@click.option("--threads", type=int, default=_default("threads"), show_default=True,
+              help="CPU threads for torch (0 = default; 1 on a busy shared CPU).")
 @click.option("--tensor-parallel-size", type=int, default=_default("tensor_parallel_size"), show_default=True)
 @click.option("--vllm-arg", "vllm_args", multiple=True, help="KEY=VALUE passed to vllm.LLM (repeatable).")
 @click.option("--vllm-logprobs", type=int, default=_default("vllm_logprobs"), show_default=True)
