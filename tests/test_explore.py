@@ -46,6 +46,15 @@ QUESTIONS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and a shared CPU stalls multi-threaded OpenMP); restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def parity_checker(text, gold, tokens):
     """Stub: a rollout 'reaches the answer' iff its first generated token id is even."""
     return bool(tokens) and tokens[0] % 2 == 0
@@ -57,7 +66,7 @@ def env(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("explore")
     llm = build_tiny_llm(root / "llm", seed=5)
-    contrast = build_tiny_llm(root / "contrast", seed=6)
+    contrast = build_tiny_llm(root / "contrast", seed=6, tokenizer=AutoTokenizer.from_pretrained(llm))
     data = root / "gsm8k.jsonl"
     data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS))
     return SimpleNamespace(
