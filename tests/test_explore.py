@@ -132,12 +132,15 @@ def test_labels_exact_on_controlled_case(env, controlled):
                             eos_token_ids=_eos(env))
         out = generate(env.model, inp, mask, dcfg, seeds=seeds)
         wins: dict = {}
-        for key, toks in zip(keys, out.tokens):
+        cut: dict = {}
+        for key, toks, why in zip(keys, out.tokens, out.finish_reasons):
             wins[key] = wins.get(key, 0) + int(parity_checker("", "", toks))
+            cut[key] = cut.get(key, 0) + int(why == "length")
         expected_samples = []
         for q in rec["qualities"]:
             k = wins[(q["pos"], q["token"])]
             assert q["correct"] == k and q["rollouts"] == 3 and q["q"] == pytest.approx(k / 3)
+            assert q["truncated"] == cut[(q["pos"], q["token"])]
             assert q["negative"] == (k / 3 < cfg.tau)
             if q["negative"]:
                 expected_samples.append([q["pos"], ids[q["pos"]], q["token"]])
@@ -437,3 +440,20 @@ def test_positions_and_helpers():
         ExploreConfig(model="m", data="d", output="o", positions="every:3")
     assert ExploreConfig(model="m", data="d", output="o").resolved_temperature == 0.7
     assert ExploreConfig(model="m", data="d", output="o", strategy="sample").resolved_temperature == 1.0
+
+
+def test_math_format_and_end_of_turn_position(env, tmp_path):
+    from verifier_train.explore import default_checker
+
+    data = tmp_path / "math.jsonl"
+    solution = "We add 3 and 4 to get 7, so the answer is $\\boxed{7}$."
+    data.write_text(json.dumps({"problem": "how many apples are 3 and 4 apples?", "solution": solution}) + "\n")
+    s = explore(_cfg(env, tmp_path / "o.jsonl", data=str(data), strategy="sample", positions="all", include_eot=True))
+    (rec,) = _lines(tmp_path / "o.jsonl")
+    assert rec["messages"][1]["content"] == solution and rec["gold_answer"] == "7" and s["examples"] == 1
+    ids = chat_token_ids(env.tok, rec["messages"])
+    end = ids.index(env.tok.eos_token_id, rec["response_start"])
+    assert rec["response_positions"] == end - rec["response_start"] + 1  # the end-of-turn token included
+    check = default_checker("math")
+    assert check("so it is \\boxed{\\frac12}", "\\frac{1}{2}", []) and not check("\\boxed{3}", "7", [])
+    assert default_checker("gsm8k")("The answer is 1,008.", "1008", [])

@@ -4,8 +4,8 @@ LLM2.md section 4 (paper Sec. 2.3, Eq. 5-6). For every input question:
 
 1. The assistant message is the gold solution (GSM8K: ``<<...>>`` calculator annotations stripped, ``#### N``
    turned into the closing sentence ``The answer is N.``; MATH: the ``solution`` as is), or with ``--gold self``
-   the first of ``--self-samples`` sampled solutions whose answer is right (the question is skipped and counted
-   when none is).
+   the first of ``--self-samples`` sampled solutions that ends (EOS) with the right answer (the question is then
+   skipped and counted in the summary; it is not written, so a resumed run samples it again).
 2. ``[user: question, assistant: solution]`` is tokenised with the LLM's chat template
    (:func:`verifier_train.records.chat_token_ids`). Response positions are the assistant-content tokens, from
    :func:`~verifier_train.records.response_start` up to (excluding) the first end-of-turn token (an EOS id of the
@@ -39,7 +39,7 @@ Output (LLM2.md section 5), one line per example, appended and fsynced as each e
 
     {"id", "line", "messages", "samples": [[t, gold_id, v], ...], "gold_answer", "response_start", "positions",
      "response_positions", "candidate_positions",
-     "qualities": [{"pos", "gold_id", "token", "text", "q", "correct", "rollouts", "negative"}, ...],
+     "qualities": [{"pos", "gold_id", "token", "text", "q", "correct", "rollouts", "truncated", "negative"}, ...],
      "gold_qualities": [...], "rollouts", "generated_tokens", "seconds", "settings": {...}}
 
 Re-running the same command resumes (examples already in the output are skipped; a truncated last line is
@@ -505,6 +505,7 @@ class _Counters:
     candidates: int = 0
     negatives: int = 0
     rollouts: int = 0
+    truncated: int = 0
     generated_tokens: int = 0
     q_sum: float = 0.0
     gold_q_sum: float = 0.0
@@ -624,7 +625,7 @@ class _Explorer:
             t, v, _ = job
             if v in self.end_ids:  # the response ends here: one deterministic outcome, no rollout
                 ok = bool(check(self._decode(ids[rs:t]), gold, []))
-                outcomes[job] = (1.0 if ok else 0.0, int(ok), 0)
+                outcomes[job] = (1.0 if ok else 0.0, int(ok), 0, 0)
                 continue
             seeds = [rollout_seed(cfg.seed, ex_id, t, v, j) for j in range(cfg.rollouts)]
             requests.append(RolloutRequest(prefix_len=t, continuation=[v], seeds=seeds))
@@ -635,15 +636,17 @@ class _Explorer:
                 t, v, _ = job
                 head = list(ids[rs:t]) + [v]
                 correct = sum(bool(check(self._decode(head + r.tokens), gold, r.tokens)) for r in group)
-                outcomes[job] = (correct / len(group), correct, len(group))
+                truncated = sum(r.finish_reason == "length" for r in group)
+                outcomes[job] = (correct / len(group), correct, len(group), truncated)
+                self.c.truncated += truncated
                 self.c.rollouts += len(group)
                 self.c.generated_tokens += sum(len(r.tokens) for r in group)
         qualities, gold_q = [], []
         for job in jobs:
             t, v, is_gold = job
-            q, correct, n_roll = outcomes[job]
+            q, correct, n_roll, truncated = outcomes[job]
             entry = {"pos": t, "gold_id": int(ids[t]), "token": v, "text": self.tok.decode([v]), "q": q,
-                     "correct": correct, "rollouts": n_roll}
+                     "correct": correct, "rollouts": n_roll, "truncated": truncated}
             if is_gold:
                 gold_q.append(entry)
                 self.c.gold_q_sum += q
@@ -746,7 +749,8 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
         (already in the output), ``skipped`` and ``skipped_lines`` (``file:line: reason``), ``self_gold_failed``,
         ``response_positions`` (assistant tokens), ``candidate_positions`` (those with a plausible non-gold
         token), ``positions`` (explored), ``candidates`` (tried), ``negatives`` (kept), ``negative_rate``, ``mean_q``,
-        ``mean_gold_q``, ``rollouts``, ``generated_tokens``, ``wall_seconds``, ``examples_per_s``,
+        ``mean_gold_q``, ``rollouts``, ``truncated_rollouts`` (hit ``max_rollout_tokens``: no final answer, so
+        they count as failures), ``generated_tokens``, ``wall_seconds``, ``examples_per_s``,
         ``rollouts_per_s``, ``tokens_per_s``, ``output``, ``settings``.
 
     Raises:
@@ -838,7 +842,7 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
             "negative_rate": c.negatives / c.candidates if c.candidates else None,
             "mean_q": c.q_sum / c.candidates if c.candidates and cfg.strategy == "rollout" else None,
             "mean_gold_q": c.gold_q_sum / c.gold_q_n if c.gold_q_n else None,
-            "rollouts": c.rollouts, "generated_tokens": c.generated_tokens,
+            "rollouts": c.rollouts, "truncated_rollouts": c.truncated, "generated_tokens": c.generated_tokens,
             "wall_seconds": round(wall, 2),
             "examples_per_s": c.examples / wall if wall else None,
             "rollouts_per_s": c.rollouts / wall if wall else None,
@@ -903,6 +907,7 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
                         f"negatives={len(record['samples'])} rollouts={record['rollouts']} "
                         f"{record['seconds']:.1f}s | {rates}",
                         highlight=False,
+                        soft_wrap=True,
                     )
                 _write_json_atomic(sum_path, s)
     finally:

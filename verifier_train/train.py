@@ -70,7 +70,8 @@ class TrainConfig:
     ``global_batch / (micro_batch * world_size)`` (must divide exactly).
     """
 
-    data: list[str] = _opt([], "JSON Lines file(s) of triplets (LLM2.md section 5).", multiple=True, required=True)
+    data: list[str] = _opt([], "JSON Lines file of triplets (LLM2.md section 5); repeat for several files.",
+                           multiple=True, required=True)
     output: str = _opt("", "Output directory: the final verifier, train_log.jsonl, training_card.json, checkpoints/.",
                        required=True)
     model: str | None = _opt(None, "LLM directory (or hub id) to initialise the verifier from (new score head).")
@@ -95,7 +96,7 @@ class TrainConfig:
     lora_dropout: float = _opt(0.0, "LoRA dropout.")
     lora_target: str = _opt("all-linear", "LoRA target modules: 'all-linear' or comma-separated module names.")
     save_steps: int = _opt(500, "Save a resumable checkpoint under <output>/checkpoints every N optimizer steps.")
-    save_total_limit: int | None = _opt(2, "Keep at most this many intermediate checkpoints (0 or none = all).")
+    save_total_limit: int | None = _opt(2, "Keep at most this many intermediate checkpoints (0 = all).")
     resume: bool = _opt(False, "Continue from the last checkpoint in <output>/checkpoints (fresh start if none).",
                         flag="--resume/--no-resume")
     overwrite: bool = _opt(False, "Delete existing checkpoints in <output> instead of refusing to start.",
@@ -896,7 +897,8 @@ def train_command(**kwargs: Any) -> None:
     """Train a process verifier with the pairwise loss (LLM2 paper Eq. 4, LLM2.md section 6).
 
     Example: ``llm2 train-verifier --model LLM_DIR --data triplets.jsonl --output verifier/``;
-    multi-GPU: ``accelerate launch -m llm2_eval.cli train-verifier ...``.
+    multi-GPU / multi-node: ``accelerate launch [--config_file deepspeed_or_fsdp.yaml] -m llm2_eval.cli
+    train-verifier ...`` (or ``torchrun --nproc_per_node N -m llm2_eval.cli train-verifier ...``).
     """
     kwargs["data"] = list(kwargs.get("data") or [])
     config = TrainConfig(**kwargs)
@@ -904,6 +906,8 @@ def train_command(**kwargs: Any) -> None:
         result = train_verifier(config)
     except (RecordError, ValueError, FileExistsError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
+        return
     m = result.metrics
     summary = {k: m[k] for k in ("eval_pair_accuracy", "eval_loss", "train_loss") if k in m}
     click.echo(json.dumps({"output": str(result.output_dir), "global_step": result.global_step, **summary}))
