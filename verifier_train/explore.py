@@ -42,14 +42,16 @@ Output (LLM2.md section 5), one line per example, appended and fsynced as each e
      "qualities": [{"pos", "gold_id", "token", "text", "q", "correct", "rollouts", "truncated", "negative"}, ...],
      "gold_qualities": [...], "rollouts", "generated_tokens", "seconds", "settings": {...}}
 
+(``--strategy sample`` writes ``"draws": [{"pos", "gold_id", "tokens", "set_size"}, ...]`` instead of qualities.)
+
 Re-running the same command resumes (examples already in the output are skipped; a truncated last line is
 repaired by :class:`~verifier_train.records.JsonlAppender`), so a killed run loses at most the example in
 progress. Seeds derive from ``(--seed, example id, position, token, rollout)``, so results do not depend on which
 examples ran before. A summary (``OUT.summary.json``, e.g. ``out.jsonl`` -> ``out.summary.json``) is rewritten
 after every example and at the end.
 
-``--shard i/N`` keeps the selected examples ``j`` (0-based index among the non-blank lines of the input, after
-``--start``/``--limit``) with ``j % N == i`` and writes to a per-shard output ``OUT.shard{i}-of-{N}.jsonl``;
+``--shard i/N`` keeps the examples ``j`` (0-based index among the non-blank lines of the input; ``--start`` and
+``--limit`` first select a range of ``j``) with ``j % N == i`` and writes to a per-shard output ``OUT.shard{i}-of-{N}.jsonl``;
 ``cat out.shard*-of-N.jsonl > out.jsonl`` merges them (the N shards cover every example exactly once).
 
 Example ids: the input's ``id`` field when present, else the 1-based line number in the input file.
