@@ -15,6 +15,12 @@ from tiny_models import build_tiny_llm  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # also for the lm_eval subprocesses
+
+import torch  # noqa: E402
+
+# Tiny models gain nothing from intra-op threads, and on a loaded machine extra threads slow every op down a lot.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 
