@@ -88,7 +88,8 @@ class RowStats:
         steps: generated tokens.
         candidates: sum over steps of ``|V_t|`` (0 when the verifier is off).
         scored_steps: steps with ``|V_t| > 1`` (the verifier scored this row).
-        flips: scored steps where the chosen token is not the LLM's most probable token.
+        flips: scored steps where the verifier changed the best candidate: ``argmax z*`` is not the LLM's most
+            probable token (for sampling too, whatever token was then drawn).
         margin_sum: sum over scored steps of ``max_v s(v) - s(v_llm)``, the verifier's preference for its
             favourite candidate over the LLM's top token (>= 0).
         llm_tokens: tokens fed through the LLM (prompt tokens + one per step after the first).
@@ -211,21 +212,32 @@ def _cache_kwarg(model: torch.nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _new_cache(model: torch.nn.Module):
+def _new_cache(model: torch.nn.Module, full_attention: bool = False):
+    """A ``DynamicCache`` for ``model``; ``full_attention=True`` keeps every position of every layer (croppable)."""
     from transformers import DynamicCache
 
+    if full_attention:
+        return DynamicCache()
     try:
         return DynamicCache(config=model.config)
     except TypeError:  # older transformers
         return DynamicCache()
 
 
+def sliding_window(config) -> int | None:
+    """The sliding-window size of a model whose attention layers use one, else None."""
+    types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None)
+    uses = any("sliding" in str(t) for t in types) or bool(getattr(config, "use_sliding_window", False))
+    return int(window) if uses and window else None
+
+
 class _Forward:
     """A model forward with its KV cache, hiding the transformers keyword spelling (``cache`` / ``past_key_values``)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, full_attention: bool = False):
         self.model = model
-        self.cache = _new_cache(model)
+        self.cache = _new_cache(model, full_attention)
         self._cache_kw = _cache_kwarg(model)
         self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
@@ -459,11 +471,24 @@ def generate(
     do_sample = bool(config.do_sample)
     generators = make_generators(seeds) if do_sample else []
     eos = set(int(t) for t in config.eos_token_ids)
-    stop = [s for s in config.stop if s]
-    stop_window = (max(len(s) for s in stop) + 4) if stop else 0
+    stop = [config.stop] if isinstance(config.stop, str) else [s for s in config.stop if s]
+    # a token holds at least one byte of text, so a stop string spans at most len(utf-8 bytes) + 1 tokens
+    stop_window = (max(len(s.encode("utf-8")) for s in stop) + 4) if stop else 0
 
     llm_fwd = _Forward(llm)
-    ver_fwd = _Forward(verifier) if use_verifier else None
+    ver_fwd = None
+    v_vocab = None
+    if use_verifier:
+        # The verifier's cache is cropped after every scoring pass, so it keeps full-attention layers; a sliding
+        # window would need a banded 4-D mask, so such verifiers are limited to sequences inside their window.
+        window = sliding_window(verifier.config)
+        if window is not None and seq_len + int(config.max_new_tokens) > window:
+            raise ValueError(
+                f"the verifier uses sliding-window attention (window {window} tokens); LLM2 decoding supports "
+                f"prompt + new tokens <= {window}, got {seq_len} + {int(config.max_new_tokens)}"
+            )
+        ver_fwd = _Forward(verifier, full_attention=True)
+        v_vocab = verifier.get_input_embeddings().num_embeddings
     v_cached = 0  # columns of `seq` already in the verifier's KV cache
 
     seq = input_ids
@@ -504,6 +529,8 @@ def generate(
 
     for step in range(int(config.max_new_tokens)):
         if use_verifier:
+            if logits.shape[-1] > v_vocab:  # ids the verifier has no embedding for are never candidates
+                logits = logits[:, :v_vocab]
             cand_ids, cand_mask = plausible_candidates(
                 logits, alpha=config.alpha, top_k=config.top_k, max_candidates=config.max_candidates
             )
@@ -534,7 +561,8 @@ def generate(
             if scores is not None:
                 sc = scores.masked_fill(~cand_mask, float("-inf"))
                 margin = (sc.max(-1).values - scores[:, 0]).tolist()
-                flips = (idx != 0).tolist()
+                # a flip: the verifier-adjusted best candidate is not the LLM's top token (sampled or not)
+                flips = (z.argmax(-1) != 0).tolist()
                 read_list = read.tolist()
                 for i, r in enumerate(active):
                     st = stats[r]

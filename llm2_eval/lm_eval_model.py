@@ -1,8 +1,14 @@
 """The lm-eval model ``llm2``: lm-eval's HFLM with generation replaced by LLM2 dual-process decoding.
 
-Everything else is HFLM's own: model and tokenizer loading, tokenisation, chat templates, loglikelihood,
-batching and the post-processing of generations (stop strings are cut there). Only ``_model_generate`` is
-replaced, by :func:`llm2_eval.decoding.generate` (paper Eq. 1, LLM2.md section 3).
+Everything else is HFLM's own: model and tokenizer loading, tokenisation, chat templates, loglikelihood, prompt
+truncation and the post-processing of generations (stop strings are cut there). ``generate_until`` is replaced:
+it groups identical requests (lm-eval's ``repeats``) and decodes with :func:`llm2_eval.decoding.generate`
+(paper Eq. 1, LLM2.md section 3).
+
+Unlike ``model.generate``, LLM2 decoding applies no logits processors from the model's ``generation_config``
+(repetition penalty, n-gram blocking, transformers' default sampling ``top_k=50``, ...): greedy decoding with
+``beta=0`` equals ``--model hf`` token for token when the config sets none of them, and a warning names them
+otherwise. Sampling uses the task's ``temperature`` and ``top_p`` only.
 
 Usage::
 
@@ -59,6 +65,27 @@ def _seed_for(base: int, context: list[int], copy_index: int) -> int:
     return int.from_bytes(h.digest(), "little") >> 1
 
 
+_NEUTRAL = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+            "min_new_tokens": 0, "min_length": 0}
+
+
+def _warn_unapplied_processors(model: torch.nn.Module) -> None:
+    """Warn when the model's generation_config asks for logits processors that LLM2 decoding does not apply."""
+    cfg = getattr(model, "generation_config", None)
+    if cfg is None:
+        return
+    found = {k: getattr(cfg, k, None) for k in _NEUTRAL if getattr(cfg, k, None) not in (None, _NEUTRAL[k])}
+    for k in ("bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "sequence_bias", "forced_bos_token_id",
+              "forced_eos_token_id"):
+        if getattr(cfg, k, None):
+            found[k] = getattr(cfg, k)
+    if found:
+        log.warning(
+            "llm2: the model's generation_config sets %s; LLM2 decoding does not apply these logits processors, "
+            "so beta=0 will not match --model hf token for token", found,
+        )
+
+
 @register_model("llm2")
 class LLM2LM(HFLM):
     """HFLM whose ``generate_until`` decodes with LLM2 (System 1 LLM + System 2 verifier).
@@ -72,6 +99,7 @@ class LLM2LM(HFLM):
     - ``beta`` (0.25): verifier weight in ``z + beta * s``; 0 = plain LLM decoding.
     - ``max_candidates`` (none): cap on the candidate-set size.
     - ``seed`` (none): base seed of sampling; default: drawn from torch's RNG, which lm-eval seeds (``--seed``).
+      A task's ``seed`` generation kwarg overrides it for that task.
     - ``trace`` (none): path of a JSON Lines file that receives, per generated sequence, the task, doc id, copy
       index, steps, mean candidate-set size, flips (steps where the verifier changed the LLM's choice), mean
       score margin ``max_v s(v) - s(v_llm)``, LLM and verifier token forwards, finish reason and seconds. The
@@ -124,14 +152,23 @@ class LLM2LM(HFLM):
                 self.tokenizer, AutoTokenizer.from_pretrained(str(verifier)),
                 llm_name=f"LLM ({pretrained})", verifier_name=f"verifier ({verifier})",
             )
+            rows = self.verifier.get_input_embeddings().num_embeddings
+            if rows < len(self.tokenizer):
+                raise ValueError(
+                    f"verifier {verifier} has {rows} embedding rows for a {len(self.tokenizer)}-token tokenizer"
+                )
+        _warn_unapplied_processors(self.model)
         self._seed_base = seed_value if seed_value is not None else int(torch.randint(0, 2**62, ()).item())
         self._prompt_counts: dict[bytes, int] = {}
         self._trace = None
         if trace is not None and str(trace).lower() not in ("", "none", "null"):
             from pathlib import Path
 
-            Path(trace).parent.mkdir(parents=True, exist_ok=True)
-            self._trace = open(trace, "w", encoding="utf-8")
+            path = Path(trace)
+            if self.world_size > 1:  # one file per data-parallel rank
+                path = path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._trace = open(path, "w", encoding="utf-8")
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos = set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
@@ -218,7 +255,8 @@ class LLM2LM(HFLM):
                 context_enc, attn = context_enc.to(self.device), attn.to(self.device)
                 cfg = self.decode_config(kwargs, max_gen_toks, until)
                 repeats = [len(groups[k]) for k in keys]
-                seeds = self._seeds(context_enc, attn, repeats) if cfg.do_sample else None
+                base = self._seed_base if gen_kwargs.get("seed") is None else int(gen_kwargs["seed"])
+                seeds = self._seeds(context_enc, attn, repeats, base) if cfg.do_sample else None
                 t0 = time.perf_counter()
                 with torch.autocast(
                     device_type=self.device.type, dtype=self.mixed_precision_dtype,
@@ -251,15 +289,15 @@ class LLM2LM(HFLM):
                 progress.advance(bar, sum(repeats))
         return results  # type: ignore[return-value]
 
-    def _seeds(self, context: torch.Tensor, attention_mask: torch.Tensor, repeats: list[int]) -> list[int]:
-        """One seed per output row: ``hash(seed, prompt tokens, k)`` for the k-th sample of a prompt."""
+    def _seeds(self, context: torch.Tensor, attention_mask: torch.Tensor, repeats: list[int], base: int) -> list[int]:
+        """One seed per output row: ``hash(base, prompt tokens, k)`` for the k-th sample of a prompt."""
         seeds = []
         for row, mask, n in zip(context.tolist(), attention_mask.tolist(), repeats):
             real = [t for t, m in zip(row, mask) if m]
             key = hashlib.blake2b(torch.tensor(real, dtype=torch.int64).numpy().tobytes(), digest_size=16).digest()
             first = self._prompt_counts.get(key, 0)
             self._prompt_counts[key] = first + n
-            seeds += [_seed_for(self._seed_base, real, first + k) for k in range(n)]
+            seeds += [_seed_for(base, real, first + k) for k in range(n)]
         return seeds
 
     def _write_trace(self, request: Instance, copy: int, out, row: int, seconds: float) -> None:

@@ -21,6 +21,7 @@ import functools
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -55,21 +56,22 @@ def register_model() -> None:
 def _with_llm2_tasks(init: Callable) -> Callable:
     if getattr(init, "_llm2_wrapped", False):
         return init
+    signature = inspect.signature(init)
 
     @functools.wraps(init)
-    def __init__(self, *args, include_path=None, include_defaults=True, **kwargs):
-        if include_defaults:
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        if bound.arguments.get("include_defaults", True):
             try:
                 ours = str(tasks_dir())
             except FileNotFoundError:
                 ours = None
-            if ours is not None:
-                given = [] if include_path is None else (
-                    list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
-                )
-                if ours not in [str(p) for p in given]:
-                    include_path = [ours, *given]
-        return init(self, *args, include_path=include_path, include_defaults=include_defaults, **kwargs)
+            given = bound.arguments.get("include_path")
+            given = [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
+            if ours is not None and ours not in [str(p) for p in given]:
+                bound.arguments["include_path"] = [ours, *given]
+        return init(*bound.args, **bound.kwargs)
 
     __init__._llm2_wrapped = True  # type: ignore[attr-defined]
     return __init__

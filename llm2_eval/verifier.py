@@ -134,7 +134,15 @@ def load_verifier(
         kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForTokenClassification.from_pretrained(str(path), **kwargs)
+        try:
+            model = AutoModelForTokenClassification.from_pretrained(str(path), **kwargs)
+        except OSError as err:
+            if Path(path).exists():
+                raise
+            raise FileNotFoundError(
+                f"verifier checkpoint not found: {path} is not a local directory and could not be loaded from the "
+                f"hub ({err})"
+            ) from err
     else:
         model = path
     if getattr(model.config, "num_labels", None) != 1:

@@ -279,3 +279,36 @@ def test_repeats_share_the_prefill_and_equal_separate_seeded_runs(models):
         alpha=0.3, beta=4.0, max_new_tokens=6))
     with pytest.raises(ValueError, match="repeats"):
         generate(llm, ids, attn, cfg, repeats=[1])
+
+
+def test_flips_count_verifier_changes_not_sampling_noise(models):
+    tok, llm, ver = models
+    ids, attn = batch(tok, PROMPTS[:2])
+    cfg = DecodeConfig(alpha=0.05, beta=1e-9, do_sample=True, max_new_tokens=10)
+    out = generate(llm, ids, attn, cfg, verifier=ver, seeds=[1, 2])
+    assert sum(s.scored_steps for s in out.stats) > 0
+    assert [s.flips for s in out.stats] == [0, 0]  # a negligible verifier changes nothing, whatever is sampled
+
+
+def test_sliding_window_verifier_and_string_stop(tiny_llm, tmp_path, models):
+    from transformers import AutoConfig
+
+    from llm2_eval.verifier import init_verifier
+
+    tok, llm, _ = models
+    cfg = AutoConfig.from_pretrained(tiny_llm)
+    cfg.use_sliding_window, cfg.sliding_window = True, 8
+    cfg.layer_types = ["sliding_attention"] * cfg.num_hidden_layers
+    cfg.save_pretrained(tmp_path / "sw")
+    for f in tiny_llm.iterdir():
+        if f.name != "config.json":
+            (tmp_path / "sw" / f.name).write_bytes(f.read_bytes())
+    ver = load_verifier(init_verifier(tmp_path / "sw", tmp_path / "swv"))
+    with pytest.raises(ValueError, match="sliding-window attention \\(window 8"):
+        generate(llm, *batch(tok, PROMPTS[1:2]), DecodeConfig(max_new_tokens=8), verifier=ver)
+    out = generate(llm, *batch(tok, ["the"]), DecodeConfig(alpha=0.3, max_new_tokens=4), verifier=ver)
+    assert len(out.tokens[0]) == 4
+    free = generate(llm, *batch(tok, PROMPTS[:1]), DecodeConfig(beta=0, max_new_tokens=8))
+    stop = tok.decode(free.tokens[0])[3:5]
+    out = generate(llm, *batch(tok, PROMPTS[:1]), DecodeConfig(beta=0, max_new_tokens=8, stop=stop), tokenizer=tok)
+    assert out.finish_reasons == ["stop"] and stop in tok.decode(out.tokens[0])

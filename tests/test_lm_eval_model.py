@@ -145,3 +145,12 @@ def test_repeats_decode_from_one_prefill_and_match_separate_requests(tiny_llm, t
     separate = [one_by_one.generate_until([r])[0] for r in requests([PROMPTS[0]] * 4, do_sample=True,
                                                                       temperature=1.0)]
     assert shared == separate
+
+
+def test_seed_generation_kwarg_overrides_the_model_seed(tiny_llm, tiny_verifier):
+    m = make(tiny_llm, verifier=str(tiny_verifier), seed=5)
+    a = m.generate_until(requests([PROMPTS[0]], do_sample=True, temperature=1.0, seed=1))
+    m2 = make(tiny_llm, verifier=str(tiny_verifier), seed=99)
+    b = m2.generate_until(requests([PROMPTS[0]], do_sample=True, temperature=1.0, seed=1))
+    c = m2.generate_until(requests([PROMPTS[0]], do_sample=True, temperature=1.0, seed=2))
+    assert a == b and a != c
