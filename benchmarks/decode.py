@@ -103,11 +103,17 @@ def main() -> None:
     run_llm2(llm, ver, tok, prompts[:2], 2, DecodeConfig(alpha=args.alpha, beta=args.beta, max_new_tokens=4))
 
     rows = []
+
+    def show(row):  # print each configuration as soon as it is measured (long runs)
+        print(f"{row['config']:<20}{row['tokens_per_s']:>10.1f} tok/s {row['seconds']:>8.1f} s", flush=True)
+
     for bs in sizes:
         t = run_hf(llm, tok, prompts, bs, args.new_tokens)
         rows.append({"config": f"hf greedy b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t})
+        show(rows[-1])
         t, _ = run_llm2(llm, None, tok, prompts, bs, plain)
         rows.append({"config": f"llm2 beta=0 b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t})
+        show(rows[-1])
         t, st = run_llm2(llm, ver, tok, prompts, bs, cfg)
         steps = sum(s.steps for s in st)
         rows.append({
@@ -116,6 +122,7 @@ def main() -> None:
             "verifier_skipped_share": sum(s.skipped_steps for s in st) / steps,
             "mean_flips_per_seq": statistics.mean(s.flips for s in st),
         })
+        show(rows[-1])
     by = {r["config"]: r for r in rows}
     ratios = {}
     if len(sizes) > 1:
