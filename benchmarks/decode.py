@@ -10,6 +10,11 @@ per prompt (EOS ignored), so the numbers compare the same work.
 Without ``--verifier`` an untrained verifier is initialised from the LLM in a temporary directory (scores are
 then noise, but the compute is the same as with a trained one). Prompts are the first GSM8K test questions of
 ``$LLM2_DATA_DIR/gsm8k/test.jsonl`` in the model's chat template.
+
+``--random-weights`` times the same architecture with random weights (only ``config.json`` and the tokenizer are
+read: for a GPU machine the real weights cannot reach). Random weights give near-uniform next-token distributions,
+so pin the candidate set with ``--top-k K``: every step then scores K candidates, more verifier work than a real
+model's alpha mask asks for (most of its steps have one plausible token and skip the verifier).
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ def run_hf(llm, tok, prompts, bs, new_tokens) -> float:
         with torch.inference_mode():
             llm.generate(**enc, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                          pad_token_id=tok.pad_token_id)
+    if llm.device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -78,10 +85,18 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8,16")
     ap.add_argument("--alpha", type=float, default=0.1)
     ap.add_argument("--beta", type=float, default=0.25)
+    ap.add_argument("--top-k", type=int, default=0, help="fixed candidate count instead of the alpha mask (0 = off)")
+    ap.add_argument("--max-candidates", type=int, default=0)
+    ap.add_argument("--random-weights", action="store_true", help="random weights with the model's config")
     ap.add_argument("--json", help="also write the JSON result here")
     args = ap.parse_args()
 
     dtype = resolve_dtype(args.dtype)
+    if args.random_weights:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from random_weights import materialize
+
+        args.model = materialize(args.model)
     tok = AutoTokenizer.from_pretrained(args.model)
     tok.padding_side = "left"
     if tok.pad_token is None:
@@ -96,11 +111,13 @@ def main() -> None:
     prompts = load_prompts(tok, args.prompts)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     total = len(prompts) * args.new_tokens
-    cfg = DecodeConfig(alpha=args.alpha, beta=args.beta, max_new_tokens=args.new_tokens, eos_token_ids=())
+    cfg = DecodeConfig(alpha=args.alpha, top_k=args.top_k, max_candidates=args.max_candidates or None,
+                       beta=args.beta, max_new_tokens=args.new_tokens, eos_token_ids=())
     plain = DecodeConfig(beta=0.0, max_new_tokens=args.new_tokens, eos_token_ids=())
 
     # warm-up (first calls pay one-off costs)
     run_llm2(llm, ver, tok, prompts[:2], 2, DecodeConfig(alpha=args.alpha, beta=args.beta, max_new_tokens=4))
+    run_hf(llm, tok, prompts[:2], 2, 4)
 
     rows = []
 
@@ -133,7 +150,9 @@ def main() -> None:
         ratios[f"llm2 / hf greedy at b{bs}"] = by[f"llm2 b{bs}"]["tokens_per_s"] / by[f"hf greedy b{bs}"]["tokens_per_s"]
     result = {
         "model": args.model, "device": str(args.device), "dtype": args.dtype, "prompts": len(prompts),
-        "new_tokens": args.new_tokens, "alpha": args.alpha, "beta": args.beta,
+        "new_tokens": args.new_tokens, "alpha": args.alpha, "top_k": args.top_k,
+        "max_candidates": args.max_candidates, "beta": args.beta, "random_weights": args.random_weights,
+        "gpu": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else None,
         "torch_threads": torch.get_num_threads(), "rows": rows, "ratios": ratios,
     }
     print(f"{'config':<20}{'tok/s':>10}{'seconds':>10}{'|V_t|':>8}{'skipped':>9}")

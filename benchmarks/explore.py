@@ -59,13 +59,18 @@ def _model(args):
     from llm2_eval.verifier import resolve_dtype
 
     path = args.model
+    if path is not None and args.random_weights:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from random_weights import materialize
+
+        path = materialize(path)
     if path is None:
         sys.path.insert(0, str(ROOT / "tests"))
         from tiny_models import build_tiny_llm
 
         path = build_tiny_llm(Path(tempfile.mkdtemp(prefix="llm2_bench_explore_")), hidden=256, layers=4, heads=4,
                               kv_heads=2, seed=0)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(args.dtype)).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(args.dtype)).to(args.device).eval()
     torch.set_num_threads(args.threads) if args.threads else None
     return str(path), model, AutoTokenizer.from_pretrained(str(path))
 
@@ -103,11 +108,15 @@ def build_work(model, tok, args):
 
 
 def run(engine, work, params) -> dict:
+    import torch
+
     t0 = time.perf_counter()
     tokens = []
     for ids, reqs in work:
         for group in engine.rollouts(ids, reqs, params):
             tokens.append([r.tokens for r in group])
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     n = engine.stats.rollouts
     gen = engine.stats.generated_tokens
@@ -131,6 +140,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--eos", action="store_true", help="stop rollouts at EOS (lengths may then differ slightly)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="random weights with --model's config and tokenizer (timing only: rollouts ignore EOS)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
 
@@ -147,7 +159,7 @@ def main(argv=None) -> dict:
     naive = run(HFRolloutEngine(model, batch_rows=1, share_prefix=False), work, params)
     same = sum(a == b for a, b in zip(shared.pop("_tokens"), naive.pop("_tokens")))
     result = {
-        "model": path, "dtype": args.dtype, "examples": len(work),
+        "model": path, "dtype": args.dtype, "device": args.device, "random_weights": args.random_weights, "examples": len(work),
         "requests": sum(len(r) for _, r in work), "rollouts_per_candidate": args.rollouts,
         "max_new_tokens": args.max_new_tokens, "eos": args.eos, "batch_rows": args.batch_rows,
         "shared": shared, "naive": naive,

@@ -52,8 +52,9 @@ def naive_decode(tok, llm, ver, prompt: str, cfg: DecodeConfig) -> list[int]:
     """Reference: recompute everything from scratch each step, one sequence, one candidate at a time."""
     seq = tok(prompt).input_ids
     out: list[int] = []
+    dev = llm.device
     for _ in range(cfg.max_new_tokens):
-        logits = llm(torch.tensor([seq])).logits[0, -1].float()
+        logits = llm(torch.tensor([seq], device=dev)).logits[0, -1].float()
         if ver is None or cfg.beta == 0:
             t = int(logits.argmax())
         else:
@@ -68,7 +69,7 @@ def naive_decode(tok, llm, ver, prompt: str, cfg: DecodeConfig) -> list[int]:
             z = logits[cands]
             if len(cands) > 1:
                 # each candidate as its own full sequence (same length, so they can share one batch)
-                rows = torch.tensor([seq + [int(c)] for c in cands])
+                rows = torch.tensor([seq + [int(c)] for c in cands], device=dev)
                 s = ver(rows).logits[:, -1, 0].float()
                 z = z + cfg.beta * s
             t = int(cands[z.argmax()])
