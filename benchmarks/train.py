@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="CPU threads for torch (default 1: on a shared CPU, OpenMP threads that wait for a busy core "
                          "slow small ops down by orders of magnitude; 0 = torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--random-weights", action="store_true",
+                    help="random weights with --model's config and tokenizer (timing only)")
     ap.add_argument("--json-out", help="also write the JSON result here")
     args = ap.parse_args(argv)
 
@@ -227,6 +229,12 @@ def main(argv: list[str] | None = None) -> dict:
         model_name = "tiny-qwen2 (hidden 256, 4 layers, random)"
     else:
         model_name = args.model
+        if args.random_weights:
+            sys.path.insert(0, str(REPO / "benchmarks"))
+            from random_weights import materialize
+
+            args.model = materialize(args.model)
+            model_name += " (random weights)"
     bf16 = bf16_supported() if args.bf16 is None else args.bf16
     dev = torch.device(args.device)
     tok = AutoTokenizer.from_pretrained(args.model)
