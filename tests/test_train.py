@@ -282,6 +282,29 @@ def test_lora_merges_into_a_plain_checkpoint(tiny_llm, synthetic, tmp_path):
     assert load_verifier(out).config.num_labels == 1
 
 
+def test_save_dtype_writes_a_half_precision_verifier(tiny_llm, synthetic, tmp_path):
+    from safetensors.torch import load_file
+
+    from llm2_eval.verifier import load_verifier
+    from verifier_train.train import cast_checkpoint, train_verifier
+
+    full = tmp_path / "fp32"
+    train_verifier(_cfg(tiny_llm, [synthetic["path"]], full, max_steps=1))
+    ref = load_file(str(full / "model.safetensors"))
+    half = tmp_path / "bf16"
+    res = train_verifier(_cfg(tiny_llm, [synthetic["path"]], half, max_steps=1, save_dtype="bfloat16"))
+    assert res.card["settings"]["save_dtype"] == "bfloat16"
+    saved = load_file(str(half / "model.safetensors"))
+    assert saved.keys() == ref.keys() and all(v.dtype == torch.bfloat16 for v in saved.values())
+    for k, v in saved.items():  # same run (same seed), only rounded
+        assert torch.equal(v, ref[k].to(torch.bfloat16)), k
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    assert json.loads((half / "config.json").read_text()).get("dtype") == "bfloat16"
+    assert load_verifier(half).dtype == torch.bfloat16
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        cast_checkpoint(tmp_path, "bfloat16")
+
+
 def test_cli_trains_and_reports_bad_lines(tiny_llm, synthetic, tmp_path):
     from click.testing import CliRunner
 

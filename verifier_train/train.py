@@ -115,6 +115,9 @@ class TrainConfig:
     deepspeed: str | None = _opt(None, "DeepSpeed JSON config (also settable through `accelerate launch`).")
     fsdp: str | None = _opt(None, "FSDP options for transformers' Trainer, e.g. 'full_shard auto_wrap'.")
     progress: bool = _opt(True, "Show a rich progress bar.", flag="--progress/--no-progress")
+    save_dtype: str = _opt("float32", "dtype of the final verifier's weights: float32 (the training master weights), "
+                           "bfloat16 or float16 (half the disk; what decoding loads anyway).",
+                           choices=("float32", "bfloat16", "float16"))
 
     def check(self) -> None:
         """Validate the settings.
@@ -544,6 +547,49 @@ def bf16_supported() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cast_checkpoint(directory: str | os.PathLike, dtype: str) -> None:
+    """Rewrite a saved checkpoint's floating-point weights in ``dtype`` (in place, file by file).
+
+    Every ``*.safetensors`` file of ``directory`` is rewritten through a temporary file and an atomic rename;
+    ``config.json``'s dtype and a shard index's ``total_size`` are updated to match. Integer tensors are kept.
+
+    Args:
+        directory: a ``save_pretrained`` directory.
+        dtype: ``"bfloat16"``, ``"float16"`` or ``"float32"``.
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no ``*.safetensors`` file.
+        ValueError: an unknown ``dtype`` (from :func:`llm2_eval.verifier.resolve_dtype`).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from llm2_eval.verifier import resolve_dtype
+
+    target = resolve_dtype(dtype)
+    d = Path(directory)
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors file in {d} to cast to {dtype}")
+    total = 0
+    for f in files:
+        tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in load_file(f).items()}
+        total += sum(v.numel() * v.element_size() for v in tensors.values())
+        tmp = f.with_name(f.name + ".partial")
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.replace(tmp, f)
+    index = d / "model.safetensors.index.json"
+    if index.exists():
+        meta = json.loads(index.read_text(encoding="utf-8"))
+        meta.setdefault("metadata", {})["total_size"] = total
+        index.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    cfg_path = d / "config.json"
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        key = "dtype" if "dtype" in cfg or "torch_dtype" not in cfg else "torch_dtype"
+        cfg[key] = str(target).removeprefix("torch.")
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
 def _head_name(model: torch.nn.Module) -> str:
     for name in ("score", "classifier"):
         if isinstance(getattr(model, name, None), torch.nn.Module):
@@ -801,6 +847,8 @@ def train_verifier(config: TrainConfig) -> TrainResult:
             tokenizer.save_pretrained(out)
     else:
         trainer.save_model(str(out))
+    if config.save_dtype != "float32" and trainer.is_world_process_zero():
+        cast_checkpoint(out, config.save_dtype)
     card = {
         "kind": "llm2-verifier",
         "paper": "LLM2 (Yang et al., NAACL 2025), Eq. 4 pairwise loss",
