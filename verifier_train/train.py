@@ -848,7 +848,10 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     else:
         trainer.save_model(str(out))
     if config.save_dtype != "float32" and trainer.is_world_process_zero():
-        cast_checkpoint(out, config.save_dtype)
+        try:
+            cast_checkpoint(out, config.save_dtype)
+        except FileNotFoundError as err:  # e.g. a DeepSpeed/FSDP save in another format: keep it as saved
+            console.print(f"[yellow]--save-dtype {config.save_dtype}: {err}; the checkpoint stays as saved[/yellow]")
     card = {
         "kind": "llm2-verifier",
         "paper": "LLM2 (Yang et al., NAACL 2025), Eq. 4 pairwise loss",
