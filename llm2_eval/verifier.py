@@ -57,6 +57,7 @@ def init_verifier(
     *,
     dtype: "str | torch.dtype | None" = None,
     seed: int = 0,
+    head_init: str = "normal",
 ) -> Path:
     """Create an untrained verifier from a causal LM and save it (LLM2.md section 2).
 
@@ -69,19 +70,24 @@ def init_verifier(
             renamed at the end), so a crash never leaves a half-written verifier.
         dtype: dtype of the saved weights (default: the LLM's).
         seed: seed for the new head's random initialisation (the only random part).
+        head_init: ``"normal"`` (transformers' default random init of a new head) or ``"zero"`` (all scores 0:
+            until trained, the verifier changes no decision at any beta; training from it moves the head first).
 
     Returns:
         The output directory.
 
     Raises:
         OSError: when the LLM cannot be loaded from ``llm``.
-        ValueError: when transformers has no token-classification class for the architecture.
+        ValueError: when transformers has no token-classification class for the architecture, or for an
+            unknown ``head_init``.
     """
     import shutil
 
     import torch
     from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
+    if head_init not in ("normal", "zero"):
+        raise ValueError(f"head_init={head_init!r}: expected 'normal' or 'zero'")
     out = Path(output_dir)
     torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(str(llm), num_labels=1)
@@ -91,6 +97,12 @@ def init_verifier(
     except ValueError as err:
         raise ValueError(f"cannot build a token-classification verifier from {llm}: {err}") from err
     tokenizer = AutoTokenizer.from_pretrained(str(llm))
+    if head_init == "zero":
+        head = next(getattr(model, n) for n in ("score", "classifier") if isinstance(getattr(model, n, None),
+                                                                                    torch.nn.Module))
+        with torch.no_grad():
+            for p in head.parameters():
+                p.zero_()
     model.config.llm2_verifier = {"base_model": str(llm), "head": "score", "num_labels": 1}
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -71,3 +71,22 @@ def test_cli_init_verifier(tiny_llm, tmp_path):
         capture_output=True, text=True,
     )
     assert bad.returncode != 0 and "nope" in bad.stderr
+
+
+def test_zero_head_verifier_changes_no_decision(tiny_llm, tmp_path):
+    from llm2_eval.decoding import DecodeConfig, generate
+
+    vdir = init_verifier(tiny_llm, tmp_path / "zero", head_init="zero")
+    ver = load_verifier(vdir, dtype=torch.float32)
+    assert all(torch.count_nonzero(p) == 0 for p in ver.score.parameters())
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    tok.padding_side = "left"
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32).eval()
+    enc = tok(["how many apples", "she buys 12 eggs and sells 3"], return_tensors="pt", padding=True)
+    guided = generate(llm, enc.input_ids, enc.attention_mask, DecodeConfig(alpha=0.05, beta=10.0, max_new_tokens=10),
+                      verifier=ver)
+    plain = generate(llm, enc.input_ids, enc.attention_mask, DecodeConfig(beta=0.0, max_new_tokens=10))
+    assert sum(s.scored_steps for s in guided.stats) > 0  # the verifier did run
+    assert guided.tokens == plain.tokens and sum(s.flips for s in guided.stats) == 0
+    with pytest.raises(ValueError, match="head_init"):
+        init_verifier(tiny_llm, tmp_path / "bad", head_init="xavier")
