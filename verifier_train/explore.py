@@ -974,7 +974,7 @@ def _default(name: str) -> Any:
 @click.option("--seed", type=int, default=_default("seed"), show_default=True)
 @click.option("--start", type=int, default=_default("start"), show_default=True, help="Skip the first N examples.")
 @click.option("--limit", type=int, default=None, help="Explore at most N examples (after --start).")
-@click.option("--shard", default="0/1", show_default=True, help="i/N: examples j with j %% N == i, per-shard output.")
+@click.option("--shard", default="0/1", show_default=True, help="i/N: examples j with j mod N == i, per-shard output.")
 @click.option("--on-error", type=click.Choice(("fail", "skip")), default=_default("on_error"), show_default=True)
 @click.option("--dtype", default=_default("dtype"), show_default=True)
 @click.option("--device", default=_default("device"), show_default=True)
