@@ -51,6 +51,20 @@ def resolve_dtype(dtype: "str | torch.dtype | None") -> "torch.dtype | str | Non
         raise ValueError(f"dtype={dtype!r} is not supported; use one of auto, {', '.join(sorted(names))}") from None
 
 
+def head_name(model: "torch.nn.Module") -> str:
+    """Attribute name of a token-classification model's score head (``"score"`` or ``"classifier"``).
+
+    Raises:
+        ValueError: the model has neither.
+    """
+    import torch
+
+    for name in ("score", "classifier"):
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head")
+
+
 def init_verifier(
     llm: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -97,13 +111,12 @@ def init_verifier(
     except ValueError as err:
         raise ValueError(f"cannot build a token-classification verifier from {llm}: {err}") from err
     tokenizer = AutoTokenizer.from_pretrained(str(llm))
+    head = head_name(model)
     if head_init == "zero":
-        head = next(getattr(model, n) for n in ("score", "classifier") if isinstance(getattr(model, n, None),
-                                                                                    torch.nn.Module))
         with torch.no_grad():
-            for p in head.parameters():
+            for p in getattr(model, head).parameters():
                 p.zero_()
-    model.config.llm2_verifier = {"base_model": str(llm), "head": "score", "num_labels": 1}
+    model.config.llm2_verifier = {"base_model": str(llm), "head": head, "num_labels": 1}
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, safe_serialization=True)

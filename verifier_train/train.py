@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
-from llm2_eval.verifier import verifier_scores
+from llm2_eval.verifier import head_name, verifier_scores
 from verifier_train.packing import PackedCollator, PackedExample, additive_mask, pack_solution
 from verifier_train.records import JsonlAppender, ReadStats, RecordError, chat_token_ids, check_samples, iter_records
 
@@ -590,13 +590,6 @@ def cast_checkpoint(directory: str | os.PathLike, dtype: str) -> None:
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
-def _head_name(model: torch.nn.Module) -> str:
-    for name in ("score", "classifier"):
-        if isinstance(getattr(model, name, None), torch.nn.Module):
-            return name
-    raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head")
-
-
 def _load_model(cfg: TrainConfig) -> "PreTrainedModel":
     from transformers import AutoConfig, AutoModelForTokenClassification
 
@@ -626,7 +619,7 @@ def _load_model(cfg: TrainConfig) -> "PreTrainedModel":
 def _apply_lora(cfg: TrainConfig, model: "PreTrainedModel"):
     from peft import LoraConfig, TaskType, get_peft_model
 
-    head = _head_name(model)
+    head = head_name(model)
     target: Any = cfg.lora_target
     if target != "all-linear":
         target = [t.strip() for t in target.split(",") if t.strip()]
@@ -839,7 +832,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     if config.lora:
         final = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
     final.config.use_cache = True
-    final.config.llm2_verifier = {"base_model": str(config.model or config.init_from), "head": _head_name(final),
+    final.config.llm2_verifier = {"base_model": str(config.model or config.init_from), "head": head_name(final),
                                   "num_labels": 1}
     if config.lora:
         if trainer.is_world_process_zero():
