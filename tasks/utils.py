@@ -12,7 +12,6 @@ over the k samples) and ``pass_at_1`` (mean accuracy of the k samples).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -27,6 +26,7 @@ from llm2_eval.answers import (
     math_gold,
     numbers_equal,
 )
+from llm2_eval.jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -49,28 +49,25 @@ def _offline() -> bool:
 
 
 def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    """Rows of a JSON Lines file (blank lines skipped).
+    """Rows of a JSON Lines file (blank lines skipped), through the project's one reader
+    (:func:`llm2_eval.jsonl.iter_jsonl`).
 
     Raises:
         ValueError: naming the file and 1-based line number of a line that is not a JSON object or lacks one of
             the ``required`` fields.
     """
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: malformed JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise ValueError(f"{path}, line {lineno}: missing field(s) {missing}")
-            rows.append(row)
-    return rows
+
+    def check(row: dict) -> dict:
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise ValueError(f"missing field(s) {missing}")
+        return row
+
+    return [row for _, row in iter_jsonl(path, parse=check, error=_bad_line)]
+
+
+def _bad_line(path: Path, lineno: int, reason: str) -> ValueError:
+    return ValueError(f"{path}, line {lineno}: {reason}")
 
 
 def _load(

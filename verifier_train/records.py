@@ -17,20 +17,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator
+
+from llm2_eval.jsonl import JsonlError, OnError, iter_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
-OnError = Literal["fail", "skip"]
 
-
-class RecordError(ValueError):
-    """A line of a JSON Lines file is not a valid record; the message names the file and the line."""
-
-    def __init__(self, path: str | os.PathLike, line: int, reason: str):
-        self.path, self.line, self.reason = str(path), line, reason
-        super().__init__(f"{path}:{line}: {reason}")
+class RecordError(JsonlError):
+    """A line of a JSON Lines file is not a valid record; the message names the file and the line
+    (``file:line: reason``, see :class:`llm2_eval.jsonl.JsonlError`)."""
 
 
 @dataclass
@@ -58,9 +55,8 @@ class ReadStats:
     skipped: list[str] = field(default_factory=list)
 
 
-def _parse(obj: Any) -> tuple[list[dict[str, str]], list[tuple[int, int, int]]]:
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+def _parse(obj: dict) -> tuple[dict, list[dict[str, str]], list[tuple[int, int, int]]]:
+    """``(obj, messages, samples)`` of one JSON object; a ``ValueError`` names what is wrong."""
     for key in ("messages", "samples"):
         if key not in obj:
             raise ValueError(f"missing field {key!r}")
@@ -84,7 +80,7 @@ def _parse(obj: Any) -> tuple[list[dict[str, str]], list[tuple[int, int, int]]]:
         ):
             raise ValueError(f"samples[{i}] = {s!r} is not a triplet of non-negative integers [pos, gold_id, neg_id]")
         out.append((s[0], s[1], s[2]))
-    return messages, out
+    return obj, messages, out
 
 
 def iter_records(
@@ -108,26 +104,13 @@ def iter_records(
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"data file not found: {p}")
-    with p.open("r", encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"not valid JSON ({err.msg} at column {err.colno})") from None
-                messages, samples = _parse(obj)
-            except ValueError as err:
-                if on_error == "skip":
-                    if stats is not None:
-                        stats.skipped.append(f"{p}:{lineno}: {err}")
-                    continue
-                raise RecordError(p, lineno, str(err)) from None
-            extra = {k: v for k, v in obj.items() if k not in ("messages", "samples")}
-            if stats is not None:
-                stats.records += 1
-            yield Record(messages=messages, samples=samples, line=lineno, extra=extra)
+    skipped = stats.skipped if stats is not None else None
+    for lineno, (obj, messages, samples) in iter_jsonl(p, parse=_parse, on_error=on_error, skipped=skipped,
+                                                       error=RecordError):
+        extra = {k: v for k, v in obj.items() if k not in ("messages", "samples")}
+        if stats is not None:
+            stats.records += 1
+        yield Record(messages=messages, samples=samples, line=lineno, extra=extra)
 
 
 def chat_token_ids(tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, str]], **kwargs: Any) -> list[int]:
@@ -205,15 +188,8 @@ class JsonlAppender:
             self.repaired_bytes = len(data) - cut
             with self.path.open("r+b") as f:
                 f.truncate(cut)
-            data = data[:cut]
-        for raw in data.decode("utf-8").splitlines():
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict) and self.key in obj:
+        for _, obj in iter_jsonl(self.path, on_error="skip"):  # a line that is no JSON object is kept, unindexed
+            if self.key in obj:
                 self.done.add(_hashable(obj[self.key]))
 
     def __contains__(self, item_key: Any) -> bool:

@@ -1,0 +1,99 @@
+"""The report as a plot: accuracy against token forwards per question, one panel per task family."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from llm2_eval.report.rows import METHODS, ReportRow
+
+_STYLE = {
+    "greedy": ("o", "tab:blue"),
+    "LLM2": ("s", "tab:orange"),
+    "maj@k": ("^", "tab:green"),
+    "LLM2+maj@k": ("D", "tab:red"),
+    "sample": ("v", "tab:purple"),
+    "LLM2+sample": ("P", "tab:brown"),
+}
+
+
+def plot_accuracy_vs_compute(rows: Sequence[ReportRow], path: str | Path) -> Path:
+    """Save a PNG of accuracy (%) against token forwards per question (LLM + verifier), one panel per task
+    family, one marker/colour per method, each point labelled with its run name. Estimated compute is drawn
+    hollow; an LLM2 run without trace (verifier forwards unknown) is drawn at its LLM forwards, marked ">=".
+    The x axis is logarithmic when the largest value is more than 20 times the smallest.
+
+    Returns:
+        The PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    path = Path(path)
+    families = sorted({r.family for r in rows}) or ["(no runs)"]
+    fig, axes = plt.subplots(1, len(families), figsize=(6.2 * len(families), 4.8), squeeze=False)
+    used: set[str] = set()
+    any_estimated = False
+    for ax, family in zip(axes[0], families):
+        points = []  # (x, accuracy %, row, lower_bound)
+        for r in (r for r in rows if r.family == family):
+            total = r.total_token_forwards
+            x = r.per_question(total if total is not None else r.llm_token_forwards)
+            if x is None or r.accuracy is None or x <= 0:
+                continue
+            points.append((x, 100 * r.accuracy, r, total is None))
+        xs = [p[0] for p in points]
+        ys = [p[1] for p in points]
+        log_x = bool(xs) and max(xs) / min(xs) > 20
+        if log_x:
+            ax.set_xscale("log")
+        # stagger the labels of points that (nearly) coincide, so that none hides another
+        def pos(x: float) -> float:
+            return math.log(x) if log_x else x
+
+        x_span = (pos(max(xs)) - pos(min(xs))) if xs else 0.0
+        y_span = (max(ys) - min(ys)) if ys else 0.0
+        placed: list[tuple[float, float]] = []
+        for x, y, r, lower_bound in points:
+            near = sum(abs(pos(x) - px) <= 0.04 * (x_span or 1.0) and abs(y - py) <= 0.04 * (y_span or 1.0)
+                       for px, py in placed)
+            placed.append((pos(x), y))
+            marker, color = _STYLE.get(r.method, ("x", "black"))
+            any_estimated |= r.estimated
+            ax.scatter([x], [y], marker=marker, s=64, linewidths=1.6, edgecolors=color,
+                       facecolors="none" if r.estimated else color, zorder=3)
+            text = f"{r.run} ({r.label})" + (" >=" if lower_bound else "")
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, 5 - 11 * near), fontsize=8)
+            used.add(r.method)
+        if xs and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+        if xs:
+            lo, hi = min(xs), max(xs)
+            if log_x:
+                ax.set_xlim(lo / 1.6, hi * 2.5)
+            else:
+                span = (hi - lo) or hi
+                ax.set_xlim(max(0.0, lo - 0.15 * span), hi + 0.45 * span)
+        else:
+            ax.text(0.5, 0.5, "no run with accuracy and compute", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(family)
+        ax.set_xlabel("token forwards per question (LLM + verifier)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(True, alpha=0.3)
+    handles = [Line2D([], [], marker=_STYLE[m][0], color=_STYLE[m][1], linestyle="", label=m)
+               for m in METHODS if m in used]
+    if any_estimated:
+        handles.append(Line2D([], [], marker="o", color="gray", markerfacecolor="none", linestyle="",
+                              label="estimated compute"))
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    fig.suptitle("Accuracy vs compute")
+    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,184 @@
+"""Reading lm-eval run directories: results files, logged samples, ``llm2`` traces, model args.
+
+``lm_eval ... --output_path RUN_DIR --log_samples`` writes ``RUN_DIR/<model>/results_<timestamp>.json`` and
+``samples_<task>_<timestamp>.jsonl``; the ``llm2`` model with ``trace=PATH.jsonl`` also writes one JSON line per
+generated sequence (:mod:`llm2_eval.lm_eval_model`). JSON Lines go through the project's one reader
+(:func:`llm2_eval.jsonl.iter_jsonl`); every error is a :class:`ReportError` naming the file (and the line).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from llm2_eval.jsonl import iter_jsonl
+
+_RESULTS_RE = re.compile(r"^results_(?P<ts>.+)\.json$")
+_TRACE_REQUIRED = ("task", "doc_id", "llm_token_forwards", "verifier_token_forwards")
+NULLS = ("", "none", "null")
+
+
+class ReportError(ValueError):
+    """A run directory or one of its files cannot be read (the message names the directory / file / line)."""
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse one JSON file.
+
+    Raises:
+        ReportError: the file cannot be read or is not valid JSON (the message names the file and position).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReportError(f"cannot read {path}: {err}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ReportError(f"malformed JSON in {path} (line {err.lineno}, column {err.colno}): {err.msg}") from err
+
+
+def read_jsonl(path: Path, parse: Callable[[dict], Any]) -> list:
+    """``parse(obj)`` of every line of a JSON Lines file (:func:`llm2_eval.jsonl.iter_jsonl`).
+
+    Raises:
+        ReportError: the file cannot be read, or a line is not UTF-8, not a JSON object, or rejected by ``parse``
+            (``ValueError``); the message names the file and the line (``FILE line N: reason``).
+    """
+    try:
+        return [value for _, value in iter_jsonl(path, parse=parse, error=_bad_line)]
+    except OSError as err:
+        raise ReportError(f"cannot read {path}: {err}") from err
+
+
+def _bad_line(path: Path, lineno: int, reason: str) -> ReportError:
+    return ReportError(f"{path} line {lineno}: {reason}")
+
+
+def parse_model_args(model_args: Any) -> dict[str, str]:
+    """lm-eval's ``config.model_args`` as a dict of strings.
+
+    Accepts the CLI form ``"pretrained=DIR,verifier=VDIR,beta=0.25"``, a dict (the Python API), or None.
+
+    Raises:
+        ReportError: for any other type.
+    """
+    if model_args is None:
+        return {}
+    if isinstance(model_args, dict):
+        return {str(k): "" if v is None else str(v) for k, v in model_args.items()}
+    if isinstance(model_args, str):
+        out: dict[str, str] = {}
+        for part in model_args.split(","):
+            if "=" in part:
+                key, value = part.split("=", 1)
+                out[key.strip()] = value.strip()
+        return out
+    raise ReportError(f"model_args is neither a string nor a dict: {model_args!r}")
+
+
+def find_results_files(run_dir: str | Path) -> list[Path]:
+    """All ``results_*.json`` files of one lm-eval output directory (searched recursively), sorted.
+
+    ``run_dir`` may also be a results file itself.
+
+    Raises:
+        ReportError: the directory does not exist or holds no results file (the message names it).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_file() and _RESULTS_RE.match(run_dir.name):
+        return [run_dir]
+    if not run_dir.is_dir():
+        raise ReportError(f"run directory {run_dir} does not exist")
+    files = sorted(p for p in run_dir.rglob("results_*.json") if p.is_file() and _RESULTS_RE.match(p.name))
+    if not files:
+        raise ReportError(
+            f"no lm-eval results (results_*.json) found in {run_dir}: run lm_eval with --output_path {run_dir}"
+        )
+    return files
+
+
+def results_timestamp(path: Path) -> str:
+    """The ``<timestamp>`` of a ``results_<timestamp>.json`` file name ("" for another name)."""
+    m = _RESULTS_RE.match(path.name)
+    return m.group("ts") if m else ""
+
+
+def resolve_trace(trace: str, run_dir: Path, results_dir: Path) -> Path | None:
+    """The trace file a run's ``trace=`` model arg names: as given (absolute, or relative to the current
+    directory, the run directory or the results directory), else its file name in either directory; None if
+    none exists."""
+    p = Path(trace).expanduser()
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p, run_dir / p, results_dir / p]
+    candidates += [run_dir / p.name, results_dir / p.name]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def num(value: Any) -> float | None:
+    """``value`` as a finite float, else None."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+@dataclass
+class Sample:
+    """One line of an lm-eval samples file: the document, its prompts and, per prompt, its generations."""
+
+    doc_id: Any
+    prompts: list[str]
+    responses: list[list[str]]  # per prompt (lm-eval instance): its generations
+
+
+def _sample(obj: dict) -> Sample:
+    if "doc_id" not in obj:
+        raise ValueError("no 'doc_id' (not an lm-eval samples file?)")
+    args = obj.get("arguments", {})
+    if isinstance(args, dict):
+        args = [args[k] for k in sorted(args, key=lambda k: (len(k), k))]
+    prompts = []
+    for a in args:
+        prompt = a.get("arg_0") if isinstance(a, dict) else (a[0] if isinstance(a, (list, tuple)) and a else a)
+        prompts.append(prompt if isinstance(prompt, str) else "")
+    resps = obj.get("resps", [])
+    responses = [[r for r in (rs if isinstance(rs, list) else [rs]) if isinstance(r, str)] for rs in resps]
+    return Sample(obj["doc_id"], prompts, responses)
+
+
+def read_samples(path: Path) -> list[Sample]:
+    """The documents of an lm-eval ``samples_<task>_<timestamp>.jsonl`` file.
+
+    Raises:
+        ReportError: an unreadable file or a line without ``doc_id`` (naming the file and the line).
+    """
+    return read_jsonl(path, _sample)
+
+
+def _trace_line(obj: dict) -> dict:
+    missing = [k for k in _TRACE_REQUIRED if k not in obj]
+    if missing:
+        raise ValueError(f"trace line misses {missing}")
+    for k in ("llm_token_forwards", "verifier_token_forwards"):
+        if num(obj[k]) is None:
+            raise ValueError(f"{k}={obj[k]!r} is not a number")
+    return obj
+
+
+def read_trace(path: Path) -> list[dict]:
+    """The lines of an ``llm2`` trace (``trace=PATH.jsonl``), each with ``task``, ``doc_id`` and numeric
+    ``llm_token_forwards`` / ``verifier_token_forwards``.
+
+    Raises:
+        ReportError: an unreadable file or a line missing those fields (naming the file and the line).
+    """
+    return read_jsonl(path, _trace_line)
