@@ -1,0 +1,100 @@
+"""The ``llm2 explore`` command: one Click option per :class:`~verifier_train.explore.config.ExploreConfig` field.
+
+    llm2 explore --model LLM_DIR --data gsm8k/train.jsonl --output triplets.jsonl \\
+      --positions sample:2 --candidates 2 --rollouts 4 --tau 0.5 --max-rollout-tokens 256 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Sequence
+
+import click
+
+from verifier_train.explore.config import BACKENDS, FORMATS, GOLD_SOURCES, SAMPLE_MODES, STRATEGIES, ExploreConfig
+from verifier_train.explore.inputs import ExploreInputError, parse_shard, summary_path
+from verifier_train.explore.run import explore
+
+
+def _parse_vllm_args(values: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--vllm-arg")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+_D = ExploreConfig.__dataclass_fields__
+
+
+def _default(name: str) -> Any:
+    return _D[name].default
+
+
+@click.command("explore")
+@click.option("--model", required=True, help="LLM directory or hub id (System 1).")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Input JSON Lines (GSM8K or MATH format).")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Output JSON Lines (appended; resumable).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=_default("strategy"), show_default=True,
+              help="rollout: paper Eq. 5-6; sample: released code, no rollouts.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=_default("backend"), show_default=True)
+@click.option("--format", "data_format", type=click.Choice(FORMATS), default=_default("data_format"), show_default=True)
+@click.option("--gold", type=click.Choice(GOLD_SOURCES), default=_default("gold"), show_default=True,
+              help="dataset: the file's solution; self: the LLM's first correct sampled solution.")
+@click.option("--self-samples", type=int, default=_default("self_samples"), show_default=True)
+@click.option("--self-max-tokens", type=int, default=_default("self_max_tokens"), show_default=True)
+@click.option("--positions", default=_default("positions"), show_default=True, help="all | stride:K | sample:P")
+@click.option("--include-eot/--no-include-eot", default=_default("include_eot"), show_default=True,
+              help="Also explore the end-of-turn token position.")
+@click.option("--alpha", type=float, default=_default("alpha"), show_default=True)
+@click.option("--top-k", type=int, default=_default("top_k"), show_default=True)
+@click.option("--candidates", type=int, default=_default("candidates"), show_default=True, help="n per position.")
+@click.option("--rollouts", type=int, default=_default("rollouts"), show_default=True, help="m per candidate.")
+@click.option("--tau", type=float, default=_default("tau"), show_default=True, help="Negative iff q < tau (Eq. 6).")
+@click.option("--gold-rollouts/--no-gold-rollouts", default=_default("gold_rollouts"), show_default=True)
+@click.option("--temperature", type=float, default=None,
+              help="Rollout temperature (default 0.7) / sample-strategy temperature (default 1.0).")
+@click.option("--top-p", type=float, default=_default("top_p"), show_default=True)
+@click.option("--max-rollout-tokens", type=int, default=_default("max_rollout_tokens"), show_default=True)
+@click.option("--mode", type=click.Choice(SAMPLE_MODES), default=_default("mode"), show_default=True)
+@click.option("--contrast-model", default=None, help="Second model of --mode contrast (same vocabulary).")
+@click.option("--gamma", type=float, default=_default("gamma"), show_default=True)
+@click.option("--num-samples", type=int, default=_default("num_samples"), show_default=True)
+@click.option("--seed", type=int, default=_default("seed"), show_default=True)
+@click.option("--start", type=int, default=_default("start"), show_default=True, help="Skip the first N examples.")
+@click.option("--limit", type=int, default=None, help="Explore at most N examples (after --start).")
+@click.option("--shard", default="0/1", show_default=True, help="i/N: examples j with j mod N == i, per-shard output.")
+@click.option("--on-error", type=click.Choice(("fail", "skip")), default=_default("on_error"), show_default=True)
+@click.option("--dtype", default=_default("dtype"), show_default=True)
+@click.option("--device", default=_default("device"), show_default=True)
+@click.option("--batch-rows", type=int, default=_default("batch_rows"), show_default=True,
+              help="hf: rollouts decoded together.")
+@click.option("--threads", type=int, default=_default("threads"), show_default=True,
+              help="CPU threads for torch (0 = default; 1 on a busy shared CPU).")
+@click.option("--tensor-parallel-size", type=int, default=_default("tensor_parallel_size"), show_default=True)
+@click.option("--vllm-arg", "vllm_args", multiple=True, help="KEY=VALUE passed to vllm.LLM (repeatable).")
+@click.option("--vllm-logprobs", type=int, default=_default("vllm_logprobs"), show_default=True)
+@click.option("--max-context", type=int, default=None, help="Context limit (default: the model's).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def explore_command(**kwargs: Any) -> None:
+    """Token quality exploration (LLM2 paper Sec. 2.3, Eq. 5-6): write verifier training triplets.
+
+    Example: llm2 explore --model DIR --data gsm8k/train.jsonl --output out.jsonl --positions stride:8
+    """
+    try:
+        kwargs["shard"] = parse_shard(kwargs["shard"])
+        kwargs["vllm_args"] = _parse_vllm_args(kwargs["vllm_args"])
+        cfg = ExploreConfig(**kwargs)
+        s = explore(cfg)
+    except (ExploreInputError, ValueError, ImportError, OSError) as err:
+        raise click.ClickException(str(err)) from err
+    keys = ("examples", "resumed", "skipped", "self_gold_failed", "positions", "candidates", "negatives",
+            "rollouts", "generated_tokens", "wall_seconds", "rollouts_per_s", "tokens_per_s")
+    click.echo(json.dumps({k: s[k] for k in keys}), file=sys.stdout)
+    click.echo(f"wrote {s['output']} (summary: {summary_path(s['output'])})", err=True)

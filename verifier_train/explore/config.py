@@ -1,0 +1,185 @@
+"""The settings of ``llm2 explore``: one dataclass, every default in one place (the CLI options map onto it).
+
+:meth:`ExploreConfig.settings` is the subset that decides the output; it is written on every output line, and a
+resumed run must use the same (LLM2.md section 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from verifier_train.explore.inputs import parse_positions
+
+#: ``checker(response_text, gold_answer, rollout_tokens) -> bool``: whether a response reaches the gold answer.
+#: ``response_text`` is the decoded assistant response (gold prefix + candidate + rollout, special tokens skipped),
+#: ``rollout_tokens`` the ids the rollout generated after the candidate (empty for a response ended by the
+#: candidate; the sampled solution for ``--gold self``).
+Checker = Callable[[str, str, Sequence[int]], bool]
+
+STRATEGIES = ("rollout", "sample")
+BACKENDS = ("hf", "vllm")
+SAMPLE_MODES = ("base", "uniform", "contrast")
+FORMATS = ("auto", "gsm8k", "math")
+GOLD_SOURCES = ("dataset", "self")
+
+# Settings that change the output; a resumed run must use the same ones (see ExploreConfig.settings()).
+_RESULT_KEYS = (
+    "model", "strategy", "backend", "dtype", "data_format", "gold", "self_samples", "self_max_tokens", "positions",
+    "include_eot", "alpha", "top_k", "candidates", "rollouts", "tau", "gold_rollouts", "temperature", "top_p",
+    "max_rollout_tokens", "mode", "contrast_model", "gamma", "num_samples", "seed",
+)
+
+
+@dataclass
+class ExploreConfig:
+    """All settings of ``llm2 explore`` with their defaults (the CLI options map 1:1 onto these fields).
+
+    Attributes:
+        model: LLM directory or hub id (its chat template tokenises the solutions).
+        data: input JSON Lines file (GSM8K ``question``/``answer``; MATH ``problem``/``solution``[/``answer``]).
+        output: output JSON Lines file (per-shard name with ``shard``, see the module docstring).
+        strategy: ``"rollout"`` (paper, Eq. 5-6) or ``"sample"`` (released code, no rollouts).
+        backend: ``"hf"`` (transformers) or ``"vllm"``.
+        data_format: ``"auto"`` (by the keys of each line), ``"gsm8k"`` or ``"math"``.
+        gold: ``"dataset"`` (the file's solution) or ``"self"`` (the LLM's first correct sampled solution).
+        self_samples: k, solutions sampled per question with ``gold="self"``.
+        self_max_tokens: token budget of each self-sampled solution.
+        positions: ``"all"``, ``"stride:K"`` or ``"sample:P"`` (P >= 1 integer: that many positions; 0 < P < 1:
+            that fraction, at least one), applied to the response positions that have a plausible non-gold
+            candidate; see :func:`select_positions`.
+        include_eot: also explore the end-of-turn token position.
+        alpha: plausibility threshold (candidates have ``p >= alpha * p_max``), LLM2.md section 3 step 2.
+        top_k: when > 0, the plausible set is the top-k tokens instead.
+        candidates: n, candidates drawn per position (rollout strategy).
+        rollouts: m, rollouts per candidate (Eq. 5).
+        tau: quality threshold of Eq. 6 (negative iff ``q < tau``).
+        gold_rollouts: also measure ``q(gold)`` with m rollouts per explored position.
+        temperature: rollout (and self-sampling) temperature, default 0.7 (the paper is silent; a common
+            self-consistency setting); for ``strategy="sample"`` the temperature of the negative-sampling
+            distribution, default 1.0. ``None`` = that strategy's default.
+        top_p: nucleus threshold of rollouts.
+        max_rollout_tokens: token budget per rollout (512, the released decoding budget).
+        mode: sample strategy: ``"base"``, ``"uniform"`` or ``"contrast"``.
+        contrast_model: the second model of ``mode="contrast"`` (same tokenizer vocabulary; loaded with
+            transformers on ``device`` whatever the backend).
+        gamma: contrast weight in ``l1 + gamma * (l1 - l2)``.
+        num_samples: draws per position (sample strategy, with replacement, deduplicated).
+        seed: global seed; every random choice derives from it and the example id (:func:`derive_seed`).
+        start: skip the first ``start`` examples (non-blank lines) of the input.
+        limit: then take at most ``limit`` examples (None = all).
+        shard: ``(i, N)``: keep examples ``j`` with ``j % N == i``.
+        on_error: ``"fail"`` (stop at a bad input line, naming ``file:line``) or ``"skip"`` (count it in the summary).
+        dtype: ``"auto"``, ``"bfloat16"``, ``"float16"`` or ``"float32"``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        batch_rows: hf backend: maximum rollouts decoded together (16-32 suits a CPU; larger on GPUs).
+        threads: CPU threads for torch (``torch.set_num_threads``, process-wide); 0 = torch's default. On a CPU
+            shared with other jobs, 1 thread avoids OpenMP oversubscription stalls.
+        tensor_parallel_size: vLLM tensor parallelism.
+        vllm_args: further ``vllm.LLM`` keyword arguments.
+        vllm_logprobs: vLLM: top-k prompt logprobs used for candidate sets.
+        max_context: context limit in tokens (None = the model's ``max_position_embeddings``).
+        progress: show the rich progress bar.
+        checker: answer checker (default by format: GSM8K numbers / MATH math-verify); tests inject stubs.
+    """
+
+    model: str
+    data: str
+    output: str
+    strategy: str = "rollout"
+    backend: str = "hf"
+    data_format: str = "auto"
+    gold: str = "dataset"
+    self_samples: int = 4
+    self_max_tokens: int = 512
+    positions: str = "all"
+    include_eot: bool = False
+    alpha: float = 0.1
+    top_k: int = 0
+    candidates: int = 2
+    rollouts: int = 4
+    tau: float = 0.5
+    gold_rollouts: bool = False
+    temperature: float | None = None
+    top_p: float = 1.0
+    max_rollout_tokens: int = 512
+    mode: str = "base"
+    contrast_model: str | None = None
+    gamma: float = 1.0
+    num_samples: int = 2
+    seed: int = 0
+    start: int = 0
+    limit: int | None = None
+    shard: tuple[int, int] = (0, 1)
+    on_error: str = "fail"
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_rows: int = 32
+    threads: int = 0
+    tensor_parallel_size: int = 1
+    vllm_args: dict[str, Any] = field(default_factory=dict)
+    vllm_logprobs: int = 20
+    max_context: int | None = None
+    progress: bool = True
+    checker: Checker | None = None
+
+    ROLLOUT_TEMPERATURE = 0.7
+    SAMPLE_TEMPERATURE = 1.0
+
+    def __post_init__(self) -> None:
+        choices = {
+            "strategy": STRATEGIES, "backend": BACKENDS, "mode": SAMPLE_MODES, "data_format": FORMATS,
+            "gold": GOLD_SOURCES, "on_error": ("fail", "skip"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be one of {', '.join(allowed)}")
+        if not 0.0 < float(self.alpha) <= 1.0:
+            raise ValueError(f"alpha={self.alpha!r}: must be in (0, 1]")
+        if int(self.threads) < 0:
+            raise ValueError(f"threads={self.threads!r}: must be >= 0")
+        for name in ("candidates", "rollouts", "num_samples", "self_samples", "self_max_tokens",
+                     "max_rollout_tokens", "batch_rows", "tensor_parallel_size", "vllm_logprobs"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 1")
+        if int(self.top_k) < 0 or int(self.start) < 0 or (self.limit is not None and int(self.limit) < 0):
+            raise ValueError("top_k, start and limit must be >= 0")
+        if not 0.0 <= float(self.tau) <= 1.0:
+            raise ValueError(f"tau={self.tau!r}: must be in [0, 1]")
+        if self.temperature is not None and not float(self.temperature) > 0:
+            raise ValueError(f"temperature={self.temperature!r}: must be > 0")
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise ValueError(f"top_p={self.top_p!r}: must be in (0, 1]")
+        i, n = (int(v) for v in self.shard)
+        if n < 1 or not 0 <= i < n:
+            raise ValueError(f"shard={self.shard!r}: need 0 <= i < N")
+        self.shard = (i, n)
+        if self.strategy == "sample" and self.mode == "contrast" and not self.contrast_model:
+            raise ValueError("mode 'contrast' needs a contrast model (--contrast-model)")
+        parse_positions(self.positions)
+
+    @property
+    def resolved_temperature(self) -> float:
+        """The temperature in effect (the field, or the strategy's default)."""
+        if self.temperature is not None:
+            return float(self.temperature)
+        return self.ROLLOUT_TEMPERATURE if self.strategy == "rollout" else self.SAMPLE_TEMPERATURE
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that determine the output (written on every line; a resumed run must match them)."""
+        d = {k: getattr(self, k) for k in _RESULT_KEYS}
+        d["temperature"] = self.resolved_temperature
+        if self.strategy == "rollout":
+            for k in ("mode", "contrast_model", "gamma", "num_samples"):
+                d.pop(k)
+        else:
+            for k in ("candidates", "rollouts", "tau", "gold_rollouts", "top_p", "max_rollout_tokens"):
+                d.pop(k)
+            if self.mode != "contrast":
+                d.pop("contrast_model")
+                d.pop("gamma")
+        if self.gold == "dataset":
+            d.pop("self_samples")
+            d.pop("self_max_tokens")
+        return d
+

@@ -1,0 +1,327 @@
+"""Exploration labels: candidates at each explored position, their quality, and the rule that makes negatives.
+
+LLM2.md section 4 (paper Sec. 2.3, Eq. 5-6). One teacher-forced forward gives ``p_t`` at every response position;
+the candidates of position ``t`` are the plausible set (:func:`llm2_eval.decoding.plausible_candidates`, alpha /
+top-k, the same function decoding uses) without the gold token (:func:`candidate_mask`).
+
+``--strategy rollout`` (the paper): draw up to ``--candidates`` n candidates per position from ``p_t`` restricted to
+that set (without replacement, seeded, :func:`candidate_draws`), run ``--rollouts`` m continuations of
+``x_<t + v`` each (sampling at ``--temperature``, default 0.7, top-p, ``--max-rollout-tokens``, stop at EOS), and
+set
+
+    q(v) = (1/m) * #{rollouts whose extracted answer equals the gold answer}      (Eq. 5)
+    v is a negative  <=>  q(v) < tau  (tau = 0.5 by default)                       (Eq. 6)
+
+writing ``[t, gold_id, v]`` for negatives. ``--gold-rollouts`` also measures ``q(gold)`` (recorded, never a label).
+The answer is extracted from the whole response: gold prefix ``x_{start..t-1}`` + ``v`` + the rollout
+(:func:`default_checker`). A candidate that is itself an end-of-turn token ends the response at once: its quality
+is that of the truncated response, without rollouts.
+
+``--strategy sample`` (the authors' released code, no rollouts): every sampled plausible non-gold token is a
+negative; ``--num-samples`` draws per position, with replacement, from ``softmax(scores / temperature)`` over the
+plausible set, where ``scores`` are the LLM's log-probabilities (``base``), constants (``uniform``) or the contrast
+``l1 + gamma * (l1 - l2)`` of the LLM ``l1`` and ``--contrast-model`` ``l2`` (``contrast``; the set is then also
+restricted to tokens plausible under the contrast model; :func:`sample_scores`). Duplicate draws are written once.
+
+``--gold self`` replaces the gold solution by the first of ``--self-samples`` sampled solutions that ends (EOS)
+with the right answer (:meth:`Explorer.self_solution`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from llm2_eval.answers import gsm8k_is_correct, math_is_correct
+from verifier_train.explore.config import Checker, ExploreConfig
+from verifier_train.explore.inputs import BadExample, derive_seed, response_positions, rollout_seed, select_positions
+from verifier_train.records import chat_token_ids, check_samples, response_start
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from verifier_train.rollouts import RolloutEngine
+
+
+def default_checker(data_format: str) -> Checker:
+    """The answer checker of a format: GSM8K numeric equality or MATH math-verify (LLM2.md section 7)."""
+    fn = gsm8k_is_correct if data_format == "gsm8k" else math_is_correct
+    return lambda text, gold, tokens: fn(text, gold)
+
+
+
+def candidate_draws(
+    logits: "torch.Tensor", cand_ids: "torch.Tensor", n: int, seed: int
+) -> list[int]:
+    """Draw ``min(n, K)`` distinct candidates from ``p_t`` restricted to the candidate set (LLM2.md section 4 step 3).
+
+    Args:
+        logits: ``[vocab]`` logits (or log-probs) of one position.
+        cand_ids: ``[K]`` the plausible non-gold token ids (K >= 1).
+        n: how many to draw.
+        seed: seed of the draw's CPU generator.
+
+    Returns:
+        Token ids in draw order (weighted sampling without replacement).
+    """
+    import torch
+
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int(seed))
+    probs = torch.softmax(logits[cand_ids].float().cpu(), dim=-1)
+    k = min(int(n), int(cand_ids.numel()))
+    idx = torch.multinomial(probs, k, replacement=False, generator=g)
+    return [int(cand_ids[i]) for i in idx.tolist()]
+
+
+def sample_scores(mode: str, logits: "torch.Tensor", contrast_logits: "torch.Tensor | None", gamma: float) -> "torch.Tensor":
+    """Scores of the sample strategy's distribution, ``[P, vocab]`` (released code's ``--sample`` modes).
+
+    ``base``: the LLM's log-probabilities ``l1``; ``uniform``: zeros; ``contrast``: ``l1 + gamma * (l1 - l2)`` with
+    ``l2`` the contrast model's log-probabilities. Callers mask the non-candidates with ``-inf`` and apply
+    ``softmax(scores / temperature)``.
+
+    Raises:
+        ValueError: an unknown mode, or ``contrast`` without contrast logits.
+    """
+    import torch
+
+    l1 = torch.log_softmax(logits.float(), dim=-1)
+    if mode == "base":
+        return l1
+    if mode == "uniform":
+        return torch.zeros_like(l1)
+    if mode == "contrast":
+        if contrast_logits is None:
+            raise ValueError("contrast mode needs the contrast model's logits")
+        l2 = torch.log_softmax(contrast_logits.float(), dim=-1)
+        out = l1 + float(gamma) * (l1 - l2)
+        return out.nan_to_num(nan=-float("inf"))
+    raise ValueError(f"unknown sample mode {mode!r}")
+
+
+def candidate_mask(logits: "torch.Tensor", gold_ids: "torch.Tensor", alpha: float, top_k: int) -> "torch.Tensor":
+    """Dense ``[P, vocab]`` bool mask of the plausible set without the gold token, via
+    :func:`llm2_eval.decoding.plausible_candidates` (the one candidate-set function)."""
+    import torch
+
+    from llm2_eval.decoding import plausible_candidates
+
+    ids, mask = plausible_candidates(logits, alpha=alpha, top_k=top_k, exclude=gold_ids)
+    dense = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    return dense.scatter(1, ids, mask)
+
+
+# --------------------------------------------------------------------------------------------------- the explorer
+
+
+@dataclass
+class Counters:
+    """Running totals of an exploration run (what its summary reports)."""
+
+    examples: int = 0
+    response_positions: int = 0
+    candidate_positions: int = 0
+    positions: int = 0
+    candidates: int = 0
+    negatives: int = 0
+    rollouts: int = 0
+    truncated: int = 0
+    generated_tokens: int = 0
+    q_sum: float = 0.0
+    gold_q_sum: float = 0.0
+    gold_q_n: int = 0
+    self_samples: int = 0
+
+
+class Explorer:
+    """The per-example work of exploration, with the models loaded once (LLM2.md section 4).
+
+    Args:
+        cfg: the settings.
+        tokenizer: the LLM's tokenizer (with a chat template).
+        engine: the rollout engine (:mod:`verifier_train.rollouts`): teacher-forced scores and rollouts.
+        contrast: the contrast model's engine (``mode="contrast"``), else None.
+        end_ids: end-of-turn token ids.
+    """
+
+    def __init__(self, cfg: ExploreConfig, tokenizer: Any, engine: "RolloutEngine", contrast: Any, end_ids: set[int]):
+        self.cfg, self.tok, self.engine, self.contrast, self.end_ids = cfg, tokenizer, engine, contrast, end_ids
+        self.vocab = min(len(tokenizer), engine.vocab_size)
+        self.ctx = cfg.max_context or engine.max_context
+        self.settings = cfg.settings()
+        self.c = Counters()
+
+    def _params(self, max_new: int):
+        from verifier_train.rollouts import RolloutParams
+
+        return RolloutParams(
+            temperature=self.cfg.resolved_temperature if self.cfg.strategy == "rollout" else ExploreConfig.ROLLOUT_TEMPERATURE,
+            top_p=self.cfg.top_p,
+            max_new_tokens=max_new,
+            eos_token_ids=tuple(sorted(self.end_ids)),
+        )
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def self_solution(self, ex_id: Any, question: str, gold: str, check: Checker) -> str | None:
+        """``--gold self``: the first of k sampled solutions that reaches the gold answer, or None."""
+        from verifier_train.rollouts import RolloutRequest
+
+        prompt = chat_token_ids(self.tok, [{"role": "user", "content": question}], add_generation_prompt=True)
+        if self.ctx and len(prompt) + self.cfg.self_max_tokens > self.ctx:
+            raise BadExample(
+                f"prompt of {len(prompt)} tokens + --self-max-tokens {self.cfg.self_max_tokens} exceeds the "
+                f"model context ({self.ctx})"
+            )
+        seeds = [derive_seed(self.cfg.seed, ex_id, "self", j) for j in range(self.cfg.self_samples)]
+        req = RolloutRequest(prefix_len=len(prompt), continuation=[], seeds=seeds)
+        outs = self.engine.rollouts(prompt, [req], self._params(self.cfg.self_max_tokens))[0]
+        self.c.self_samples += len(outs)
+        self.c.rollouts += len(outs)
+        self.c.generated_tokens += sum(len(r.tokens) for r in outs)
+        for r in outs:
+            text = self._decode(r.tokens).strip()
+            if text and r.finish_reason == "eos" and check(text, gold, r.tokens):
+                return text
+        return None
+
+    def run(self, ex_id: Any, lineno: int, question: str, solution: str, gold: str, check: Checker) -> dict:
+        """Explore one example: its output record (see :mod:`verifier_train.explore.run` for the fields).
+
+        Raises:
+            BadExample: the conversation plus the rollout budget exceeds the model context.
+            RuntimeError: an internally inconsistent triplet (a bug, never a user error).
+        """
+        import torch
+
+        t0 = time.perf_counter()
+        c0 = (self.c.rollouts, self.c.generated_tokens)
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": solution}]
+        ids = chat_token_ids(self.tok, messages)
+        rs = response_start(self.tok, messages)
+        budget = self.cfg.max_rollout_tokens if self.cfg.strategy == "rollout" else 0
+        if self.ctx and len(ids) + budget > self.ctx:
+            extra = f" + --max-rollout-tokens {budget}" if budget else ""
+            raise BadExample(f"the conversation's {len(ids)} tokens{extra} exceed the model context ({self.ctx})")
+        resp = response_positions(ids, rs, self.end_ids, self.cfg.include_eot)
+        record: dict[str, Any] = {
+            "id": ex_id, "line": lineno, "messages": messages, "samples": [], "gold_answer": gold,
+            "response_start": rs, "response_positions": len(resp), "candidate_positions": 0, "positions": [],
+        }
+        if resp:
+            # one teacher-forced forward over the solution: p_t at every response position (step 2)
+            logits = self.engine.score(ids, resp)[:, : self.vocab].float()
+            gold_ids = torch.tensor([ids[t] for t in resp], device=logits.device)
+            allowed = candidate_mask(logits, gold_ids, self.cfg.alpha, self.cfg.top_k)  # step 3
+            rows = allowed.any(-1).nonzero().flatten().tolist()  # positions with >= 1 candidate
+            record["candidate_positions"] = len(rows)
+            chosen = select_positions(
+                self.cfg.positions, [resp[i] for i in rows], derive_seed(self.cfg.seed, ex_id, "positions")
+            )
+            keep = [resp.index(t) for t in chosen]
+            record["positions"] = chosen
+            if keep:
+                sel = torch.tensor(keep, device=logits.device)
+                args = (record, ids, chosen, logits[sel], allowed[sel], ex_id)
+                if self.cfg.strategy == "rollout":
+                    self._rollout(*args, rs=rs, gold=gold, check=check)
+                else:
+                    self._sample(*args)
+        positions = record["positions"]
+        problem = check_samples(ids, [tuple(s) for s in record["samples"]], self.vocab)
+        if problem is not None:  # an internal bug, never a user error
+            raise RuntimeError(f"example {ex_id}: inconsistent triplet: {problem}")
+        self.c.examples += 1
+        self.c.positions += len(positions)
+        self.c.response_positions += record["response_positions"]
+        self.c.candidate_positions += record["candidate_positions"]
+        self.c.negatives += len(record["samples"])
+        record["rollouts"] = self.c.rollouts - c0[0]
+        record["generated_tokens"] = self.c.generated_tokens - c0[1]
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        record["settings"] = self.settings
+        return record
+
+    def _rollout(self, record, ids, positions, logits, allowed, ex_id, *, rs, gold, check) -> None:
+        from verifier_train.rollouts import RolloutRequest
+
+        cfg = self.cfg
+        jobs: list[tuple[int, int, bool]] = []  # (pos, token, is_gold)
+        for i, t in enumerate(positions):
+            cset = allowed[i].nonzero().flatten().cpu()
+            for v in candidate_draws(logits[i].cpu(), cset, cfg.candidates, derive_seed(cfg.seed, ex_id, t, "cand")):
+                jobs.append((t, v, False))
+            if cfg.gold_rollouts:
+                jobs.append((t, int(ids[t]), True))
+        requests, req_jobs, outcomes = [], [], {}
+        for job in jobs:
+            t, v, _ = job
+            if v in self.end_ids:  # the response ends here: one deterministic outcome, no rollout
+                ok = bool(check(self._decode(ids[rs:t]), gold, []))
+                outcomes[job] = (1.0 if ok else 0.0, int(ok), 0, 0)
+                continue
+            seeds = [rollout_seed(cfg.seed, ex_id, t, v, j) for j in range(cfg.rollouts)]
+            requests.append(RolloutRequest(prefix_len=t, continuation=[v], seeds=seeds))
+            req_jobs.append(job)
+        if requests:
+            results = self.engine.rollouts(ids, requests, self._params(cfg.max_rollout_tokens))
+            for job, group in zip(req_jobs, results):
+                t, v, _ = job
+                head = list(ids[rs:t]) + [v]
+                correct = sum(bool(check(self._decode(head + r.tokens), gold, r.tokens)) for r in group)
+                truncated = sum(r.finish_reason == "length" for r in group)
+                outcomes[job] = (correct / len(group), correct, len(group), truncated)
+                self.c.truncated += truncated
+                self.c.rollouts += len(group)
+                self.c.generated_tokens += sum(len(r.tokens) for r in group)
+        qualities, gold_q = [], []
+        for job in jobs:
+            t, v, is_gold = job
+            q, correct, n_roll, truncated = outcomes[job]
+            entry = {"pos": t, "gold_id": int(ids[t]), "token": v, "text": self.tok.decode([v]), "q": q,
+                     "correct": correct, "rollouts": n_roll, "truncated": truncated}
+            if is_gold:
+                gold_q.append(entry)
+                self.c.gold_q_sum += q
+                self.c.gold_q_n += 1
+                continue
+            entry["negative"] = q < cfg.tau  # Eq. 6
+            qualities.append(entry)
+            self.c.candidates += 1
+            self.c.q_sum += q
+            if entry["negative"]:
+                record["samples"].append([t, int(ids[t]), v])
+        record["qualities"] = qualities
+        if cfg.gold_rollouts:
+            record["gold_qualities"] = gold_q
+
+    def _sample(self, record, ids, positions, logits, allowed, ex_id) -> None:
+        import torch
+
+        cfg = self.cfg
+        l2 = None
+        if cfg.mode == "contrast":
+            l2 = self.contrast.score(ids, positions)[:, : self.vocab].float().to(logits.device)
+            gold_ids = torch.tensor([ids[t] for t in positions], device=logits.device)
+            allowed = allowed & candidate_mask(l2, gold_ids, cfg.alpha, cfg.top_k)
+        scores = sample_scores(cfg.mode, logits, l2, cfg.gamma) / cfg.resolved_temperature
+        scores = scores.masked_fill(~allowed, -float("inf")).cpu()
+        allowed = allowed.cpu()
+        drawn = []
+        for i, t in enumerate(positions):
+            if not bool(allowed[i].any()):
+                continue
+            g = torch.Generator(device="cpu")
+            g.manual_seed(derive_seed(cfg.seed, ex_id, t, "sample"))
+            probs = torch.softmax(scores[i], dim=-1)
+            seen = set()
+            for v in torch.multinomial(probs, cfg.num_samples, replacement=True, generator=g).tolist():
+                if v not in seen and bool(allowed[i, v]):
+                    seen.add(v)
+                    record["samples"].append([t, int(ids[t]), int(v)])
+            drawn.append({"pos": t, "gold_id": int(ids[t]), "tokens": sorted(seen), "set_size": int(allowed[i].sum())})
+            self.c.candidates += len(seen)
+        record["draws"] = drawn

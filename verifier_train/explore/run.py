@@ -1,0 +1,313 @@
+"""The exploration run: read the input, explore each example, append its record, keep a summary (``llm2 explore``).
+
+Output (LLM2.md section 5), one line per example, appended and fsynced as each example finishes::
+
+    {"id", "line", "messages", "samples": [[t, gold_id, v], ...], "gold_answer", "response_start", "positions",
+     "response_positions", "candidate_positions",
+     "qualities": [{"pos", "gold_id", "token", "text", "q", "correct", "rollouts", "truncated", "negative"}, ...],
+     "gold_qualities": [...], "rollouts", "generated_tokens", "seconds", "settings": {...}}
+
+(``--strategy sample`` writes ``"draws": [{"pos", "gold_id", "tokens", "set_size"}, ...]`` instead of qualities.)
+
+Re-running the same command resumes (examples already in the output are skipped; a truncated last line is
+repaired by :class:`~verifier_train.records.JsonlAppender`), so a killed run loses at most the example in
+progress; an output written with other settings is refused. A ``--gold self`` question without a correct sample is
+not written, so a resumed run samples it again. A summary (``OUT.summary.json``, e.g. ``out.jsonl`` ->
+``out.summary.json``) is rewritten after every example and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llm2_eval.jsonl import iter_jsonl
+from verifier_train.explore.config import ExploreConfig
+from verifier_train.explore.inputs import (
+    BadExample,
+    ExploreInputError,
+    end_token_ids,
+    in_shard,
+    iter_input,
+    parse_example,
+    shard_output_path,
+    summary_path,
+)
+from verifier_train.explore.labels import Counters, Explorer, default_checker
+from verifier_train.records import JsonlAppender
+
+if TYPE_CHECKING:  # pragma: no cover
+    from verifier_train.rollouts import RolloutEngine
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if getattr(tok, "chat_template", None) is None:
+        raise ValueError(f"the tokenizer of {path} has no chat template; exploration tokenises chat messages")
+    return tok
+
+
+def _device(spec: str) -> str:
+    import torch
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return spec
+
+
+def _load_hf(path: str, dtype: str, device: str):
+    from transformers import AutoModelForCausalLM
+
+    from llm2_eval.verifier import resolve_dtype
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
+    return model.to(device).eval()
+
+
+def _existing_settings(path: Path) -> dict | None:
+    """The settings of the first line of an existing output that has them (None: a new output)."""
+    if not path.exists():
+        return None
+    for _, obj in iter_jsonl(path, on_error="skip"):
+        if isinstance(obj.get("settings"), dict):
+            return obj["settings"]
+    return None
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _build_engines(cfg: ExploreConfig, tokenizer: Any, engine: "RolloutEngine | None") -> tuple[Any, Any, set[int]]:
+    """``(engine, contrast engine or None, end-of-turn ids)``, loading the models the settings name."""
+    device = _device(cfg.device)
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+    model_config = gen_config = None
+    if engine is None:
+        from verifier_train.rollouts import HFRolloutEngine, VLLMRolloutEngine
+
+        if cfg.backend == "vllm":
+            engine = VLLMRolloutEngine(
+                cfg.model, dtype=cfg.dtype, seed=cfg.seed, tensor_parallel_size=cfg.tensor_parallel_size,
+                logprobs_k=cfg.vllm_logprobs, engine_kwargs=cfg.vllm_args,
+            )
+        else:
+            model = _load_hf(cfg.model, cfg.dtype, device)
+            model_config, gen_config = model.config, getattr(model, "generation_config", None)
+            engine = HFRolloutEngine(model, batch_rows=cfg.batch_rows)
+    else:
+        model = getattr(engine, "model", None)
+        model_config = getattr(model, "config", None)
+        gen_config = getattr(model, "generation_config", None)
+    contrast = None
+    if cfg.strategy == "sample" and cfg.mode == "contrast":
+        from llm2_eval.verifier import check_tokenizers_compatible
+        from verifier_train.rollouts import HFRolloutEngine
+
+        check_tokenizers_compatible(tokenizer, _load_tokenizer(cfg.contrast_model), llm_name="LLM",
+                                    verifier_name="contrast model")
+        contrast = HFRolloutEngine(_load_hf(cfg.contrast_model, cfg.dtype, device))
+    return engine, contrast, end_token_ids(tokenizer, model_config, gen_config)
+
+
+class _Run:
+    """The bookkeeping of one :func:`explore` call: selected and resumed lines, skipped ones, the summary."""
+
+    def __init__(self, cfg: ExploreConfig, out_path: Path):
+        self.cfg, self.out_path, self.t_start = cfg, out_path, time.perf_counter()
+        self.selected = [
+            (j, ln, raw)
+            for j, ln, raw in iter_input(cfg.data)
+            if j >= cfg.start and (cfg.limit is None or j < cfg.start + cfg.limit) and in_shard(j, cfg.shard)
+        ]
+        self.todo: list[tuple[int, int, str]] = []
+        self.resumed = 0
+        self.skipped: list[str] = []
+        self.self_failed: list[Any] = []
+        self.seen_ids: set[str] = set()
+
+    def resume(self, appender: JsonlAppender) -> None:
+        """Leave out the selected examples the output already holds."""
+        self.todo = [(j, ln, raw) for j, ln, raw in self.selected if _example_id(raw, ln) not in appender]
+        self.resumed = len(self.selected) - len(self.todo)
+
+    def bad(self, ln: int, reason: str) -> None:
+        """A bad input line: raise (``on_error="fail"``) or note it as skipped."""
+        msg = f"{self.cfg.data}:{ln}: {reason}"
+        if self.cfg.on_error == "fail":
+            raise ExploreInputError(msg)
+        self.skipped.append(msg)
+
+    def summary(self, c: Counters, engine: Any, done: bool) -> dict[str, Any]:
+        """The summary of the run so far (see :func:`explore`)."""
+        cfg = self.cfg
+        wall = time.perf_counter() - self.t_start
+        return {
+            "output": str(self.out_path), "input": str(cfg.data), "finished": done,
+            "selected": len(self.selected), "examples": c.examples, "resumed": self.resumed,
+            "skipped": len(self.skipped), "skipped_lines": self.skipped,
+            "self_gold_failed": len(self.self_failed), "self_gold_failed_ids": self.self_failed,
+            "self_samples": c.self_samples,
+            "response_positions": c.response_positions, "candidate_positions": c.candidate_positions,
+            "positions": c.positions, "candidates": c.candidates, "negatives": c.negatives,
+            "negative_rate": c.negatives / c.candidates if c.candidates else None,
+            "mean_q": c.q_sum / c.candidates if c.candidates and cfg.strategy == "rollout" else None,
+            "mean_gold_q": c.gold_q_sum / c.gold_q_n if c.gold_q_n else None,
+            "rollouts": c.rollouts, "truncated_rollouts": c.truncated, "generated_tokens": c.generated_tokens,
+            "wall_seconds": round(wall, 2),
+            "examples_per_s": c.examples / wall if wall else None,
+            "rollouts_per_s": c.rollouts / wall if wall else None,
+            "tokens_per_s": c.generated_tokens / wall if wall else None,
+            "engine": asdict(engine.stats) if hasattr(engine, "stats") else None,
+            "shard": f"{cfg.shard[0]}/{cfg.shard[1]}", "start": cfg.start, "limit": cfg.limit,
+            "settings": cfg.settings(),
+        }
+
+    def example(self, ex: Explorer, ln: int, raw: str) -> dict | None:
+        """Explore one input line: its record, or None for a ``--gold self`` question without a correct sample.
+
+        Raises:
+            BadExample: the line cannot be explored (the caller fails or skips it).
+        """
+        cfg = self.cfg
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise BadExample(f"not valid JSON ({err.msg} at column {err.colno})") from None
+        fmt, question, solution, gold = parse_example(obj, cfg.data_format, cfg.gold == "dataset")
+        ex_id = obj.get("id", ln)
+        key = json.dumps(ex_id, sort_keys=True)
+        if key in self.seen_ids:
+            raise BadExample(f"duplicate example id {ex_id!r}")
+        self.seen_ids.add(key)
+        check = cfg.checker or default_checker(fmt)
+        if cfg.gold == "self":
+            solution = ex.self_solution(ex_id, question, gold, check)
+            if solution is None:
+                self.self_failed.append(ex_id)
+                return None
+        return ex.run(ex_id, ln, question, solution, gold, check)
+
+
+def _example_id(raw: str, ln: int) -> Any:
+    """The id of an input line: its ``id`` field, else its line number (also for a line that is not JSON)."""
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError:
+        obj = None
+    return obj.get("id", ln) if isinstance(obj, dict) else ln
+
+
+def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> dict[str, Any]:
+    """Run token quality exploration over ``config.data`` (LLM2.md section 4; paper Eq. 5-6).
+
+    Args:
+        config: the settings (:class:`ExploreConfig`).
+        engine: an already built rollout engine (else one is built from ``config.model``/``backend``).
+
+    Returns:
+        The summary dict also written to ``OUT.summary.json``: ``examples`` (written by this run), ``resumed``
+        (already in the output), ``skipped`` and ``skipped_lines`` (``file:line: reason``), ``self_gold_failed``,
+        ``response_positions`` (assistant tokens), ``candidate_positions`` (those with a plausible non-gold
+        token), ``positions`` (explored), ``candidates`` (tried), ``negatives`` (kept), ``negative_rate``, ``mean_q``,
+        ``mean_gold_q``, ``rollouts``, ``truncated_rollouts`` (hit ``max_rollout_tokens``: no final answer, so
+        they count as failures), ``generated_tokens``, ``wall_seconds``, ``examples_per_s``,
+        ``rollouts_per_s``, ``tokens_per_s``, ``output``, ``settings``.
+
+    Raises:
+        ExploreInputError: a bad input line with ``on_error="fail"`` (message ``file:line: reason``).
+        ValueError: an output written with other settings (use a new ``--output``), a contrast model with another
+            vocabulary, a tokenizer without chat template.
+        ImportError: ``backend="vllm"`` without vLLM installed.
+        FileNotFoundError: a missing input file.
+    """
+    cfg = config
+    out_path = shard_output_path(cfg.output, cfg.shard)
+    sum_path = summary_path(out_path)
+    run = _Run(cfg, out_path)
+    old = _existing_settings(out_path)
+    if old is not None and old != json.loads(json.dumps(cfg.settings())):
+        diff = sorted(k for k in set(old) | set(cfg.settings()) if old.get(k) != cfg.settings().get(k))
+        raise ValueError(
+            f"{out_path} was written with other settings ({', '.join(diff)}); resume with the same options or "
+            "choose a new --output"
+        )
+    tokenizer = _load_tokenizer(cfg.model)
+    engine, contrast, ends = _build_engines(cfg, tokenizer, engine)
+    ex = Explorer(cfg, tokenizer, engine, contrast, ends)
+    appender = JsonlAppender(out_path, key="id")
+    run.resume(appender)
+    try:
+        with _Progress(cfg.progress, len(run.todo)) as progress:
+            for _, ln, raw in run.todo:
+                try:
+                    record = run.example(ex, ln, raw)
+                except BadExample as err:
+                    run.bad(ln, str(err))
+                    record = None
+                if record is None:
+                    progress.advance()
+                    continue
+                appender.write(record)
+                s = run.summary(ex.c, engine, False)
+                progress.example_done(s, record, len(run.todo))
+                _write_json_atomic(sum_path, s)
+    finally:
+        appender.close()
+    final = run.summary(ex.c, engine, True)
+    _write_json_atomic(sum_path, final)
+    return final
+
+
+class _Progress:
+    """The rich progress bar of a run (rates per example), plus one log line per example when not on a terminal."""
+
+    def __init__(self, enabled: bool, total: int):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(
+            TextColumn("[bold]explore"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rates]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, disable=not enabled,
+        )
+        self.log_lines = enabled and not self.console.is_terminal
+        self.total = total
+
+    def __enter__(self) -> "_Progress":
+        self.bar.__enter__()
+        self.task = self.bar.add_task("explore", total=self.total, rates="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def advance(self) -> None:
+        self.bar.advance(self.task)
+
+    def example_done(self, s: dict[str, Any], record: dict, todo: int) -> None:
+        rates = (
+            f"{s['examples_per_s'] or 0:.3f} ex/s  {s['rollouts_per_s'] or 0:.1f} rollouts/s  "
+            f"{s['tokens_per_s'] or 0:.1f} tok/s"
+        )
+        self.bar.update(self.task, advance=1, rates=rates)
+        if self.log_lines:
+            self.console.print(
+                f"[{s['examples']}/{todo}] id={record['id']} positions={len(record['positions'])} "
+                f"negatives={len(record['samples'])} rollouts={record['rollouts']} "
+                f"{record['seconds']:.1f}s | {rates}",
+                highlight=False,
+                soft_wrap=True,
+            )
