@@ -1,0 +1,177 @@
+"""Checkpoints of verifier training: the model to start from, LoRA adapters, resume points, the final save.
+
+The verifier starts from an LLM (a new 1-output score head, LLM2.md section 2) or from a verifier checkpoint
+(``init_from``); with ``lora`` the backbone trains through peft adapters while the head stays fully trainable,
+and the adapters are merged into the final checkpoint. Resumable Trainer checkpoints live under
+``<output>/checkpoints``; the final ``<output>`` is a plain token-classification checkpoint, optionally cast to
+bf16/fp16 (``save_dtype``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from llm2_eval.jsonl import iter_jsonl
+from llm2_eval.verifier import head_name
+from verifier_train.train.config import TrainConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+
+def cast_checkpoint(directory: str | os.PathLike, dtype: str) -> None:
+    """Rewrite a saved checkpoint's floating-point weights in ``dtype`` (in place, file by file).
+
+    Every ``*.safetensors`` file of ``directory`` is rewritten through a temporary file and an atomic rename;
+    ``config.json``'s dtype and a shard index's ``total_size`` are updated to match. Integer tensors are kept.
+
+    Args:
+        directory: a ``save_pretrained`` directory.
+        dtype: ``"bfloat16"``, ``"float16"`` or ``"float32"``.
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no ``*.safetensors`` file.
+        ValueError: an unknown ``dtype`` (from :func:`llm2_eval.verifier.resolve_dtype`).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from llm2_eval.verifier import resolve_dtype
+
+    target = resolve_dtype(dtype)
+    d = Path(directory)
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors file in {d} to cast to {dtype}")
+    total = 0
+    for f in files:
+        tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in load_file(f).items()}
+        total += sum(v.numel() * v.element_size() for v in tensors.values())
+        tmp = f.with_name(f.name + ".partial")
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.replace(tmp, f)
+    index = d / "model.safetensors.index.json"
+    if index.exists():
+        meta = json.loads(index.read_text(encoding="utf-8"))
+        meta.setdefault("metadata", {})["total_size"] = total
+        index.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    cfg_path = d / "config.json"
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        key = "dtype" if "dtype" in cfg or "torch_dtype" not in cfg else "torch_dtype"
+        cfg[key] = str(target).removeprefix("torch.")
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+def load_model(cfg: TrainConfig) -> "PreTrainedModel":
+    """The verifier to train, in float32: ``cfg.model`` with a new 1-output score head (seeded by ``cfg.seed``;
+    LLM2.md section 2), or the verifier checkpoint ``cfg.init_from``.
+
+    Raises:
+        ValueError: ``init_from`` is not a 1-label checkpoint, or the model has no token-classification class.
+    """
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    src = cfg.init_from or cfg.model
+    mconf = AutoConfig.from_pretrained(str(src), num_labels=1)
+    if cfg.init_from and getattr(mconf, "num_labels", None) != 1:
+        raise ValueError(f"--init-from {cfg.init_from}: not a 1-label verifier checkpoint")
+    mconf.classifier_dropout = 0.0
+    mconf.use_cache = False
+    torch.manual_seed(cfg.seed)  # the new score head's initialisation
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    if not cfg.init_from:  # the load report would only say "lm_head unused, score head new", which is the plan
+        hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(
+            str(src), config=mconf, dtype=torch.float32, attn_implementation=cfg.attn_implementation
+        )
+    except ValueError as err:
+        raise ValueError(f"cannot build a token-classification verifier from {src}: {err}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model
+
+
+def apply_lora(cfg: TrainConfig, model: "PreTrainedModel"):
+    """``model`` wrapped with peft LoRA adapters (rank ``cfg.lora_r`` on ``cfg.lora_target``); the score head is
+    kept fully trainable (``modules_to_save``)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    head = head_name(model)
+    target: Any = cfg.lora_target
+    if target != "all-linear":
+        target = [t.strip() for t in target.split(",") if t.strip()]
+    lcfg = LoraConfig(
+        task_type=TaskType.TOKEN_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=target, modules_to_save=[head],
+    )
+    return get_peft_model(model, lcfg)
+
+
+def last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest Trainer checkpoint (``checkpoint-N``) under ``ckpt_dir``, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not ckpt_dir.is_dir():
+        return None
+    found = get_last_checkpoint(str(ckpt_dir))
+    return Path(found) if found else None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a Trainer checkpoint was saved at (its ``trainer_state.json``, else its name)."""
+    state = path / "trainer_state.json"
+    if state.exists():
+        return int(json.loads(state.read_text()).get("global_step", 0))
+    return int(path.name.rsplit("-", 1)[-1])
+
+
+def trim_log(path: Path, keep_up_to: int | None) -> None:
+    """Start ``train_log.jsonl`` afresh (``keep_up_to=None``) or keep only lines of steps ``<= keep_up_to`` (resume),
+    so a resumed run does not repeat the steps an interrupted run logged after its last checkpoint."""
+    if not path.exists():
+        return
+    if keep_up_to is None:
+        path.unlink()
+        return
+    kept = []
+    for _, obj in iter_jsonl(path, on_error="skip"):
+        try:
+            if int(obj.get("step", 0)) <= keep_up_to:
+                kept.append(json.dumps(obj, ensure_ascii=False))
+        except (ValueError, TypeError):
+            continue
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_final(trainer: "Trainer", config: TrainConfig, out: Path, tokenizer: "PreTrainedTokenizerBase",
+               console: Any) -> None:
+    """Save the trained verifier to ``out``: a plain 1-label token-classification checkpoint (LoRA merged) with its
+    tokenizer, cast to ``config.save_dtype`` when that is not float32 (a checkpoint in another format, e.g. a
+    DeepSpeed/FSDP save, stays as saved, with a warning on ``console``)."""
+    final = trainer.model
+    if config.lora:
+        final = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    final.config.use_cache = True
+    final.config.llm2_verifier = {"base_model": str(config.model or config.init_from), "head": head_name(final),
+                                  "num_labels": 1}
+    if config.lora:
+        if trainer.is_world_process_zero():
+            final.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+    else:
+        trainer.save_model(str(out))
+    if config.save_dtype != "float32" and trainer.is_world_process_zero():
+        try:
+            cast_checkpoint(out, config.save_dtype)
+        except FileNotFoundError as err:  # e.g. a DeepSpeed/FSDP save in another format: keep it as saved
+            console.print(f"[yellow]--save-dtype {config.save_dtype}: {err}; the checkpoint stays as saved[/yellow]")

@@ -1,0 +1,105 @@
+"""The settings of ``llm2 train-verifier``: one dataclass, every default in one place (LLM2.md section 6).
+
+Each field carries its help text (and Click details) in its metadata; :mod:`verifier_train.train.cli` generates
+the command's options from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TRAIN_LOG = "train_log.jsonl"
+TRAINING_CARD = "training_card.json"
+CHECKPOINTS = "checkpoints"
+
+def _opt(default: Any, help: str, **cli: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "cli": cli})
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one verifier training run (defaults: the authors' released recipe, LLM2.md section 6).
+
+    Batch sizes count solutions (packed sequences), not pairs. Gradient accumulation is derived:
+    ``global_batch / (micro_batch * world_size)`` (must divide exactly).
+    """
+
+    data: list[str] = _opt([], "JSON Lines file of triplets (LLM2.md section 5); repeat for several files.",
+                           multiple=True, required=True)
+    output: str = _opt("", "Output directory: the final verifier, train_log.jsonl, training_card.json, checkpoints/.",
+                       required=True)
+    model: str | None = _opt(None, "LLM directory (or hub id) to initialise the verifier from (new score head).")
+    init_from: str | None = _opt(None, "Continue from this verifier checkpoint instead of initialising from --model.")
+    lr: float = _opt(2e-5, "Peak learning rate.")
+    epochs: float = _opt(2.0, "Training epochs (ignored when --max-steps > 0).")
+    global_batch: int = _opt(128, "Solutions per optimizer step, over all devices and accumulation steps.")
+    micro_batch: int = _opt(4, "Solutions per device per forward (the accumulation is derived).")
+    max_length: int = _opt(2048, "Packed length budget (solution tokens + negatives); pairs beyond it are dropped.")
+    warmup_ratio: float = _opt(0.1, "Linear warmup, as a fraction of the training steps.")
+    lr_scheduler: str = _opt("cosine", "Learning-rate schedule after warmup (a transformers scheduler name).")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).")
+    bf16: bool | None = _opt(None, "bf16 mixed precision (--bf16) or fp32 (--fp32); default: bf16 when the device "
+                             "supports it.", flag="--bf16/--fp32")
+    gradient_checkpointing: bool = _opt(True, "Recompute activations in the backward pass to save memory.",
+                                        flag="--gradient-checkpointing/--no-gradient-checkpointing")
+    lora: bool = _opt(False, "Train LoRA adapters (peft) instead of all weights; merged into the final checkpoint.",
+                      flag="--lora/--no-lora")
+    lora_r: int = _opt(16, "LoRA rank.")
+    lora_alpha: int = _opt(32, "LoRA alpha.")
+    lora_dropout: float = _opt(0.0, "LoRA dropout.")
+    lora_target: str = _opt("all-linear", "LoRA target modules: 'all-linear' or comma-separated module names.")
+    save_steps: int = _opt(500, "Save a resumable checkpoint under <output>/checkpoints every N optimizer steps.")
+    save_total_limit: int | None = _opt(2, "Keep at most this many intermediate checkpoints (0 = all).")
+    resume: bool = _opt(False, "Continue from the last checkpoint in <output>/checkpoints (fresh start if none).",
+                        flag="--resume/--no-resume")
+    overwrite: bool = _opt(False, "Delete existing checkpoints in <output> instead of refusing to start.",
+                           flag="--overwrite/--no-overwrite")
+    eval_fraction: float = _opt(0.05, "Fraction of the records held out for evaluation (0 = none).")
+    eval_steps: int = _opt(100, "Evaluate on the held-out split every N optimizer steps (and at the end).")
+    eval_on_start: bool = _opt(False, "Also evaluate before the first step.", flag="--eval-on-start/--no-eval-on-start")
+    logging_steps: int = _opt(10, "Log training loss / pair accuracy every N optimizer steps.")
+    seed: int = _opt(0, "Seed of the score head, the held-out split and the data order.")
+    on_error: str = _opt("fail", "A bad record: 'fail' (error naming file:line) or 'skip' (counted).",
+                         choices=("fail", "skip"))
+    max_steps: int = _opt(-1, "Stop after this many optimizer steps (> 0 overrides --epochs; for quick runs).")
+    attn_implementation: str = _opt("sdpa", "Attention kernel: sdpa or eager (4-D masks rule out flash-attention).",
+                                    choices=("sdpa", "eager"))
+    num_workers: int = _opt(0, "DataLoader worker processes.")
+    deepspeed: str | None = _opt(None, "DeepSpeed JSON config (also settable through `accelerate launch`).")
+    fsdp: str | None = _opt(None, "FSDP options for transformers' Trainer, e.g. 'full_shard auto_wrap'.")
+    progress: bool = _opt(True, "Show a rich progress bar.", flag="--progress/--no-progress")
+    save_dtype: str = _opt("float32", "dtype of the final verifier's weights: float32 (the training master weights), "
+                           "bfloat16 or float16 (half the disk; what decoding loads anyway).",
+                           choices=("float32", "bfloat16", "float16"))
+
+    def check(self) -> None:
+        """Validate the settings.
+
+        Raises:
+            ValueError: naming the first bad setting.
+        """
+        if not self.data:
+            raise ValueError("no data: give at least one JSON Lines file")
+        if not self.output:
+            raise ValueError("no output directory")
+        if not self.model and not self.init_from:
+            raise ValueError("give --model (an LLM to initialise from) or --init-from (a verifier checkpoint)")
+        if self.on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error={self.on_error!r}: use 'fail' or 'skip'")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr}: must be > 0")
+        for name in ("global_batch", "micro_batch", "save_steps", "eval_steps", "logging_steps", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.max_length < 2:
+            raise ValueError(f"max_length={self.max_length}: must be >= 2")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction={self.eval_fraction}: must be in [0, 1)")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+        if self.max_steps <= 0 and not self.epochs > 0:
+            raise ValueError(f"epochs={self.epochs}: must be > 0 (or set max_steps)")

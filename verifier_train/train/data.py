@@ -1,0 +1,163 @@
+"""Training data: triplet files (LLM2.md section 5) read, validated against their tokens, packed and split.
+
+Every triplet is checked against the chat-template tokens of its solution; all negatives of a solution are packed
+into one sequence (:func:`verifier_train.packing.pack_solution`); a deterministic share of the solutions is held
+out for evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from verifier_train.packing import PackedExample, pack_solution
+from verifier_train.records import ReadStats, RecordError, chat_token_ids, check_samples, iter_records
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class FileStats:
+    """What reading one data file gave.
+
+    Attributes:
+        path: the file.
+        records: records read and validated (skipped ones excluded).
+        skipped: ``"file:line: reason"`` for every skipped record (``on_error="skip"``).
+        pairs: triplets in the valid records.
+        kept_pairs: pairs that fit the ``max_length`` budget.
+        dropped_pairs: pairs dropped by truncation (``pairs - kept_pairs``).
+        empty_records: valid records left without any pair (no triplets, or all truncated); not trained on.
+    """
+
+    path: str
+    records: int = 0
+    skipped: list[str] = field(default_factory=list)
+    pairs: int = 0
+    kept_pairs: int = 0
+    dropped_pairs: int = 0
+    empty_records: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["skipped_records"] = len(self.skipped)
+        out["skipped"] = self.skipped[:20]
+        return out
+
+
+@dataclass
+class PairData:
+    """Packed solutions split into training and held-out sets.
+
+    Attributes:
+        train: packed solutions to train on.
+        eval: held-out packed solutions (empty when ``eval_fraction == 0``).
+        files: per-file statistics.
+    """
+
+    train: list[PackedExample]
+    eval: list[PackedExample]
+    files: list[FileStats]
+
+    @property
+    def train_pairs(self) -> int:
+        return sum(e.num_pairs for e in self.train)
+
+    @property
+    def eval_pairs(self) -> int:
+        return sum(e.num_pairs for e in self.eval)
+
+
+def load_pair_data(
+    paths: Sequence[str | os.PathLike],
+    tokenizer: "PreTrainedTokenizerBase",
+    *,
+    vocab_size: int | None = None,
+    max_length: int | None = 2048,
+    on_error: str = "fail",
+    eval_fraction: float = 0.0,
+    seed: int = 0,
+) -> PairData:
+    """Read, validate, pack and split triplet files (LLM2.md sections 5-6).
+
+    Every triplet is checked against the chat-template tokens of its record
+    (:func:`verifier_train.records.chat_token_ids`): ``pos`` inside the sequence, ``input_ids[pos] == gold_id``,
+    ids inside the vocabulary, ``neg_id != gold_id``. The held-out split is by record, deterministic in ``seed``.
+
+    Args:
+        paths: JSON Lines files.
+        tokenizer: the LLM's tokenizer (its chat template defines what ``pos`` indexes).
+        vocab_size: upper bound for token ids (the model's embedding rows); default ``len(tokenizer)``.
+        max_length: packed-length budget (see :func:`verifier_train.packing.pack_solution`).
+        on_error: ``"fail"`` raises at the first bad record; ``"skip"`` counts it in :attr:`FileStats.skipped`.
+        eval_fraction: fraction of the non-empty records held out (at least one when > 0 and there are >= 2).
+        seed: seed of the split.
+
+    Returns:
+        :class:`PairData`.
+
+    Raises:
+        FileNotFoundError: a missing file.
+        RecordError: (``on_error="fail"``) a malformed record or a triplet that does not match its tokens; the
+            message names the file and line.
+        ValueError: no trainable pair at all in the files.
+    """
+    limit = int(vocab_size) if vocab_size else len(tokenizer)
+    packed: list[PackedExample] = []
+    files: list[FileStats] = []
+    for path in paths:
+        fs = FileStats(path=str(path))
+        rs = ReadStats()
+        for rec in iter_records(path, on_error=on_error, stats=rs):  # type: ignore[arg-type]
+            try:
+                ids = chat_token_ids(tokenizer, rec.messages)
+                problem = check_samples(ids, rec.samples, limit)
+            except Exception as err:  # a chat template that rejects the messages
+                problem = f"cannot apply the chat template: {err}"
+            if problem is not None:
+                if on_error == "skip":
+                    rs.skipped.append(f"{path}:{rec.line}: {problem}")
+                    continue
+                raise RecordError(path, rec.line, problem)
+            fs.records += 1
+            fs.pairs += len(rec.samples)
+            ex = pack_solution(ids, rec.samples, max_length)
+            fs.kept_pairs += ex.num_pairs
+            fs.dropped_pairs += ex.dropped_pairs
+            if ex.num_pairs == 0:
+                fs.empty_records += 1
+                continue
+            packed.append(ex)
+        fs.skipped = list(rs.skipped)
+        files.append(fs)
+    if not packed:
+        detail = "; ".join(f"{f.path}: {f.records} valid records, {len(f.skipped)} skipped" for f in files)
+        raise ValueError(f"no trainable pair in the data ({detail})")
+    order = list(range(len(packed)))
+    random.Random(seed).shuffle(order)
+    n_eval = 0
+    if eval_fraction > 0 and len(packed) >= 2:
+        n_eval = min(max(1, round(eval_fraction * len(packed))), len(packed) - 1)
+    held = set(order[:n_eval])
+    train = [e for i, e in enumerate(packed) if i not in held]
+    held_out = [packed[i] for i in sorted(held)]
+    return PairData(train=train, eval=held_out, files=files)
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """A list of :class:`PackedExample` as a map-style dataset (the collator makes tensors)."""
+
+    def __init__(self, examples: Sequence[PackedExample]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> PackedExample:
+        return self.examples[i]
