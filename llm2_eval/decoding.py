@@ -1,18 +1,21 @@
 """Dual-process decoding (LLM2 paper Eq. 1; LLM2.md section 3), in plain PyTorch on transformers models.
 
-At every step ``t`` and for every sequence of the batch:
+At every step ``t`` and for every sequence of the batch (:class:`_Decoding`, one method per step):
 
-1. ``z_t = pi(x_<t)``: next-token logits of the LLM (KV cache).
+1. ``z_t = pi(x_<t)``: next-token logits of the LLM (KV cache; :meth:`~_Decoding.feed`).
 2. Candidates ``V_t``: the plausibility mask ``p(v) >= alpha * max_u p(u)``, or the ``top_k`` tokens, optionally
-   capped at ``max_candidates`` by probability (:func:`plausible_candidates`, shared with exploration).
-3. If ``|V_t| > 1`` for some row, all candidates of all rows are scored in ONE verifier forward: they are appended
-   after the sequence, all with position id = current length, each attending to the real prefix and to itself
-   (a 4-D attention mask).
-4. ``z*_t[v] = z_t[v] + beta * s(x_<t, v)`` on ``V_t``, ``-inf`` elsewhere.
+   capped at ``max_candidates`` by probability (:func:`~llm2_eval.candidates.plausible_candidates`, shared with
+   exploration; :meth:`~_Decoding.candidates`).
+3. The rows with ``|V_t| > 1`` have all their candidates scored in ONE verifier forward: the candidates are
+   appended after the sequence, all with position id = current length, each attending to the real prefix and to
+   itself (a 4-D attention mask); rows with a single candidate skip the verifier
+   (:class:`~llm2_eval.scoring.VerifierCache`; :meth:`~_Decoding.score`).
+4. ``z*_t[v] = z_t[v] + beta * s(x_<t, v)`` on ``V_t``, ``-inf`` elsewhere (:meth:`~_Decoding.choose`).
 5. Greedy: argmax of ``z*``. Sampling: temperature and top-p on ``z*``.
-6. The verifier's KV cache holds exactly the real sequence: the candidates' key/values are cropped after each
-   scoring forward, and real tokens the verifier has not read yet ("pending" tokens: the prompt, the last chosen
-   token, and tokens of steps where every row had ``|V_t| = 1``) are fed in front of the next candidates.
+6. The verifier's KV cache holds exactly the real sequence of every row: the candidates' key/values are cropped
+   after each scoring forward, and real tokens the verifier has not read yet ("pending" tokens: the prompt, the
+   last chosen token, and tokens of steps where the row had ``|V_t| = 1``) are fed in front of the row's next
+   candidates (:meth:`~_Decoding.append` for the sequences, :meth:`~_Decoding.finish` for stop strings / EOS).
 
 ``beta == 0`` or no verifier is plain System-1 decoding over the full vocabulary (token for token the same as
 transformers' greedy ``generate``); the verifier is then never called.
@@ -22,7 +25,6 @@ The loop knows nothing of lm-eval; it serves lm-eval, exploration rollouts and t
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -30,9 +32,17 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from llm2_eval.candidates import make_generators, plausible_candidates, sample_from_logits
+from llm2_eval.kv_cache import CachedForward, PrefixCache, SharedPrefix, sliding_window
+from llm2_eval.scoring import VerifierCache, candidate_attention_mask
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+__all__ = [
+    "DecodeConfig", "DecodeOutput", "PrefixCache", "RowStats", "SharedPrefix", "candidate_attention_mask",
+    "generate", "make_generators", "plausible_candidates", "sample_from_logits", "sliding_window",
+]
 
 @dataclass
 class DecodeConfig:
@@ -129,275 +139,208 @@ class DecodeOutput:
     caches: tuple | None = None
 
 
-def plausible_candidates(
-    logits: torch.Tensor,
-    *,
-    alpha: float = 0.1,
-    top_k: int = 0,
-    max_candidates: int | None = None,
-    exclude: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The candidate set ``V_t`` of each row (LLM2.md section 3 step 2; paper Sec. 2.2).
-
-    Args:
-        logits: next-token logits, shape ``[batch, vocab]`` (any float dtype).
-        alpha: keep tokens with ``p(v) >= alpha * max_u p(u)``, i.e. ``logit >= max_logit + log(alpha)``.
-        top_k: when > 0 keep the ``top_k`` most probable tokens instead.
-        max_candidates: optional cap, most probable first.
-        exclude: optional token ids to remove from the set, shape ``[batch]`` (exploration removes the gold
-            token this way); later candidates shift left, and a row may then have no candidate at all.
-
-    Returns:
-        ``(ids, mask)``: ``ids`` shape ``[batch, K]`` long, sorted by decreasing probability (ties in index
-        order), ``K`` the largest set size in the batch; ``mask`` shape ``[batch, K]`` bool, True for real
-        candidates. Without ``exclude`` every row has at least one candidate and ``ids[:, 0]`` is the argmax.
-    """
-    z = logits.float()
-    if top_k and top_k > 0:
-        counts = torch.full((z.shape[0],), min(int(top_k), z.shape[-1]), device=z.device, dtype=torch.long)
-    else:
-        threshold = z.max(dim=-1, keepdim=True).values + math.log(alpha)
-        counts = (z >= threshold).sum(dim=-1)
-    if max_candidates is not None:
-        counts = counts.clamp(max=int(max_candidates))
-    k = int(counts.max().item())
-    ids = torch.topk(z, k, dim=-1, sorted=True).indices
-    mask = torch.arange(k, device=z.device)[None, :] < counts[:, None]
-    if exclude is None:
-        return ids, mask
-    mask = mask & (ids != exclude.to(ids.device)[:, None])
-    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)  # real candidates first, order kept
-    ids, mask = ids.gather(-1, order), mask.gather(-1, order)
-    width = max(int(mask.sum(-1).max().item()), 1)
-    return ids[:, :width], mask[:, :width]
+def _check_inputs(input_ids, attention_mask, config, tokenizer, seeds, prefix_cache, repeats):
+    """Validated ``(attention_mask, seeds, repeats, batch)`` of a :func:`generate` call (see its Raises)."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape [batch, seq], got {tuple(input_ids.shape)}")
+    n_prompts, seq_len = input_ids.shape
+    if repeats is not None:
+        repeats = [int(r) for r in repeats]
+        if len(repeats) != n_prompts or min(repeats, default=1) < 1:
+            raise ValueError(f"repeats must hold one integer >= 1 per prompt row ({n_prompts}), got {repeats}")
+        if prefix_cache is not None:
+            raise ValueError("repeats and prefix_cache cannot be combined")
+    batch = sum(repeats) if repeats is not None else n_prompts
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
+    empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist() if seq_len else list(range(n_prompts))
+    if empty:
+        raise ValueError(f"empty prompt in row(s) {empty}: every prompt needs at least one token")
+    if config.stop and tokenizer is None:
+        raise ValueError("stop strings need a tokenizer")
+    if seeds is None:
+        seeds = list(range(batch))
+    if len(seeds) != batch:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
+    if prefix_cache is not None and prefix_cache.input_ids.shape[0] != batch:
+        raise ValueError(f"prefix_cache has {prefix_cache.input_ids.shape[0]} rows for a batch of {batch}")
+    return attention_mask, seeds, repeats, batch
 
 
-def candidate_attention_mask(
-    attention_mask: torch.Tensor, n_cached: int, n_candidates: int, dtype: torch.dtype
-) -> torch.Tensor:
-    """Additive 4-D mask for one verifier forward over pending real tokens followed by candidates.
+class _Decoding:
+    """The state of one :func:`generate` call, with one method per step of the decode loop.
 
-    Keys are the ``S`` real columns (``n_cached`` already in the KV cache, then ``P = S - n_cached`` pending ones)
-    followed by the ``K`` candidate slots; queries are the ``P`` pending tokens then the ``K`` candidates.
-    A pending token sees the real (non-padding) tokens up to itself; a candidate sees every real token and
-    itself only (LLM2.md section 3 step 3). Every query sees itself, so no row is fully masked.
-
-    Args:
-        attention_mask: 2-D padding mask ``[batch, S]`` (1 = real token).
-        n_cached: columns already in the verifier's KV cache.
-        n_candidates: ``K``.
-        dtype: the model's dtype (0 where allowed, ``finfo(dtype).min`` elsewhere).
-
-    Returns:
-        Tensor ``[batch, 1, P + K, S + K]``.
-    """
-    b, s = attention_mask.shape
-    p, k = s - n_cached, n_candidates
-    dev = attention_mask.device
-    real = attention_mask.bool()
-    cols = torch.arange(s, device=dev)
-    q_abs = torch.arange(n_cached, s, device=dev)
-    pend = (cols[None, :] <= q_abs[:, None])[None] & real[:, None, :]  # [b, P, S]
-    pend = pend | (cols[None, :] == q_abs[:, None])[None]
-    eye_k = torch.eye(k, dtype=torch.bool, device=dev)
-    top = torch.cat([pend, torch.zeros(b, p, k, dtype=torch.bool, device=dev)], dim=-1)
-    bottom = torch.cat([real[:, None, :].expand(b, k, s), eye_k[None].expand(b, k, k)], dim=-1)
-    allowed = torch.cat([top, bottom], dim=1)
-    out = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return out[:, None]
-
-
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _new_cache(model: torch.nn.Module, full_attention: bool = False):
-    """A ``DynamicCache`` for ``model``; ``full_attention=True`` keeps every position of every layer (croppable)."""
-    from transformers import DynamicCache
-
-    if full_attention:
-        return DynamicCache()
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # older transformers
-        return DynamicCache()
-
-
-def sliding_window(config) -> int | None:
-    """The sliding-window size of a model whose attention layers use one, else None."""
-    types = getattr(config, "layer_types", None) or []
-    window = getattr(config, "sliding_window", None)
-    uses = any("sliding" in str(t) for t in types) or bool(getattr(config, "use_sliding_window", False))
-    return int(window) if uses and window else None
-
-
-class _Forward:
-    """A model forward with its KV cache, hiding the transformers keyword spelling (``cache`` / ``past_key_values``)."""
-
-    def __init__(self, model: torch.nn.Module, full_attention: bool = False):
-        self.model = model
-        self.cache = _new_cache(model, full_attention)
-        self._cache_kw = _cache_kwarg(model)
-        self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-
-    def __call__(self, input_ids, attention_mask, position_ids, last_only: bool = False):
-        kwargs = {self._cache_kw: self.cache, "use_cache": True}
-        if last_only and self._keep:
-            kwargs["logits_to_keep"] = 1
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-        return out.logits
-
-    def select_rows(self, keep: torch.Tensor) -> None:
-        if self.cache.get_seq_length() > 0:
-            self.cache.batch_select_indices(keep)
-
-
-@dataclass
-class PrefixCache:
-    """A batch of left-padded prompt prefixes whose LLM KV cache is already computed (``generate(prefix_cache=)``).
-
-    Attributes:
-        input_ids: ``[rows, C]`` long, the prefixes, left-padded (pad id 0, masked).
-        attention_mask: ``[rows, C]`` long, 1 for real tokens.
-        cache: the LLM's KV cache over those ``C`` columns, batch ``rows``; :func:`generate` consumes (mutates) it.
+    The working batch holds the rows still generating (``active[i]`` is the output row of working row ``i``):
+    ``seq`` ``[rows, S]`` the left-padded prompt + generated tokens, ``attn`` its padding mask, ``positions`` its
+    position ids, ``next_pos`` ``[rows]`` the position id of the next token, ``logits`` ``[rows, vocab]`` float32
+    the LLM's next-token logits. ``scorer`` is the verifier side (None when decoding with the LLM alone).
     """
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    cache: object
-
-
-class SharedPrefix:
-    """One token sequence run through the LLM once; batch caches of its prefixes are cut from that single forward.
-
-    Causal attention makes the keys/values of ``token_ids[:L]`` the first ``L`` columns of the full sequence's, so
-    every prefix (e.g. the ``prompt + gold[:t]`` of each explored position, LLM2.md section 4) shares one prefill;
-    :meth:`batch` repeats and left-pads them into a :class:`PrefixCache` for :func:`generate`.
-
-    Args:
-        llm: a causal LM whose KV cache is a full-attention ``DynamicCache`` (no sliding-window/linear layers).
-        token_ids: the sequence (``n >= 1`` ids).
-        logits_at: indices into ``token_ids`` whose next-token logits to keep in ``self.logits``, shape
-            ``[len(logits_at), vocab]`` float32 (row ``i`` predicts ``token_ids[logits_at[i] + 1]``).
-
-    Raises:
-        ValueError: an empty sequence, or a cache with sliding-window / non-standard layers (prefixes cannot be
-            cut from it); callers then fall back to plain :func:`generate`.
-    """
-
-    @torch.inference_mode()
-    def __init__(self, llm: "PreTrainedModel", token_ids: Sequence[int], *, logits_at: Sequence[int] = ()):
-        if len(token_ids) == 0:
-            raise ValueError("SharedPrefix needs at least one token")
-        self.model = llm
-        self.token_ids = [int(t) for t in token_ids]
-        n = len(self.token_ids)
-        dev = next(llm.parameters()).device
-        fwd = _Forward(llm)
-        at = torch.tensor([int(i) for i in logits_at], dtype=torch.long, device=dev)
-        kwargs = {fwd._cache_kw: fwd.cache, "use_cache": True}
-        if fwd._keep:
-            kwargs["logits_to_keep"] = at if at.numel() else 1
-        out = llm(
-            input_ids=torch.tensor([self.token_ids], device=dev),
-            attention_mask=torch.ones(1, n, dtype=torch.long, device=dev),
-            position_ids=torch.arange(n, device=dev)[None],
-            **kwargs,
+    def __init__(self, llm, input_ids, attention_mask, config: DecodeConfig, *, verifier, tokenizer, seeds,
+                 prefix_cache, repeats):
+        attention_mask, seeds, repeats, batch = _check_inputs(
+            input_ids, attention_mask, config, tokenizer, seeds, prefix_cache, repeats
         )
-        logits = out.logits[0] if fwd._keep else out.logits[0, at]
-        self.logits = logits[: at.numel()].float()
-        layers = getattr(fwd.cache, "layers", None)
-        if not layers or any(
-            getattr(layer, "is_sliding", False) or getattr(layer, "keys", None) is None or layer.keys.shape[-2] != n
-            for layer in layers
-        ):
-            raise ValueError(f"{type(llm).__name__}: its KV cache is not a plain full-attention cache; cannot share prefixes")
-        self._kv = [(layer.keys, layer.values) for layer in layers]
+        self.config, self.tokenizer = config, tokenizer
+        self.max_new_tokens = int(config.max_new_tokens)
+        self.beta = float(config.beta)
+        self.generators = make_generators(seeds) if config.do_sample else []
+        self.eos = set(int(t) for t in config.eos_token_ids)
+        self.stop = [config.stop] if isinstance(config.stop, str) else [s for s in config.stop if s]
+        # a token holds at least one byte of text, so a stop string spans at most len(utf-8 bytes) + 1 tokens
+        self.stop_window = (max(len(s.encode("utf-8")) for s in self.stop) + 4) if self.stop else 0
+        self.llm = CachedForward(llm)
+        self.scorer = None
+        if verifier is not None and self.beta != 0.0:
+            # The verifier's cache is cropped after every scoring pass, so it keeps full-attention layers; a sliding
+            # window would need a banded 4-D mask, so such verifiers are limited to sequences inside their window.
+            window = sliding_window(verifier.config)
+            if window is not None and input_ids.shape[1] + self.max_new_tokens > window:
+                raise ValueError(
+                    f"the verifier uses sliding-window attention (window {window} tokens); LLM2 decoding supports "
+                    f"prompt + new tokens <= {window}, got {input_ids.shape[1]} + {self.max_new_tokens}"
+                )
+            self.scorer = VerifierCache(verifier, input_ids.shape[0], input_ids.device)
+        self.active = list(range(batch))
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.reasons = ["length"] * batch
+        self._prefill(input_ids, attention_mask, prefix_cache, repeats)
 
-    def batch(self, lengths: Sequence[int], repeats: Sequence[int]) -> PrefixCache:
-        """A :class:`PrefixCache` whose rows are ``token_ids[:lengths[i]]``, each repeated ``repeats[i]`` times.
-
-        Rows are in order (prefix 0 x repeats[0], prefix 1 x repeats[1], ...), left-padded to ``max(lengths)``.
-
-        Raises:
-            ValueError: a length outside ``[1, n]``, a negative repeat, or no row at all.
-        """
-        n = len(self.token_ids)
-        if len(lengths) != len(repeats) or any(not 1 <= int(ln) <= n for ln in lengths) or any(r < 0 for r in repeats):
-            raise ValueError(f"prefix lengths must be in [1, {n}] with one repeat count >= 0 each")
-        if sum(repeats) == 0:
-            raise ValueError("a prefix batch needs at least one row")
-        width = max(int(ln) for ln, r in zip(lengths, repeats) if r > 0)
-        cache = _new_cache(self.model)
-        for li, (keys, values) in enumerate(self._kv):
-            ks, vs = [], []
-            for ln, r in zip(lengths, repeats):
-                if r == 0:
-                    continue
-                k, v = keys[:, :, :ln], values[:, :, :ln]
-                if ln < width:
-                    k = torch.cat([k.new_zeros(*k.shape[:2], width - ln, k.shape[-1]), k], dim=2)
-                    v = torch.cat([v.new_zeros(*v.shape[:2], width - ln, v.shape[-1]), v], dim=2)
-                ks.append(k.expand(r, -1, -1, -1))
-                vs.append(v.expand(r, -1, -1, -1))
-            cache.update(torch.cat(ks, 0), torch.cat(vs, 0), li)
-        ids, mask = [], []
-        for ln, r in zip(lengths, repeats):
-            pad = width - int(ln)
-            ids += [[0] * pad + self.token_ids[: int(ln)]] * r
-            mask += [[0] * pad + [1] * int(ln)] * r
-        dev = self._kv[0][0].device
-        return PrefixCache(
-            input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
-            attention_mask=torch.tensor(mask, dtype=torch.long, device=dev),
-            cache=cache,
+    def _prefill(self, input_ids, attn, prefix_cache: PrefixCache | None, repeats: list[int] | None) -> None:
+        """Step 1 for the prompts: the LLM reads them (after a shared prefix, if any); with ``repeats`` the
+        verifier reads each distinct prompt too, and both caches are expanded to the samples."""
+        fed = attn.sum(-1)  # prompt tokens this call feeds through the LLM, per row
+        seq = input_ids
+        if prefix_cache is not None:
+            self.llm.cache = prefix_cache.cache
+            seq = torch.cat([prefix_cache.input_ids.to(seq.device), seq], dim=1)
+            attn = torch.cat([prefix_cache.attention_mask.to(device=attn.device, dtype=torch.long), attn], dim=1)
+        n_pre = seq.shape[1] - input_ids.shape[1]  # columns already in the LLM's cache
+        self.seq, self.attn = seq, attn
+        self.next_pos = attn.sum(-1)
+        self.positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        self.logits = self.llm(seq[:, n_pre:], attn, self.positions[:, n_pre:], last_only=True)[:, -1, :].float()
+        self.stats = [RowStats(llm_tokens=int(n)) for n in fed.tolist()]
+        if repeats is None:
+            return
+        # self-consistency: the verifier reads each distinct prompt once too, then both caches are expanded.
+        if self.scorer is not None:
+            for st, n in zip(self.stats, self.scorer.read_prompts(self.seq, self.attn, self.positions).tolist()):
+                st.verifier_tokens = int(n)
+        index = torch.repeat_interleave(
+            torch.arange(len(repeats), device=seq.device), torch.tensor(repeats, device=seq.device)
         )
+        self._select(index)
+        firsts = {0, *itertools.accumulate(repeats[:-1])}
+        self.stats = [self.stats[p] if i in firsts else RowStats() for i, p in enumerate(index.tolist())]
 
+    def _select(self, index: torch.Tensor) -> None:
+        """Keep (or repeat) the working rows ``index``, in every per-row tensor and in both caches."""
+        self.seq, self.attn, self.positions = self.seq[index], self.attn[index], self.positions[index]
+        self.next_pos, self.logits = self.next_pos[index], self.logits[index]
+        self.llm.select_rows(index)
+        if self.scorer is not None:
+            self.scorer.select_rows(index)
 
-def _row_uniforms(generators: list[torch.Generator], device: torch.device) -> torch.Tensor:
-    return torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators]).to(device)
+    def candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 2: ``(ids, mask)`` ``[rows, K]`` of each row's candidate set ``V_t`` (ids the verifier has no
+        embedding for are never candidates)."""
+        cfg = self.config
+        logits = self.logits[:, : self.scorer.vocab]
+        return plausible_candidates(logits, alpha=cfg.alpha, top_k=cfg.top_k, max_candidates=cfg.max_candidates)
 
+    def score(self, cand_ids: torch.Tensor, cand_mask: torch.Tensor) -> torch.Tensor | None:
+        """Step 3: verifier scores ``[rows, K]`` float32 of the candidates of the rows with ``|V_t| > 1`` (0 for
+        the others), or None when no row needs the verifier; counts the verifier's token forwards."""
+        scored = self.scorer.score(self.seq, self.attn, self.positions, self.next_pos, cand_ids, cand_mask.sum(-1))
+        if scored is None:
+            return None
+        scores, fed = scored
+        for r, n in zip(self.active, fed.tolist()):
+            self.stats[r].verifier_tokens += int(n)
+        return scores
 
-def sample_from_logits(
-    z: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator]
-) -> torch.Tensor:
-    """Draw one index per row from ``softmax(z / temperature)`` after a top-p (nucleus) filter.
+    def choose(self, cand_ids: torch.Tensor, cand_mask: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
+        """Steps 4-5: fuse ``z* = z + beta * s`` on the candidates and pick one per row (greedy or sampled);
+        returns the chosen token ids ``[rows]`` and counts candidates, flips and score margins."""
+        z = self.logits.gather(-1, cand_ids)
+        if scores is not None:
+            z = z + self.beta * scores
+        z = z.masked_fill(~cand_mask, float("-inf"))
+        next_tok = cand_ids.gather(-1, self.draw(z)[:, None])[:, 0]
+        n_list = cand_mask.sum(-1).tolist()
+        for r, n in zip(self.active, n_list):
+            self.stats[r].candidates += int(n)
+        if scores is not None:
+            margin = (scores.masked_fill(~cand_mask, float("-inf")).max(-1).values - scores[:, 0]).tolist()
+            # a flip: the verifier-adjusted best candidate is not the LLM's top token (sampled or not)
+            flips = (z.argmax(-1) != 0).tolist()
+            for i, r in enumerate(self.active):
+                if n_list[i] > 1:
+                    st = self.stats[r]
+                    st.scored_steps += 1
+                    st.flips += int(flips[i])
+                    st.margin_sum += float(margin[i])
+        return next_tok
 
-    Each row draws one uniform number from its own CPU ``torch.Generator``, so a row's samples depend only on its
-    own seed and logits, never on the other rows of the batch or on the device.
+    def draw(self, z: torch.Tensor) -> torch.Tensor:
+        """Step 5: one index per row of ``z`` ``[rows, n]``: argmax, or a seeded sample (temperature, top-p)."""
+        if not self.config.do_sample:
+            return z.argmax(-1)
+        gens = [self.generators[r] for r in self.active]
+        return sample_from_logits(z, self.config.temperature, self.config.top_p, gens)
 
-    Args:
-        z: scores ``[batch, n]`` (``-inf`` = excluded).
-        temperature: > 0.
-        top_p: keep the smallest prefix of the sorted distribution whose mass reaches ``top_p`` (at least 1).
-        generators: one per row.
+    def append(self, next_tok: torch.Tensor) -> list[int]:
+        """Cache bookkeeping: ``next_tok`` ``[rows]`` joins each row's sequence (the LLM reads it at the next
+        :meth:`feed`, the verifier when the row is next scored); returns the token ids as a list."""
+        self.seq = torch.cat([self.seq, next_tok[:, None]], dim=1)
+        self.attn = torch.cat([self.attn, self.attn.new_ones(self.attn.shape[0], 1)], dim=1)
+        self.positions = torch.cat([self.positions, self.next_pos[:, None]], dim=1)
+        self.next_pos = self.next_pos + 1
+        return next_tok.tolist()
 
-    Returns:
-        Long tensor ``[batch]`` of indices into ``n``.
-    """
-    probs = torch.softmax(z.float() / temperature, dim=-1)
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    if top_p < 1.0:
-        before = sorted_p.cumsum(-1) - sorted_p
-        sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
-    cdf = sorted_p.double().cumsum(-1)
-    u = _row_uniforms(generators, z.device)[:, None] * cdf[:, -1:]
-    pick = torch.searchsorted(cdf, u).clamp_(max=z.shape[-1] - 1)
-    # never land on a zero-probability slot (u at the very top of the cdf)
-    nonzero = (sorted_p > 0).sum(-1, keepdim=True) - 1
-    pick = torch.minimum(pick, nonzero)
-    return order.gather(-1, pick)[:, 0]
+    def finish(self, new_tokens: list[int]) -> list[int]:
+        """Stop handling: record each row's new token; returns the working rows that just ended (EOS, or a stop
+        string completed by the token, which is kept)."""
+        finished = []
+        for i, (r, t) in enumerate(zip(self.active, new_tokens)):
+            self.tokens[r].append(t)
+            self.stats[r].steps += 1
+            if t in self.eos:
+                self.reasons[r] = "eos"
+                finished.append(i)
+            elif self.stop and self.tokenizer is not None:
+                tail = self.tokenizer.decode(self.tokens[r][-self.stop_window:])
+                if any(s in tail for s in self.stop):
+                    self.reasons[r] = "stop"
+                    finished.append(i)
+        return finished
 
+    def drop(self, finished: list[int], next_tok: torch.Tensor) -> torch.Tensor:
+        """Finished rows leave the working batch (and both caches); returns ``next_tok`` of the rows kept."""
+        if not finished:
+            return next_tok
+        done = set(finished)
+        keep_list = [i for i in range(len(self.active)) if i not in done]
+        keep = torch.tensor(keep_list, device=self.seq.device)
+        self.active = [self.active[i] for i in keep_list]
+        self._select(keep)
+        return next_tok[keep]
 
-def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per row, seeded with ``seeds[i]``."""
-    gens = []
-    for s in seeds:
-        g = torch.Generator(device="cpu")
-        g.manual_seed(int(s))
-        gens.append(g)
-    return gens
+    def feed(self, next_tok: torch.Tensor) -> None:
+        """Step 1 of the next step: the LLM reads the chosen tokens ``[rows]`` and gives the next logits."""
+        self.logits = self.llm(next_tok[:, None], self.attn, self.next_pos[:, None] - 1)[:, -1, :].float()
+        for r in self.active:
+            self.stats[r].llm_tokens += 1
+
+    def output(self, return_caches: bool) -> DecodeOutput:
+        """The :class:`DecodeOutput` of the call."""
+        caches = None
+        if return_caches:
+            ver = self.scorer
+            caches = (self.llm.cache, ver.cache if ver else None, ver.columns() if ver else 0)
+        return DecodeOutput(tokens=self.tokens, stats=self.stats, finish_reasons=self.reasons, caches=caches)
 
 
 @torch.inference_mode()
@@ -447,170 +390,17 @@ def generate(
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape [batch, seq], got {tuple(input_ids.shape)}")
     n_prompts, seq_len = input_ids.shape
-    if repeats is not None:
-        repeats = [int(r) for r in repeats]
-        if len(repeats) != n_prompts or min(repeats, default=1) < 1:
-            raise ValueError(f"repeats must hold one integer >= 1 per prompt row ({n_prompts}), got {repeats}")
-        if prefix_cache is not None:
-            raise ValueError("repeats and prefix_cache cannot be combined")
-    batch = sum(repeats) if repeats is not None else n_prompts
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
-    empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist() if seq_len else list(range(n_prompts))
-    if empty:
-        raise ValueError(f"empty prompt in row(s) {empty}: every prompt needs at least one token")
-    if config.stop and tokenizer is None:
-        raise ValueError("stop strings need a tokenizer")
-    if seeds is None:
-        seeds = list(range(batch))
-    if len(seeds) != batch:
-        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
-
-    use_verifier = verifier is not None and float(config.beta) != 0.0
-    do_sample = bool(config.do_sample)
-    generators = make_generators(seeds) if do_sample else []
-    eos = set(int(t) for t in config.eos_token_ids)
-    stop = [config.stop] if isinstance(config.stop, str) else [s for s in config.stop if s]
-    # a token holds at least one byte of text, so a stop string spans at most len(utf-8 bytes) + 1 tokens
-    stop_window = (max(len(s.encode("utf-8")) for s in stop) + 4) if stop else 0
-
-    llm_fwd = _Forward(llm)
-    ver_fwd = None
-    v_vocab = None
-    if use_verifier:
-        # The verifier's cache is cropped after every scoring pass, so it keeps full-attention layers; a sliding
-        # window would need a banded 4-D mask, so such verifiers are limited to sequences inside their window.
-        window = sliding_window(verifier.config)
-        if window is not None and seq_len + int(config.max_new_tokens) > window:
-            raise ValueError(
-                f"the verifier uses sliding-window attention (window {window} tokens); LLM2 decoding supports "
-                f"prompt + new tokens <= {window}, got {seq_len} + {int(config.max_new_tokens)}"
-            )
-        ver_fwd = _Forward(verifier, full_attention=True)
-        v_vocab = verifier.get_input_embeddings().num_embeddings
-    v_cached = 0  # columns of `seq` already in the verifier's KV cache
-
-    seq = input_ids
-    attn = attention_mask
-    fed = attn.sum(-1)  # prompt tokens this call feeds through the LLM, per row
-    if prefix_cache is not None:
-        if prefix_cache.input_ids.shape[0] != batch:
-            raise ValueError(f"prefix_cache has {prefix_cache.input_ids.shape[0]} rows for a batch of {batch}")
-        llm_fwd.cache = prefix_cache.cache
-        seq = torch.cat([prefix_cache.input_ids.to(seq.device), seq], dim=1)
-        attn = torch.cat([prefix_cache.attention_mask.to(device=attn.device, dtype=torch.long), attn], dim=1)
-    n_pre = seq.shape[1] - input_ids.shape[1]  # columns already in the LLM's cache
-    next_pos = attn.sum(-1)  # position id of the next token, per row
-    positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = llm_fwd(seq[:, n_pre:], attn, positions[:, n_pre:], last_only=True)[:, -1, :].float()
-
-    stats = [RowStats(llm_tokens=int(n)) for n in fed.tolist()]
-    if repeats is not None:
-        # self-consistency: the verifier reads each distinct prompt once too, then both caches are expanded.
-        if ver_fwd is not None:
-            ver_fwd(seq, candidate_attention_mask(attn, 0, 0, verifier.dtype), positions)
-            v_cached = seq.shape[1]
-            for st, n in zip(stats, fed.tolist()):
-                st.verifier_tokens = int(n)
-        index = torch.repeat_interleave(
-            torch.arange(n_prompts, device=seq.device), torch.tensor(repeats, device=seq.device)
-        )
-        seq, attn, positions, next_pos, logits = seq[index], attn[index], positions[index], next_pos[index], logits[index]
-        llm_fwd.select_rows(index)
-        if ver_fwd is not None:
-            ver_fwd.select_rows(index)
-        firsts = {0, *itertools.accumulate(repeats[:-1])}
-        stats = [stats[p] if i in firsts else RowStats() for i, p in enumerate(index.tolist())]
-
-    active = list(range(batch))  # original row of each row of the working batch
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    reasons = ["length"] * batch
-
-    for step in range(int(config.max_new_tokens)):
-        if use_verifier:
-            if logits.shape[-1] > v_vocab:  # ids the verifier has no embedding for are never candidates
-                logits = logits[:, :v_vocab]
-            cand_ids, cand_mask = plausible_candidates(
-                logits, alpha=config.alpha, top_k=config.top_k, max_candidates=config.max_candidates
-            )
-            n_cand = cand_mask.sum(-1)
-            z = logits.gather(-1, cand_ids)
-            scored = n_cand > 1
-            scores = None
-            if bool(scored.any()):
-                k = cand_ids.shape[1]
-                mask4d = candidate_attention_mask(attn, v_cached, k, verifier.dtype)
-                pend_pos = positions[:, v_cached:]
-                pos = torch.cat([pend_pos, next_pos[:, None].expand(-1, k)], dim=1)
-                inp = torch.cat([seq[:, v_cached:], cand_ids], dim=1)
-                out = ver_fwd(inp, mask4d, pos)
-                scores = out[:, -k:, 0].float()
-                ver_fwd.cache.crop(-k)
-                read = attn[:, v_cached:].sum(-1) + k
-                v_cached = seq.shape[1]
-                z = z + float(config.beta) * scores
-            z = z.masked_fill(~cand_mask, float("-inf"))
-            if do_sample:
-                idx = sample_from_logits(z, config.temperature, config.top_p, [generators[r] for r in active])
-            else:
-                idx = z.argmax(-1)
-            next_tok = cand_ids.gather(-1, idx[:, None])[:, 0]
-            # bookkeeping for the traces
-            n_list = n_cand.tolist()
-            if scores is not None:
-                sc = scores.masked_fill(~cand_mask, float("-inf"))
-                margin = (sc.max(-1).values - scores[:, 0]).tolist()
-                # a flip: the verifier-adjusted best candidate is not the LLM's top token (sampled or not)
-                flips = (z.argmax(-1) != 0).tolist()
-                read_list = read.tolist()
-                for i, r in enumerate(active):
-                    st = stats[r]
-                    st.verifier_tokens += int(read_list[i])
-                    if n_list[i] > 1:
-                        st.scored_steps += 1
-                        st.flips += int(flips[i])
-                        st.margin_sum += float(margin[i])
-            for i, r in enumerate(active):
-                stats[r].candidates += int(n_list[i])
+    run = _Decoding(llm, input_ids, attention_mask, config, verifier=verifier, tokenizer=tokenizer, seeds=seeds,
+                    prefix_cache=prefix_cache, repeats=repeats)
+    for step in range(run.max_new_tokens):
+        if run.scorer is None:
+            next_tok = run.draw(run.logits)
         else:
-            if do_sample:
-                next_tok = sample_from_logits(logits, config.temperature, config.top_p, [generators[r] for r in active])
-            else:
-                next_tok = logits.argmax(-1)
-
-        seq = torch.cat([seq, next_tok[:, None]], dim=1)
-        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
-        positions = torch.cat([positions, next_pos[:, None]], dim=1)
-        next_pos = next_pos + 1
-
-        finished = []
-        for i, (r, t) in enumerate(zip(active, next_tok.tolist())):
-            tokens[r].append(t)
-            stats[r].steps += 1
-            if t in eos:
-                reasons[r] = "eos"
-                finished.append(i)
-            elif stop and tokenizer is not None:
-                tail = tokenizer.decode(tokens[r][-stop_window:])
-                if any(s in tail for s in stop):
-                    reasons[r] = "stop"
-                    finished.append(i)
-        if len(finished) == len(active) or step + 1 == int(config.max_new_tokens):
+            cand_ids, cand_mask = run.candidates()
+            next_tok = run.choose(cand_ids, cand_mask, run.score(cand_ids, cand_mask))
+        finished = run.finish(run.append(next_tok))
+        if len(finished) == len(run.active) or step + 1 == run.max_new_tokens:
             break
-        if finished:
-            done = set(finished)
-            keep_list = [i for i in range(len(active)) if i not in done]
-            keep = torch.tensor(keep_list, device=seq.device)
-            active = [active[i] for i in keep_list]
-            seq, attn, positions, next_pos = seq[keep], attn[keep], positions[keep], next_pos[keep]
-            next_tok = next_tok[keep]
-            llm_fwd.select_rows(keep)
-            if ver_fwd is not None:
-                ver_fwd.select_rows(keep)
-        logits = llm_fwd(next_tok[:, None], attn, next_pos[:, None] - 1)[:, -1, :].float()
-        for r in active:
-            stats[r].llm_tokens += 1
-
-    caches = (llm_fwd.cache, ver_fwd.cache if ver_fwd else None, v_cached) if return_caches else None
-    return DecodeOutput(tokens=tokens, stats=stats, finish_reasons=reasons, caches=caches)
+        next_tok = run.drop(finished, next_tok)
+        run.feed(next_tok)
+    return run.output(return_caches)

@@ -149,6 +149,32 @@ def test_single_candidate_steps_skip_verifier_and_stay_exact(llama_models):
     assert skipped > 0 and scored > 0
 
 
+def test_row_subsets_with_mixed_candidate_counts_stay_exact(llama_models):
+    """Only the rows with 2+ candidates are scored (the others defer their pending tokens), so rows read different
+    numbers of verifier columns; every row still equals the naive reference, and each row's verifier cache holds
+    exactly the key/values of its real tokens (LLM2.md section 3 step 6)."""
+    from transformers import DynamicCache
+
+    tok, llm, ver = llama_models
+    cfg = DecodeConfig(alpha=0.4, beta=6.0, max_new_tokens=15)  # the last step scores rows 2-4 only
+    ids, attn = batch(tok, PROMPTS)
+    out = generate(llm, ids, attn, cfg, verifier=ver, tokenizer=tok, return_caches=True)
+    for p, got in zip(PROMPTS, out.tokens):
+        assert got == naive_decode(tok, llm, ver, p, cfg), p
+    _, vcache, cols = out.caches
+    assert isinstance(cols, list) and len(set(cols)) > 1, "rows should have read different numbers of columns"
+    seq = torch.cat([ids, torch.tensor(out.tokens)], dim=1)
+    mask = torch.cat([attn, torch.ones(len(PROMPTS), cfg.max_new_tokens, dtype=attn.dtype)], dim=1)
+    for r, c in enumerate(cols):
+        fresh = DynamicCache(config=ver.config)
+        real = mask[r, :c].bool()
+        with torch.no_grad():
+            ver(input_ids=seq[r : r + 1, :c][:, real], cache=fresh, use_cache=True)
+        for got, want in zip(vcache.layers, fresh.layers):
+            torch.testing.assert_close(got.keys[r, :, :c][:, real], want.keys[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(got.values[r, :, :c][:, real], want.values[0], atol=1e-5, rtol=1e-4)
+
+
 def test_top_k_and_max_candidates_match_reference(models):
     tok, llm, ver = models
     for cfg in (

@@ -19,7 +19,7 @@ length is ``L + P``; pairs are ordered by ``pos`` and the longest prefix of them
 max_length`` is kept, which keeps the largest possible number of pairs; the others are dropped and counted.
 
 Masks here are boolean ("allowed") in the collator; :func:`additive_mask` turns them into the additive float
-convention of :func:`llm2_eval.decoding.candidate_attention_mask` (0 allowed, ``finfo(dtype).min`` masked, shape
+convention of :func:`llm2_eval.scoring.candidate_attention_mask` (0 allowed, ``finfo(dtype).min`` masked, shape
 ``[B, 1, Q, K]``) in the dtype attention runs in.
 """
 

@@ -1,7 +1,7 @@
 """Exploration labels: candidates at each explored position, their quality, and the rule that makes negatives.
 
 LLM2.md section 4 (paper Sec. 2.3, Eq. 5-6). One teacher-forced forward gives ``p_t`` at every response position;
-the candidates of position ``t`` are the plausible set (:func:`llm2_eval.decoding.plausible_candidates`, alpha /
+the candidates of position ``t`` are the plausible set (:func:`llm2_eval.candidates.plausible_candidates`, alpha /
 top-k, the same function decoding uses) without the gold token (:func:`candidate_mask`).
 
 ``--strategy rollout`` (the paper): draw up to ``--candidates`` n candidates per position from ``p_t`` restricted to
@@ -103,10 +103,10 @@ def sample_scores(mode: str, logits: "torch.Tensor", contrast_logits: "torch.Ten
 
 def candidate_mask(logits: "torch.Tensor", gold_ids: "torch.Tensor", alpha: float, top_k: int) -> "torch.Tensor":
     """Dense ``[P, vocab]`` bool mask of the plausible set without the gold token, via
-    :func:`llm2_eval.decoding.plausible_candidates` (the one candidate-set function)."""
+    :func:`llm2_eval.candidates.plausible_candidates` (the one candidate-set function)."""
     import torch
 
-    from llm2_eval.decoding import plausible_candidates
+    from llm2_eval.candidates import plausible_candidates
 
     ids, mask = plausible_candidates(logits, alpha=alpha, top_k=top_k, exclude=gold_ids)
     dense = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
