@@ -41,9 +41,11 @@ class _LazyGroup(click.Group):
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as err:
+            reason = str(err)  # `err` itself is unbound once the except block ends
+
             @click.command(name=name, help=_HELP[name])
             def unavailable() -> None:
-                raise click.ClickException(f"'llm2 {name}' is not available in this installation: {err}")
+                raise click.ClickException(f"'llm2 {name}' is not available in this installation: {reason}")
 
             return unavailable
 
