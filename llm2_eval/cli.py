@@ -85,8 +85,8 @@ def eval_command(lm_eval_args: tuple[str, ...]) -> None:
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--dtype", default="auto", show_default=True, help="auto, float32, bfloat16 or float16.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the new score head's initialisation.")
-@click.option("--head-init", type=click.Choice(["normal", "zero"]), default="normal", show_default=True,
-              help="New head: random (transformers' default) or zeros (scores 0: a no-op until trained).")
+@click.option("--head-init", type=click.Choice(["zero", "normal"]), default="zero", show_default=True,
+              help="New head: zeros (scores 0: a no-op until trained) or random (transformers' default init).")
 def init_verifier_command(llm: str, output: str, dtype: str, seed: int, head_init: str) -> None:
     """Create an untrained verifier (LLM weights + a new 1-output head) from an LLM (LLM2.md section 2)."""
     from llm2_eval.verifier import init_verifier, resolve_dtype

@@ -71,7 +71,7 @@ def init_verifier(
     *,
     dtype: "str | torch.dtype | None" = None,
     seed: int = 0,
-    head_init: str = "normal",
+    head_init: str = "zero",
 ) -> Path:
     """Create an untrained verifier from a causal LM and save it (LLM2.md section 2).
 
@@ -84,8 +84,8 @@ def init_verifier(
             renamed at the end), so a crash never leaves a half-written verifier.
         dtype: dtype of the saved weights (default: the LLM's).
         seed: seed for the new head's random initialisation (the only random part).
-        head_init: ``"normal"`` (transformers' default random init of a new head) or ``"zero"`` (all scores 0:
-            until trained, the verifier changes no decision at any beta; training from it moves the head first).
+        head_init: ``"zero"`` (the default: all scores 0, so until trained the verifier changes no decision at any
+            beta) or ``"normal"`` (transformers' default random init of a new head: noise that moves decisions).
 
     Returns:
         The output directory.

@@ -42,10 +42,11 @@ def tiny_llm(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_verifier(tiny_llm, tmp_path_factory) -> Path:
-    """An untrained verifier initialised from ``tiny_llm`` (``llm2 init-verifier``'s code path)."""
+    """An untrained verifier initialised from ``tiny_llm`` with a random head (``llm2 init-verifier``'s code
+    path, ``--head-init normal``: its scores are not all zero, so it changes decisions)."""
     from llm2_eval.verifier import init_verifier
 
-    return init_verifier(tiny_llm, tmp_path_factory.mktemp("tiny") / "verifier", seed=1)
+    return init_verifier(tiny_llm, tmp_path_factory.mktemp("tiny") / "verifier", seed=1, head_init="normal")
 
 
 @pytest.fixture(scope="session")

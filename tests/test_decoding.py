@@ -40,7 +40,7 @@ def models(tiny_llm, tiny_verifier):
 def llama_models(tiny_llama):
     from llm2_eval.verifier import init_verifier
 
-    vdir = init_verifier(tiny_llama, tiny_llama.parent / "llama_verifier", seed=5)
+    vdir = init_verifier(tiny_llama, tiny_llama.parent / "llama_verifier", seed=5, head_init="normal")
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     tok.padding_side = "left"
     llm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
@@ -330,7 +330,7 @@ def test_sliding_window_verifier_and_string_stop(tiny_llm, tmp_path, models):
     for f in tiny_llm.iterdir():
         if f.name != "config.json":
             (tmp_path / "sw" / f.name).write_bytes(f.read_bytes())
-    ver = load_verifier(init_verifier(tmp_path / "sw", tmp_path / "swv"))
+    ver = load_verifier(init_verifier(tmp_path / "sw", tmp_path / "swv", head_init="normal"))
     with pytest.raises(ValueError, match="sliding-window attention \\(window 8"):
         generate(llm, *batch(tok, PROMPTS[1:2]), DecodeConfig(max_new_tokens=8), verifier=ver)
     out = generate(llm, *batch(tok, ["the"]), DecodeConfig(alpha=0.3, max_new_tokens=4), verifier=ver)

@@ -78,7 +78,7 @@ def test_missing_verifier_and_mismatched_tokenizer(tiny_llm, tmp_path):
     with pytest.raises(FileNotFoundError, match="verifier checkpoint not found"):
         make(tiny_llm, verifier=str(tmp_path / "nope"))
     other_llm = build_tiny_llm(tmp_path / "other", tokenizer=build_tokenizer(extra_token="<|x|>"))
-    other_ver = init_verifier(other_llm, tmp_path / "other_ver")
+    other_ver = init_verifier(other_llm, tmp_path / "other_ver", head_init="normal")
     with pytest.raises(TokenizerMismatchError, match="do not share a tokenizer vocabulary"):
         make(tiny_llm, verifier=str(other_ver))
 

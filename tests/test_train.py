@@ -100,7 +100,7 @@ def _cfg(tiny_llm, data, out, **kw):
     base = dict(
         model=str(tiny_llm), data=[str(p) for p in data], output=str(out), bf16=False, gradient_checkpointing=False,
         global_batch=8, micro_batch=8, lr=5e-3, warmup_ratio=0.0, eval_fraction=0.0, logging_steps=1,
-        save_steps=1000, progress=False,
+        save_steps=1000, progress=False, head_init="normal", head_lr=5e-3,
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -205,6 +205,32 @@ def test_pair_accuracy_rises_on_a_learnable_task(trained):
     model = load_verifier(out)  # a plain 1-label token-classification checkpoint
     assert model.config.num_labels == 1 and (out / "model.safetensors").exists()
     assert (out / "tokenizer.json").exists() or (out / "tokenizer_config.json").exists()
+
+
+def test_zero_head_learns_only_with_its_own_learning_rate(tiny_llm, synthetic, tmp_path):
+    """The default new head is zero (scores 0: pair accuracy 0, loss log 2); at a backbone-sized learning rate it
+    barely moves, with --head-lr it learns (the score head gets its own optimizer group)."""
+    from llm2_eval.verifier import load_verifier
+    from verifier_train.train import TrainConfig, train_verifier
+
+    assert TrainConfig(data=["x"], output="o", model="m").head_init == "zero"
+    results = {}
+    for name, head_lr in (("same", 1e-5), ("head", 5e-2)):
+        cfg = _cfg(tiny_llm, [synthetic["path"]], tmp_path / name, lr=1e-5, head_init="zero", head_lr=head_lr,
+                   max_steps=12, eval_fraction=0.2, eval_steps=12, eval_on_start=True)
+        results[name] = train_verifier(cfg)
+    start = [r for r in _log(tmp_path / "same") if "eval_pair_accuracy" in r][0]
+    assert start["eval_pair_accuracy"] == 0.0 and start["eval_loss"] == pytest.approx(0.6931, abs=1e-3)
+    same, head = results["same"].metrics, results["head"].metrics
+    assert same["eval_loss"] > 0.68 and head["eval_loss"] < same["eval_loss"] - 0.05, (same, head)
+    assert results["head"].card["settings"]["head_lr"] == 5e-2
+    w_same = load_verifier(tmp_path / "same").score.weight.abs().max()
+    w_head = load_verifier(tmp_path / "head").score.weight.abs().max()
+    assert w_head > 20 * w_same
+    default = TrainConfig(data=["x"], output="o", model="m", lr=2e-5)
+    assert default.resolved_head_lr == pytest.approx(2e-5 * 50)
+    with pytest.raises(ValueError, match="head_lr"):
+        TrainConfig(data=["x"], output="o", model="m", head_lr=0.0).check()
 
 
 def test_loss_is_mean_over_real_pairs_of_the_global_batch(tiny_llm, synthetic, trained, tmp_path):
@@ -343,7 +369,7 @@ def test_trained_verifier_changes_llm2_decisions(tiny_llm, synthetic, trained, t
 
     tok = synthetic["tok"]
     llm = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32)
-    untrained_dir = init_verifier(tiny_llm, tmp_path / "untrained", seed=0)
+    untrained_dir = init_verifier(tiny_llm, tmp_path / "untrained", seed=0, head_init="normal")
     cfg = DecodeConfig(alpha=0.05, beta=1.0, max_new_tokens=16)
     bad = synthetic["greedy_negs"]
     results = {}

@@ -31,8 +31,8 @@ def test_init_verifier_copies_llm_weights_and_adds_a_scalar_head(tiny_llm, tiny_
 
 
 def test_init_verifier_is_seeded(tiny_llm, tmp_path):
-    a = load_verifier(init_verifier(tiny_llm, tmp_path / "a", seed=3))
-    b = load_verifier(init_verifier(tiny_llm, tmp_path / "b", seed=3))
+    a = load_verifier(init_verifier(tiny_llm, tmp_path / "a", seed=3, head_init="normal"))
+    b = load_verifier(init_verifier(tiny_llm, tmp_path / "b", seed=3, head_init="normal"))
     torch.testing.assert_close(a.score.weight, b.score.weight)
     assert not (tmp_path / "a.partial").exists()
 

@@ -68,8 +68,9 @@ def cast_checkpoint(directory: str | os.PathLike, dtype: str) -> None:
 
 
 def load_model(cfg: TrainConfig) -> "PreTrainedModel":
-    """The verifier to train, in float32: ``cfg.model`` with a new 1-output score head (seeded by ``cfg.seed``;
-    LLM2.md section 2), or the verifier checkpoint ``cfg.init_from``.
+    """The verifier to train, in float32: ``cfg.model`` with a new 1-output score head (zero with
+    ``cfg.head_init == "zero"``, else random, seeded by ``cfg.seed``; LLM2.md section 2), or the verifier checkpoint
+    ``cfg.init_from``.
 
     Raises:
         ValueError: ``init_from`` is not a 1-label checkpoint, or the model has no token-classification class.
@@ -96,6 +97,10 @@ def load_model(cfg: TrainConfig) -> "PreTrainedModel":
         raise ValueError(f"cannot build a token-classification verifier from {src}: {err}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
+    if not cfg.init_from and cfg.head_init == "zero":
+        with torch.no_grad():
+            for p in getattr(model, head_name(model)).parameters():
+                p.zero_()
     return model
 
 

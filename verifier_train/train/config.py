@@ -12,6 +12,9 @@ from typing import Any
 TRAIN_LOG = "train_log.jsonl"
 TRAINING_CARD = "training_card.json"
 CHECKPOINTS = "checkpoints"
+#: default ``head_lr`` = this x ``lr`` (measured: see the README, "Head learning rate")
+HEAD_LR_FACTOR = 50.0
+
 
 def _opt(default: Any, help: str, **cli: Any) -> Any:
     if isinstance(default, list):
@@ -33,7 +36,12 @@ class TrainConfig:
                        required=True)
     model: str | None = _opt(None, "LLM directory (or hub id) to initialise the verifier from (new score head).")
     init_from: str | None = _opt(None, "Continue from this verifier checkpoint instead of initialising from --model.")
+    head_init: str = _opt("zero", "The new score head of --model: 'zero' (all scores 0 until trained, so the "
+                          "untrained verifier changes nothing) or 'normal' (transformers' random init). Ignored "
+                          "with --init-from.", choices=("zero", "normal"))
     lr: float = _opt(2e-5, "Peak learning rate.")
+    head_lr: float | None = _opt(None, f"Peak learning rate of the score head (default: {HEAD_LR_FACTOR:g} x --lr). "
+                                 "A zero head passes no gradient to the backbone until it moves.")
     epochs: float = _opt(2.0, "Training epochs (ignored when --max-steps > 0).")
     global_batch: int = _opt(128, "Solutions per optimizer step, over all devices and accumulation steps.")
     micro_batch: int = _opt(4, "Solutions per device per forward (the accumulation is derived).")
@@ -92,6 +100,10 @@ class TrainConfig:
             raise ValueError(f"on_error={self.on_error!r}: use 'fail' or 'skip'")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr}: must be > 0")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise ValueError(f"head_lr={self.head_lr}: must be > 0")
+        if self.head_init not in ("zero", "normal"):
+            raise ValueError(f"head_init={self.head_init!r}: use 'zero' or 'normal'")
         for name in ("global_batch", "micro_batch", "save_steps", "eval_steps", "logging_steps", "max_length"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
@@ -103,3 +115,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
         if self.max_steps <= 0 and not self.epochs > 0:
             raise ValueError(f"epochs={self.epochs}: must be > 0 (or set max_steps)")
+
+    @property
+    def resolved_head_lr(self) -> float:
+        """The score head's peak learning rate in effect (``head_lr``, else ``HEAD_LR_FACTOR * lr``)."""
+        return float(self.head_lr) if self.head_lr is not None else HEAD_LR_FACTOR * float(self.lr)

@@ -209,6 +209,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     trainer = VerifierTrainer(
         model=train_model,
+        head_lr=config.resolved_head_lr,
         args=args,
         train_dataset=PackedDataset(data.train),
         eval_dataset=PackedDataset(data.eval) if data.eval else None,
@@ -242,6 +243,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         "settings": {
             **dataclasses.asdict(config),
             "bf16": bf16,
+            "head_lr": config.resolved_head_lr,
             "world_size": world,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
         },

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from llm2_eval.verifier import head_name
 from verifier_train.records import JsonlAppender
 from verifier_train.train.loss import pair_scores, pairwise_loss
 
@@ -28,15 +29,39 @@ class VerifierTrainer(Trainer):
     - ``prediction_step`` returns ``(s_gold, s_neg)`` per pair; the held-out metrics (pair accuracy, loss over
       real pairs) are computed from all of them.
     - Training pair accuracy since the last log is added to the logs as ``pair_accuracy``.
+    - ``head_lr``: the score head's parameters get their own peak learning rate (the schedule scales it like the
+      others). A new head, zero-initialised, passes no gradient to the backbone until it moves, and at the
+      backbone's small learning rate it barely does; a larger head rate lets it move first (LLM2.md section 9).
     """
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, head_lr: float | None = None, **kwargs: Any):
+        self.head_lr = head_lr
         super().__init__(*args, **kwargs)
         # transformers < 5 reads this flag instead of loss_is_scaled_for_ga
         self.model_accepts_loss_kwargs = True
         self._pair_stats = torch.zeros(2, dtype=torch.float64)  # correct, count (since the last log)
+
+    def create_optimizer(self, model=None):  # noqa: D102
+        optimizer = super().create_optimizer(model)
+        if self.head_lr is None:
+            return optimizer
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # peft
+        head = head_name(base)
+        head_ids = {id(p) for n, p in self.model.named_parameters() if f"{head}." in f".{n}" and p.requires_grad}
+        if not head_ids:
+            raise ValueError(f"no trainable parameters of the score head {head!r} for --head-lr")
+        moved = []  # (group options, head params): moved out of their group into one of their own
+        for g in optimizer.param_groups:
+            head_params = [p for p in g["params"] if id(p) in head_ids]
+            if head_params:
+                g["params"] = [p for p in g["params"] if id(p) not in head_ids]
+                moved.append(({k: v for k, v in g.items() if k != "params"}, head_params))
+        optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
+        for options, params in moved:
+            optimizer.add_param_group({**options, "params": params, "lr": float(self.head_lr)})
+        return optimizer
 
     def attn_dtype(self, model: torch.nn.Module) -> torch.dtype:
         """dtype attention runs in: the mixed-precision dtype, else the parameters'."""
