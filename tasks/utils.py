@@ -27,16 +27,15 @@ from llm2_eval.answers import (
     numbers_equal,
 )
 from llm2_eval.jsonl import iter_jsonl
+from llm2_eval import prompts as _prompts
+from llm2_eval.prompts import GSM8K_INSTRUCTION, MATH_INSTRUCTION  # noqa: F401 (the tasks' instructions)
+from llm2_eval.splits import GSM8K_DEV_SIZE
 
 logger = logging.getLogger(__name__)
 
 GSM8K_HUB = ("openai/gsm8k", "main")
 MATH500_HUB = ("HuggingFaceH4/MATH-500", None)
 
-GSM8K_INSTRUCTION = (
-    'Solve step by step and end your response with "The answer is N." where N is the final number.'
-)
-MATH_INSTRUCTION = "Solve step by step and put your final answer within \\boxed{}."
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -120,6 +119,23 @@ def load_gsm8k(data_dir: str | None = None, **kwargs: Any):
     return _load(GSM8K_HUB, "gsm8k", ("test", "train"), ("question", "answer"), data_dir)
 
 
+def load_gsm8k_dev(data_dir: str | None = None, **kwargs: Any):
+    """The GSM8K dev slice (:mod:`llm2_eval.splits`: the last 200 train questions) as a ``DatasetDict`` with one
+    split, ``dev``; for choosing beta/alpha without touching the test set.
+
+    Raises:
+        FileNotFoundError: neither the hub nor ``$LLM2_DATA_DIR/gsm8k/train.jsonl`` is available (names both).
+        ValueError: a malformed JSON Lines line (names file and line).
+    """
+    import datasets
+
+    train = _load(GSM8K_HUB, "gsm8k", ("train",), ("question", "answer"), data_dir)["train"]
+    start = len(train) - GSM8K_DEV_SIZE
+    if start < 0:
+        raise ValueError(f"GSM8K train has {len(train)} questions, fewer than the dev slice ({GSM8K_DEV_SIZE})")
+    return datasets.DatasetDict({"dev": train.select(range(start, len(train)))})
+
+
 def load_math500(data_dir: str | None = None, **kwargs: Any):
     """MATH-500 (``test``) as a ``datasets.DatasetDict``; extra kwargs (task metadata) are ignored.
 
@@ -134,8 +150,8 @@ def load_math500(data_dir: str | None = None, **kwargs: Any):
 
 
 def gsm8k_prompt(doc: dict) -> str:
-    """0-shot prompt: the bare question plus the "The answer is N." instruction."""
-    return f"{doc['question'].strip()}\n\n{GSM8K_INSTRUCTION}"
+    """0-shot prompt: the bare question plus the "The answer is N." instruction (:mod:`llm2_eval.prompts`)."""
+    return _prompts.gsm8k_prompt(doc["question"])
 
 
 def gsm8k_target(doc: dict) -> str:
@@ -144,8 +160,8 @@ def gsm8k_target(doc: dict) -> str:
 
 
 def math500_prompt(doc: dict) -> str:
-    """0-shot prompt: the bare problem plus the ``\\boxed{}`` instruction."""
-    return f"{doc['problem'].strip()}\n\n{MATH_INSTRUCTION}"
+    """0-shot prompt: the bare problem plus the ``\\boxed{}`` instruction (:mod:`llm2_eval.prompts`)."""
+    return _prompts.math_prompt(doc["problem"])
 
 
 def math500_target(doc: dict) -> str:

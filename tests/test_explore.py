@@ -154,6 +154,41 @@ def test_labels_exact_on_controlled_case(env, controlled):
     assert any(labels) and not all(labels), "the stub should give both labels on this case"
 
 
+def test_relative_labels_rank_candidates_against_gold(env, controlled, tmp_path):
+    """--label relative: q(gold) with the same rollouts, negatives iff q(v) <= q(gold) - margin, positions with
+    q(gold) < min_gold_quality not judged (no candidate rollouts); the qualities equal the absolute run's."""
+    cfg = _cfg(env, tmp_path / "rel.jsonl", positions="sample:3", candidates=3, rollouts=3, limit=2,
+               label="relative", margin=0.3, min_gold_quality=0.6)
+    summary = explore(cfg)
+    records = _lines(cfg.output)
+    absolute = {(r["id"], q["pos"], q["token"]): q["q"] for r in controlled.records
+                for q in r["qualities"] + r["gold_qualities"]}
+    judged = unjudged = 0
+    for rec in records:
+        q_gold = {q["pos"]: q["q"] for q in rec["gold_qualities"]}
+        assert sorted(q_gold) == rec["positions"]
+        assert rec["unjudged_positions"] == sorted(t for t, q in q_gold.items() if q < 0.6)
+        unjudged += len(rec["unjudged_positions"])
+        ids = chat_token_ids(env.tok, rec["messages"])
+        expected = []
+        for q in rec["qualities"]:
+            assert q["pos"] not in rec["unjudged_positions"]
+            assert q["q"] == absolute[(rec["id"], q["pos"], q["token"])]
+            assert q["negative"] == (q["q"] <= q_gold[q["pos"]] - 0.3 + 1e-9)
+            if q["negative"]:
+                expected.append([q["pos"], ids[q["pos"]], q["token"]])
+            judged += 1
+        assert {q["pos"] for q in rec["qualities"]} == set(rec["positions"]) - set(rec["unjudged_positions"])
+        assert rec["samples"] == expected
+    assert unjudged > 0 and judged > 0, "the stub should leave some positions unjudged and judge others"
+    assert summary["unjudged_positions"] == unjudged
+    assert summary["rollouts"] == 3 * (summary["positions"] + summary["candidates"])
+    assert records[0]["settings"]["label"] == "relative" and "tau" not in records[0]["settings"]
+    assert "label" not in controlled.records[0]["settings"]  # the default rule writes the settings as before
+    with pytest.raises(ValueError, match="margin"):
+        _cfg(env, tmp_path / "x.jsonl", label="relative", margin=1.5)
+
+
 def test_candidates_are_plausible_draws(env, controlled):
     """Each explored position has min(n, |V_t \\ gold|) distinct candidates from the plausible set of a plain forward."""
     for rec in controlled.records:
@@ -457,3 +492,35 @@ def test_math_format_and_end_of_turn_position(env, tmp_path):
     check = default_checker("math")
     assert check("so it is \\boxed{\\frac12}", "\\frac{1}{2}", []) and not check("\\boxed{3}", "7", [])
     assert default_checker("gsm8k")("The answer is 1,008.", "1008", [])
+
+
+def test_exclude_dev_leaves_out_the_dev_slice(env, tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("LLM2_DATA_DIR", str(data_dir))
+    train = [json.loads(x) for x in (data_dir / "gsm8k" / "train.jsonl").read_text().splitlines() if x.strip()]
+    dev_rows = [{"question": "  " + r["question"], "answer": "1 + 1 = 2\n#### 2"} for r in train[-3:]]
+    mine = [{"question": q, "answer": a} for q, a in QUESTIONS[:2]]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [dev_rows[0], *mine, *dev_rows[1:]]))
+    out = tmp_path / "o.jsonl"
+    s = explore(_cfg(env, out, data=str(data), strategy="sample", exclude_dev=True))
+    assert s["excluded_dev"] == 3 and s["examples"] == 2
+    assert [r["line"] for r in _lines(out)] == [2, 3]
+    monkeypatch.delenv("LLM2_DATA_DIR")
+    with pytest.raises(FileNotFoundError, match="LLM2_DATA_DIR"):
+        explore(_cfg(env, tmp_path / "o2.jsonl", data=str(data), strategy="sample", exclude_dev=True))
+
+
+def test_prompt_task_uses_the_lm_eval_tasks_user_message(env, tmp_path):
+    from llm2_eval.prompts import GSM8K_INSTRUCTION
+
+    out = tmp_path / "o.jsonl"
+    explore(_cfg(env, out, limit=2, strategy="sample", prompt="task"))
+    recs = _lines(out)
+    for rec, (q, _) in zip(recs, QUESTIONS):
+        assert rec["messages"][0]["content"] == q.strip() + "\n\n" + GSM8K_INSTRUCTION
+    assert recs[0]["settings"]["prompt"] == "task"
+    spec = __import__("importlib.util").util.spec_from_file_location(
+        "task_utils", Path(__file__).resolve().parents[1] / "tasks" / "utils.py")
+    utils = __import__("importlib.util").util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    assert utils.gsm8k_prompt({"question": QUESTIONS[0][0]}) == recs[0]["messages"][0]["content"]

@@ -328,3 +328,20 @@ def test_repeats_override_via_include_yaml(offline, tmp_path):
     assert res["pass_at_1,none"] == pytest.approx(1 / 3)
     assert out["configs"]["gsm8k_llm2_maj3"]["repeats"] == 3
     assert len(lm.gen_kwargs) == 2 * 3 and all(g["temperature"] == 1.0 for g in lm.gen_kwargs)
+
+
+def test_dev_task_is_the_last_200_train_questions(offline, data_dir):
+    from llm2_eval.splits import GSM8K_DEV_SIZE, gsm8k_dev_questions, split_train_dev
+
+    task = _task_manager().load(["gsm8k_llm2_dev"])["tasks"]["gsm8k_llm2_dev"]
+    assert task.config.test_split == "dev" and task.config.generation_kwargs["do_sample"] is False
+    docs = list(task.test_docs())
+    train = [json.loads(x) for x in (data_dir / "gsm8k" / "train.jsonl").read_text().splitlines() if x.strip()]
+    assert len(docs) == GSM8K_DEV_SIZE == 200
+    assert [d["question"] for d in docs] == [r["question"] for r in train[-200:]]
+    assert task.doc_to_text(docs[0]) == train[-200]["question"].strip() + GSM8K_INSTRUCTION
+    assert gsm8k_dev_questions(data_dir) == {r["question"].strip() for r in train[-200:]}
+    head, dev = split_train_dev(list(range(250)))
+    assert head == list(range(50)) and dev == list(range(50, 250))
+    with pytest.raises(ValueError, match="at least"):
+        split_train_dev([1, 2])

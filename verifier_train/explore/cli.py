@@ -12,7 +12,16 @@ from typing import Any, Sequence
 
 import click
 
-from verifier_train.explore.config import BACKENDS, FORMATS, GOLD_SOURCES, SAMPLE_MODES, STRATEGIES, ExploreConfig
+from verifier_train.explore.config import (
+    BACKENDS,
+    FORMATS,
+    GOLD_SOURCES,
+    LABEL_RULES,
+    PROMPT_STYLES,
+    SAMPLE_MODES,
+    STRATEGIES,
+    ExploreConfig,
+)
 from verifier_train.explore.inputs import ExploreInputError, parse_shard, summary_path
 from verifier_train.explore.run import explore
 
@@ -45,6 +54,9 @@ def _default(name: str) -> Any:
               help="rollout: paper Eq. 5-6; sample: released code, no rollouts.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=_default("backend"), show_default=True)
 @click.option("--format", "data_format", type=click.Choice(FORMATS), default=_default("data_format"), show_default=True)
+@click.option("--prompt", type=click.Choice(PROMPT_STYLES), default=_default("prompt"), show_default=True,
+              help="User message: the bare question, or the question + the llm2 task's instruction (what "
+              "gsm8k_llm2 / math500_llm2 send).")
 @click.option("--gold", type=click.Choice(GOLD_SOURCES), default=_default("gold"), show_default=True,
               help="dataset: the file's solution; self: the LLM's first correct sampled solution.")
 @click.option("--self-samples", type=int, default=_default("self_samples"), show_default=True)
@@ -56,8 +68,15 @@ def _default(name: str) -> Any:
 @click.option("--top-k", type=int, default=_default("top_k"), show_default=True)
 @click.option("--candidates", type=int, default=_default("candidates"), show_default=True, help="n per position.")
 @click.option("--rollouts", type=int, default=_default("rollouts"), show_default=True, help="m per candidate.")
+@click.option("--label", type=click.Choice(LABEL_RULES), default=_default("label"), show_default=True,
+              help="absolute: negative iff q(v) < tau (Eq. 6); relative: negative iff q(v) <= q(gold) - margin.")
 @click.option("--tau", type=float, default=_default("tau"), show_default=True, help="Negative iff q < tau (Eq. 6).")
-@click.option("--gold-rollouts/--no-gold-rollouts", default=_default("gold_rollouts"), show_default=True)
+@click.option("--margin", type=float, default=_default("margin"), show_default=True,
+              help="relative: how far below q(gold) a negative's quality must be.")
+@click.option("--min-gold-quality", type=float, default=_default("min_gold_quality"), show_default=True,
+              help="relative: positions with q(gold) below this are not judged (their candidates are not rolled out).")
+@click.option("--gold-rollouts/--no-gold-rollouts", default=_default("gold_rollouts"), show_default=True,
+              help="Also measure q(gold) (always on with --label relative).")
 @click.option("--temperature", type=float, default=None,
               help="Rollout temperature (default 0.7) / sample-strategy temperature (default 1.0).")
 @click.option("--top-p", type=float, default=_default("top_p"), show_default=True)
@@ -69,6 +88,8 @@ def _default(name: str) -> Any:
 @click.option("--seed", type=int, default=_default("seed"), show_default=True)
 @click.option("--start", type=int, default=_default("start"), show_default=True, help="Skip the first N examples.")
 @click.option("--limit", type=int, default=None, help="Explore at most N examples (after --start).")
+@click.option("--exclude-dev/--no-exclude-dev", default=False, show_default=True,
+              help="Leave out the GSM8K dev slice (the last 200 train questions; task gsm8k_llm2_dev).")
 @click.option("--shard", default="0/1", show_default=True, help="i/N: examples j with j mod N == i, per-shard output.")
 @click.option("--on-error", type=click.Choice(("fail", "skip")), default=_default("on_error"), show_default=True)
 @click.option("--dtype", default=_default("dtype"), show_default=True)
@@ -94,7 +115,7 @@ def explore_command(**kwargs: Any) -> None:
         s = explore(cfg)
     except (ExploreInputError, ValueError, ImportError, OSError) as err:
         raise click.ClickException(str(err)) from err
-    keys = ("examples", "resumed", "skipped", "self_gold_failed", "positions", "candidates", "negatives",
-            "rollouts", "generated_tokens", "wall_seconds", "rollouts_per_s", "tokens_per_s")
+    keys = ("examples", "resumed", "excluded_dev", "skipped", "self_gold_failed", "positions", "candidates",
+            "negatives", "rollouts", "generated_tokens", "wall_seconds", "rollouts_per_s", "tokens_per_s")
     click.echo(json.dumps({k: s[k] for k in keys}), file=sys.stdout)
     click.echo(f"wrote {s['output']} (summary: {summary_path(s['output'])})", err=True)

@@ -22,11 +22,14 @@ BACKENDS = ("hf", "vllm")
 SAMPLE_MODES = ("base", "uniform", "contrast")
 FORMATS = ("auto", "gsm8k", "math")
 GOLD_SOURCES = ("dataset", "self")
+LABEL_RULES = ("absolute", "relative")
+PROMPT_STYLES = ("question", "task")
 
 # Settings that change the output; a resumed run must use the same ones (see ExploreConfig.settings()).
 _RESULT_KEYS = (
-    "model", "strategy", "backend", "dtype", "data_format", "gold", "self_samples", "self_max_tokens", "positions",
-    "include_eot", "alpha", "top_k", "candidates", "rollouts", "tau", "gold_rollouts", "temperature", "top_p",
+    "model", "strategy", "backend", "dtype", "data_format", "prompt", "gold", "self_samples", "self_max_tokens", "positions",
+    "include_eot", "alpha", "top_k", "candidates", "rollouts", "label", "tau", "margin", "min_gold_quality",
+    "gold_rollouts", "temperature", "top_p",
     "max_rollout_tokens", "mode", "contrast_model", "gamma", "num_samples", "seed",
 )
 
@@ -42,6 +45,9 @@ class ExploreConfig:
         strategy: ``"rollout"`` (paper, Eq. 5-6) or ``"sample"`` (released code, no rollouts).
         backend: ``"hf"`` (transformers) or ``"vllm"``.
         data_format: ``"auto"`` (by the keys of each line), ``"gsm8k"`` or ``"math"``.
+        prompt: the user message: ``"question"`` (the bare question, as the authors' released data) or ``"task"``
+            (the question plus the instruction of the llm2 lm-eval task, :mod:`llm2_eval.prompts`: the verifier
+            is then trained on the very contexts it scores when ``gsm8k_llm2`` / ``math500_llm2`` are evaluated).
         gold: ``"dataset"`` (the file's solution) or ``"self"`` (the LLM's first correct sampled solution).
         self_samples: k, solutions sampled per question with ``gold="self"``.
         self_max_tokens: token budget of each self-sampled solution.
@@ -53,8 +59,13 @@ class ExploreConfig:
         top_k: when > 0, the plausible set is the top-k tokens instead.
         candidates: n, candidates drawn per position (rollout strategy).
         rollouts: m, rollouts per candidate (Eq. 5).
-        tau: quality threshold of Eq. 6 (negative iff ``q < tau``).
-        gold_rollouts: also measure ``q(gold)`` with m rollouts per explored position.
+        label: the label rule (:func:`~verifier_train.explore.labels.is_negative`): ``"absolute"`` (paper Eq. 6,
+            negative iff ``q(v) < tau``) or ``"relative"`` (negative iff ``q(v) <= q(gold) - margin``; measures
+            ``q(gold)`` with the same m rollouts and skips positions where ``q(gold) < min_gold_quality``).
+        tau: quality threshold of Eq. 6 (absolute rule).
+        margin: how much lower than ``q(gold)`` a negative's quality must be (relative rule).
+        min_gold_quality: positions whose ``q(gold)`` is below this are not judged (relative rule).
+        gold_rollouts: also measure ``q(gold)`` with m rollouts per explored position (always with ``relative``).
         temperature: rollout (and self-sampling) temperature, default 0.7 (the paper is silent; a common
             self-consistency setting); for ``strategy="sample"`` the temperature of the negative-sampling
             distribution, default 1.0. ``None`` = that strategy's default.
@@ -68,6 +79,9 @@ class ExploreConfig:
         seed: global seed; every random choice derives from it and the example id (:func:`derive_seed`).
         start: skip the first ``start`` examples (non-blank lines) of the input.
         limit: then take at most ``limit`` examples (None = all).
+        exclude_dev: leave out the questions of the GSM8K dev slice (:mod:`llm2_eval.splits`; read from
+            ``$LLM2_DATA_DIR/gsm8k/train.jsonl``), so that settings chosen on ``gsm8k_llm2_dev`` are not tuned on
+            the verifier's own training questions.
         shard: ``(i, N)``: keep examples ``j`` with ``j % N == i``.
         on_error: ``"fail"`` (stop at a bad input line, naming ``file:line``) or ``"skip"`` (count it in the summary).
         dtype: ``"auto"``, ``"bfloat16"``, ``"float16"`` or ``"float32"``.
@@ -89,6 +103,7 @@ class ExploreConfig:
     strategy: str = "rollout"
     backend: str = "hf"
     data_format: str = "auto"
+    prompt: str = "question"
     gold: str = "dataset"
     self_samples: int = 4
     self_max_tokens: int = 512
@@ -98,7 +113,10 @@ class ExploreConfig:
     top_k: int = 0
     candidates: int = 2
     rollouts: int = 4
+    label: str = "absolute"
     tau: float = 0.5
+    margin: float = 0.25
+    min_gold_quality: float = 0.25
     gold_rollouts: bool = False
     temperature: float | None = None
     top_p: float = 1.0
@@ -110,6 +128,7 @@ class ExploreConfig:
     seed: int = 0
     start: int = 0
     limit: int | None = None
+    exclude_dev: bool = False
     shard: tuple[int, int] = (0, 1)
     on_error: str = "fail"
     dtype: str = "auto"
@@ -129,7 +148,7 @@ class ExploreConfig:
     def __post_init__(self) -> None:
         choices = {
             "strategy": STRATEGIES, "backend": BACKENDS, "mode": SAMPLE_MODES, "data_format": FORMATS,
-            "gold": GOLD_SOURCES, "on_error": ("fail", "skip"),
+            "gold": GOLD_SOURCES, "on_error": ("fail", "skip"), "label": LABEL_RULES, "prompt": PROMPT_STYLES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -144,8 +163,9 @@ class ExploreConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 1")
         if int(self.top_k) < 0 or int(self.start) < 0 or (self.limit is not None and int(self.limit) < 0):
             raise ValueError("top_k, start and limit must be >= 0")
-        if not 0.0 <= float(self.tau) <= 1.0:
-            raise ValueError(f"tau={self.tau!r}: must be in [0, 1]")
+        for name in ("tau", "margin", "min_gold_quality"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be in [0, 1]")
         if self.temperature is not None and not float(self.temperature) > 0:
             raise ValueError(f"temperature={self.temperature!r}: must be > 0")
         if not 0.0 < float(self.top_p) <= 1.0:
@@ -165,6 +185,11 @@ class ExploreConfig:
             return float(self.temperature)
         return self.ROLLOUT_TEMPERATURE if self.strategy == "rollout" else self.SAMPLE_TEMPERATURE
 
+    @property
+    def measures_gold(self) -> bool:
+        """Whether rollouts also measure ``q(gold)`` (``--gold-rollouts``, always for the relative rule)."""
+        return bool(self.gold_rollouts) or self.label == "relative"
+
     def settings(self) -> dict[str, Any]:
         """The settings that determine the output (written on every line; a resumed run must match them)."""
         d = {k: getattr(self, k) for k in _RESULT_KEYS}
@@ -172,12 +197,19 @@ class ExploreConfig:
         if self.strategy == "rollout":
             for k in ("mode", "contrast_model", "gamma", "num_samples"):
                 d.pop(k)
+            d["gold_rollouts"] = self.measures_gold
+            # the default rule is written as before (so outputs of earlier versions still resume)
+            for k in ("label", "margin", "min_gold_quality") if self.label == "absolute" else ("tau",):
+                d.pop(k)
         else:
-            for k in ("candidates", "rollouts", "tau", "gold_rollouts", "top_p", "max_rollout_tokens"):
+            for k in ("candidates", "rollouts", "label", "tau", "margin", "min_gold_quality", "gold_rollouts",
+                      "top_p", "max_rollout_tokens"):
                 d.pop(k)
             if self.mode != "contrast":
                 d.pop("contrast_model")
                 d.pop("gamma")
+        if self.prompt == "question":  # the default is written as before (outputs of earlier versions resume)
+            d.pop("prompt")
         if self.gold == "dataset":
             d.pop("self_samples")
             d.pop("self_max_tokens")

@@ -13,6 +13,15 @@ set
     v is a negative  <=>  q(v) < tau  (tau = 0.5 by default)                       (Eq. 6)
 
 writing ``[t, gold_id, v]`` for negatives. ``--gold-rollouts`` also measures ``q(gold)`` (recorded, never a label).
+
+``--label relative`` replaces Eq. 6 by a comparison with the gold token, measured with the same rollout budget:
+
+    v is a negative  <=>  q(v) <= q(gold) - margin        (--margin, default 0.25)
+
+and skips the positions where ``q(gold) < --min-gold-quality`` (their candidates are not rolled out: nothing can be
+judged where the gold continuation itself rarely reaches the answer; listed as ``unjudged_positions``). With a
+weak model the absolute rule labels nearly every candidate negative (q(gold) itself is often below tau); ranking
+against the gold token keeps only candidates that are clearly worse (:func:`is_negative`).
 The answer is extracted from the whole response: gold prefix ``x_{start..t-1}`` + ``v`` + the rollout
 (:func:`default_checker`). A candidate that is itself an end-of-turn token ends the response at once: its quality
 is that of the truncated response, without rollouts.
@@ -49,6 +58,22 @@ def default_checker(data_format: str) -> Checker:
     fn = gsm8k_is_correct if data_format == "gsm8k" else math_is_correct
     return lambda text, gold, tokens: fn(text, gold)
 
+
+def is_negative(q: float, q_gold: float | None, cfg: ExploreConfig) -> bool:
+    """The label rule: whether candidate ``v`` with quality ``q = q(v)`` is a negative (LLM2.md section 4 step 5).
+
+    ``absolute`` (paper Eq. 6): ``q(v) < tau``. ``relative``: ``q(v) <= q(gold) - margin`` (the candidate's
+    continuations reach the answer clearly less often than the gold token's, measured with the same rollout
+    budget; value estimates rank more reliably than they score, as rStar-Math, PQM and PAV found).
+
+    Raises:
+        ValueError: ``relative`` without ``q_gold``.
+    """
+    if cfg.label == "absolute":
+        return q < cfg.tau
+    if q_gold is None:
+        raise ValueError("the relative label rule needs q(gold)")
+    return q <= q_gold - cfg.margin + 1e-9
 
 
 def candidate_draws(
@@ -132,6 +157,7 @@ class Counters:
     q_sum: float = 0.0
     gold_q_sum: float = 0.0
     gold_q_n: int = 0
+    unjudged_positions: int = 0
     self_samples: int = 0
 
 
@@ -245,17 +271,13 @@ class Explorer:
         record["settings"] = self.settings
         return record
 
-    def _rollout(self, record, ids, positions, logits, allowed, ex_id, *, rs, gold, check) -> None:
+    def _measure(self, jobs, ids, ex_id, *, rs, gold, check) -> dict:
+        """Quality (Eq. 5) of each ``(pos, token, is_gold)`` job: ``{job: (q, correct, rollouts, truncated)}``.
+
+        All rollouts of the jobs go to the engine in one call (they share the solution prefix)."""
         from verifier_train.rollouts import RolloutRequest
 
         cfg = self.cfg
-        jobs: list[tuple[int, int, bool]] = []  # (pos, token, is_gold)
-        for i, t in enumerate(positions):
-            cset = allowed[i].nonzero().flatten().cpu()
-            for v in candidate_draws(logits[i].cpu(), cset, cfg.candidates, derive_seed(cfg.seed, ex_id, t, "cand")):
-                jobs.append((t, v, False))
-            if cfg.gold_rollouts:
-                jobs.append((t, int(ids[t]), True))
         requests, req_jobs, outcomes = [], [], {}
         for job in jobs:
             t, v, _ = job
@@ -277,8 +299,33 @@ class Explorer:
                 self.c.truncated += truncated
                 self.c.rollouts += len(group)
                 self.c.generated_tokens += sum(len(r.tokens) for r in group)
+        return outcomes
+
+    def _rollout(self, record, ids, positions, logits, allowed, ex_id, *, rs, gold, check) -> None:
+        cfg = self.cfg
+        relative = cfg.label == "relative"
+        cand_jobs: list[tuple[int, int, bool]] = []  # (pos, token, is_gold)
+        for i, t in enumerate(positions):
+            cset = allowed[i].nonzero().flatten().cpu()
+            for v in candidate_draws(logits[i].cpu(), cset, cfg.candidates, derive_seed(cfg.seed, ex_id, t, "cand")):
+                cand_jobs.append((t, v, False))
+        gold_jobs = [(t, int(ids[t]), True) for t in positions] if cfg.measures_gold else []
+        kw = dict(rs=rs, gold=gold, check=check)
+        if relative:
+            # q(gold) first: positions where the gold continuation itself rarely reaches the answer cannot rank
+            # their candidates, so their candidates are not rolled out at all
+            outcomes = self._measure(gold_jobs, ids, ex_id, **kw)
+            q_gold = {t: outcomes[(t, v, True)][0] for t, v, _ in gold_jobs}
+            unjudged = sorted(t for t, q in q_gold.items() if q < cfg.min_gold_quality)
+            record["unjudged_positions"] = unjudged
+            self.c.unjudged_positions += len(unjudged)
+            cand_jobs = [j for j in cand_jobs if j[0] not in set(unjudged)]
+            outcomes.update(self._measure(cand_jobs, ids, ex_id, **kw))
+        else:
+            outcomes = self._measure(cand_jobs + gold_jobs, ids, ex_id, **kw)
+            q_gold = {t: outcomes[(t, v, True)][0] for t, v, _ in gold_jobs}
         qualities, gold_q = [], []
-        for job in jobs:
+        for job in cand_jobs + gold_jobs:
             t, v, is_gold = job
             q, correct, n_roll, truncated = outcomes[job]
             entry = {"pos": t, "gold_id": int(ids[t]), "token": v, "text": self.tok.decode([v]), "q": q,
@@ -288,14 +335,14 @@ class Explorer:
                 self.c.gold_q_sum += q
                 self.c.gold_q_n += 1
                 continue
-            entry["negative"] = q < cfg.tau  # Eq. 6
+            entry["negative"] = is_negative(q, q_gold.get(t), cfg)
             qualities.append(entry)
             self.c.candidates += 1
             self.c.q_sum += q
             if entry["negative"]:
                 record["samples"].append([t, int(ids[t]), v])
         record["qualities"] = qualities
-        if cfg.gold_rollouts:
+        if gold_jobs:
             record["gold_qualities"] = gold_q
 
     def _sample(self, record, ids, positions, logits, allowed, ex_id) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm2_eval.jsonl import iter_jsonl
+from llm2_eval.prompts import task_prompt
 from verifier_train.explore.config import ExploreConfig
 from verifier_train.explore.inputs import (
     BadExample,
@@ -100,7 +101,7 @@ def _build_engines(cfg: ExploreConfig, tokenizer: Any, engine: "RolloutEngine | 
         if cfg.backend == "vllm":
             engine = VLLMRolloutEngine(
                 cfg.model, dtype=cfg.dtype, seed=cfg.seed, tensor_parallel_size=cfg.tensor_parallel_size,
-                logprobs_k=cfg.vllm_logprobs, engine_kwargs=cfg.vllm_args,
+                logprobs_k=cfg.vllm_logprobs, threads=cfg.threads, engine_kwargs=cfg.vllm_args,
             )
         else:
             model = _load_hf(cfg.model, cfg.dtype, device)
@@ -118,7 +119,9 @@ def _build_engines(cfg: ExploreConfig, tokenizer: Any, engine: "RolloutEngine | 
         check_tokenizers_compatible(tokenizer, _load_tokenizer(cfg.contrast_model), llm_name="LLM",
                                     verifier_name="contrast model")
         contrast = HFRolloutEngine(_load_hf(cfg.contrast_model, cfg.dtype, device))
-    return engine, contrast, end_token_ids(tokenizer, model_config, gen_config)
+    # the engine's own EOS ids too: a vLLM engine holds no transformers model to read them from
+    ends = end_token_ids(tokenizer, model_config, gen_config) | set(getattr(engine, "eos_token_ids", ()))
+    return engine, contrast, ends
 
 
 class _Run:
@@ -131,6 +134,14 @@ class _Run:
             for j, ln, raw in iter_input(cfg.data)
             if j >= cfg.start and (cfg.limit is None or j < cfg.start + cfg.limit) and in_shard(j, cfg.shard)
         ]
+        self.excluded_dev = 0
+        if cfg.exclude_dev:
+            from llm2_eval.splits import gsm8k_dev_questions
+
+            dev = gsm8k_dev_questions()
+            kept = [x for x in self.selected if _question(x[2]) not in dev]
+            self.excluded_dev = len(self.selected) - len(kept)
+            self.selected = kept
         self.todo: list[tuple[int, int, str]] = []
         self.resumed = 0
         self.skipped: list[str] = []
@@ -155,7 +166,8 @@ class _Run:
         wall = time.perf_counter() - self.t_start
         return {
             "output": str(self.out_path), "input": str(cfg.data), "finished": done,
-            "selected": len(self.selected), "examples": c.examples, "resumed": self.resumed,
+            "selected": len(self.selected), "excluded_dev": self.excluded_dev, "examples": c.examples,
+            "resumed": self.resumed,
             "skipped": len(self.skipped), "skipped_lines": self.skipped,
             "self_gold_failed": len(self.self_failed), "self_gold_failed_ids": self.self_failed,
             "self_samples": c.self_samples,
@@ -164,6 +176,7 @@ class _Run:
             "negative_rate": c.negatives / c.candidates if c.candidates else None,
             "mean_q": c.q_sum / c.candidates if c.candidates and cfg.strategy == "rollout" else None,
             "mean_gold_q": c.gold_q_sum / c.gold_q_n if c.gold_q_n else None,
+            "unjudged_positions": c.unjudged_positions,
             "rollouts": c.rollouts, "truncated_rollouts": c.truncated, "generated_tokens": c.generated_tokens,
             "wall_seconds": round(wall, 2),
             "examples_per_s": c.examples / wall if wall else None,
@@ -192,12 +205,24 @@ class _Run:
             raise BadExample(f"duplicate example id {ex_id!r}")
         self.seen_ids.add(key)
         check = cfg.checker or default_checker(fmt)
+        if cfg.prompt == "task":
+            question = task_prompt(fmt, question)
         if cfg.gold == "self":
             solution = ex.self_solution(ex_id, question, gold, check)
             if solution is None:
                 self.self_failed.append(ex_id)
                 return None
         return ex.run(ex_id, ln, question, solution, gold, check)
+
+
+def _question(raw: str) -> str | None:
+    """The stripped ``question`` (GSM8K) or ``problem`` (MATH) of an input line, or None."""
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    text = obj.get("question", obj.get("problem")) if isinstance(obj, dict) else None
+    return text.strip() if isinstance(text, str) else None
 
 
 def _example_id(raw: str, ln: int) -> Any:
@@ -217,11 +242,13 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
         engine: an already built rollout engine (else one is built from ``config.model``/``backend``).
 
     Returns:
-        The summary dict also written to ``OUT.summary.json``: ``examples`` (written by this run), ``resumed``
+        The summary dict also written to ``OUT.summary.json``: ``selected`` (examples in range),
+        ``excluded_dev`` (left out by ``exclude_dev``), ``examples`` (written by this run), ``resumed``
         (already in the output), ``skipped`` and ``skipped_lines`` (``file:line: reason``), ``self_gold_failed``,
         ``response_positions`` (assistant tokens), ``candidate_positions`` (those with a plausible non-gold
         token), ``positions`` (explored), ``candidates`` (tried), ``negatives`` (kept), ``negative_rate``, ``mean_q``,
-        ``mean_gold_q``, ``rollouts``, ``truncated_rollouts`` (hit ``max_rollout_tokens``: no final answer, so
+        ``mean_gold_q``, ``unjudged_positions`` (relative rule: q(gold) below ``min_gold_quality``), ``rollouts``,
+        ``truncated_rollouts`` (hit ``max_rollout_tokens``: no final answer, so
         they count as failures), ``generated_tokens``, ``wall_seconds``, ``examples_per_s``,
         ``rollouts_per_s``, ``tokens_per_s``, ``output``, ``settings``.
 
