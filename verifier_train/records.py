@@ -159,6 +159,46 @@ def check_samples(
     return None
 
 
+def use_chat_template(tokenizer: "PreTrainedTokenizerBase", path: str | os.PathLike | None) -> dict | None:
+    """Make ``tokenizer`` tokenise chats with the Jinja template in the file ``path`` (None: keep its own).
+
+    Positions in the data (LLM2.md section 5) index the tokens of ONE chat template; data made with another
+    template than the tokenizer's (e.g. the authors' Llama template, which has no default system block, read with a
+    stock Llama-3.1/3.2-Instruct tokenizer, which adds one) needs that template back.
+
+    Returns:
+        ``{"path": str, "sha256": hex}`` to record in settings and training cards, or None for the tokenizer's own.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is empty.
+    """
+    if not path:
+        return None
+    import hashlib
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--chat-template {path}: no such file (give a Jinja chat template file)")
+    text = p.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError(f"--chat-template {path}: the file is empty")
+    tokenizer.chat_template = text
+    return {"path": str(path), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
+def position_shift(input_ids: list[int], samples: list[tuple[int, int, int]], max_shift: int = 64) -> int | None:
+    """The offset ``d`` (``0 < |d| <= max_shift``) for which every ``input_ids[pos + d] == gold_id``, if one exists:
+    the sign of data tokenised with another chat template (a system block of ``d`` tokens more or less)."""
+    if not samples:
+        return None
+    n = len(input_ids)
+    for d in sorted(range(-max_shift, max_shift + 1), key=abs):
+        if d and all(0 <= pos + d < n and input_ids[pos + d] == gold for pos, gold, _ in samples):
+            return d
+    return None
+
+
 class JsonlAppender:
     """Append-only JSON Lines writer that makes long jobs resumable.
 

@@ -57,6 +57,9 @@ def _default(name: str) -> Any:
 @click.option("--prompt", type=click.Choice(PROMPT_STYLES), default=_default("prompt"), show_default=True,
               help="User message: the bare question, or the question + the llm2 task's instruction (what "
               "gsm8k_llm2 / math500_llm2 send).")
+@click.option("--chat-template", type=click.Path(dir_okay=False), default=None,
+              help="Jinja chat-template file to tokenise with (default: the tokenizer's own); give the same one to "
+              "train-verifier.")
 @click.option("--gold", type=click.Choice(GOLD_SOURCES), default=_default("gold"), show_default=True,
               help="dataset: the file's solution; self: the LLM's first correct sampled solution.")
 @click.option("--self-samples", type=int, default=_default("self_samples"), show_default=True)

@@ -27,7 +27,7 @@ PROMPT_STYLES = ("question", "task")
 
 # Settings that change the output; a resumed run must use the same ones (see ExploreConfig.settings()).
 _RESULT_KEYS = (
-    "model", "strategy", "backend", "dtype", "data_format", "prompt", "gold", "self_samples", "self_max_tokens", "positions",
+    "model", "strategy", "backend", "dtype", "data_format", "prompt", "chat_template", "gold", "self_samples", "self_max_tokens", "positions",
     "include_eot", "alpha", "top_k", "candidates", "rollouts", "label", "tau", "margin", "min_gold_quality",
     "gold_rollouts", "temperature", "top_p",
     "max_rollout_tokens", "mode", "contrast_model", "gamma", "num_samples", "seed",
@@ -48,6 +48,9 @@ class ExploreConfig:
         prompt: the user message: ``"question"`` (the bare question, as the authors' released data) or ``"task"``
             (the question plus the instruction of the llm2 lm-eval task, :mod:`llm2_eval.prompts`: the verifier
             is then trained on the very contexts it scores when ``gsm8k_llm2`` / ``math500_llm2`` are evaluated).
+        chat_template: a Jinja chat-template file to tokenise the conversations with instead of the tokenizer's
+            own (:func:`verifier_train.records.use_chat_template`); recorded in the settings (path and sha256), and
+            ``llm2 train-verifier`` must then get the same file.
         gold: ``"dataset"`` (the file's solution) or ``"self"`` (the LLM's first correct sampled solution).
         self_samples: k, solutions sampled per question with ``gold="self"``.
         self_max_tokens: token budget of each self-sampled solution.
@@ -104,6 +107,7 @@ class ExploreConfig:
     backend: str = "hf"
     data_format: str = "auto"
     prompt: str = "question"
+    chat_template: str | None = None
     gold: str = "dataset"
     self_samples: int = 4
     self_max_tokens: int = 512
@@ -210,6 +214,15 @@ class ExploreConfig:
                 d.pop("gamma")
         if self.prompt == "question":  # the default is written as before (outputs of earlier versions resume)
             d.pop("prompt")
+        if self.chat_template:
+            import hashlib
+            from pathlib import Path
+
+            p = Path(self.chat_template)
+            digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            d["chat_template"] = {"path": str(self.chat_template), "sha256": digest}
+        else:
+            d.pop("chat_template")
         if self.gold == "dataset":
             d.pop("self_samples")
             d.pop("self_max_tokens")

@@ -39,16 +39,17 @@ from verifier_train.explore.inputs import (
     summary_path,
 )
 from verifier_train.explore.labels import Counters, Explorer, default_checker
-from verifier_train.records import JsonlAppender
+from verifier_train.records import JsonlAppender, use_chat_template
 
 if TYPE_CHECKING:  # pragma: no cover
     from verifier_train.rollouts import RolloutEngine
 
 
-def _load_tokenizer(path: str):
+def _load_tokenizer(path: str, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
+    use_chat_template(tok, chat_template)
     if getattr(tok, "chat_template", None) is None:
         raise ValueError(f"the tokenizer of {path} has no chat template; exploration tokenises chat messages")
     return tok
@@ -270,7 +271,7 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
             f"{out_path} was written with other settings ({', '.join(diff)}); resume with the same options or "
             "choose a new --output"
         )
-    tokenizer = _load_tokenizer(cfg.model)
+    tokenizer = _load_tokenizer(cfg.model, cfg.chat_template)
     engine, contrast, ends = _build_engines(cfg, tokenizer, engine)
     ex = Explorer(cfg, tokenizer, engine, contrast, ends)
     appender = JsonlAppender(out_path, key="id")

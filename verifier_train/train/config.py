@@ -36,6 +36,9 @@ class TrainConfig:
                        required=True)
     model: str | None = _opt(None, "LLM directory (or hub id) to initialise the verifier from (new score head).")
     init_from: str | None = _opt(None, "Continue from this verifier checkpoint instead of initialising from --model.")
+    chat_template: str | None = _opt(None, "Jinja chat-template file the data's positions were made with (default: "
+                                     "the tokenizer's own); recorded in the training card and saved with the "
+                                     "verifier's tokenizer.")
     head_init: str = _opt("zero", "The new score head of --model: 'zero' (all scores 0 until trained, so the "
                           "untrained verifier changes nothing) or 'normal' (transformers' random init). Ignored "
                           "with --init-from.", choices=("zero", "normal"))

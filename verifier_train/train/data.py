@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from verifier_train.packing import PackedExample, pack_solution
-from verifier_train.records import ReadStats, RecordError, chat_token_ids, check_samples, iter_records
+from verifier_train.records import (
+    ReadStats,
+    RecordError,
+    chat_token_ids,
+    check_samples,
+    iter_records,
+    position_shift,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -118,6 +125,12 @@ def load_pair_data(
             try:
                 ids = chat_token_ids(tokenizer, rec.messages)
                 problem = check_samples(ids, rec.samples, limit)
+                shift = position_shift(ids, rec.samples) if problem is not None else None
+                if shift is not None:
+                    problem += (
+                        f" (every triplet matches {abs(shift)} tokens {'later' if shift > 0 else 'earlier'}: the data "
+                        "was tokenised with another chat template; pass that template with --chat-template FILE)"
+                    )
             except Exception as err:  # a chat template that rejects the messages
                 problem = f"cannot apply the chat template: {err}"
             if problem is not None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from verifier_train.packing import PackedCollator
+from verifier_train.records import use_chat_template
 from verifier_train.train.checkpoints import (
     apply_lora,
     checkpoint_step,
@@ -173,6 +174,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
 
     src = config.init_from or config.model
     tokenizer = AutoTokenizer.from_pretrained(str(src))
+    template = use_chat_template(tokenizer, config.chat_template)
     # validate the data before loading the weights: a bad line fails fast, even for a large model
     vocab = getattr(AutoConfig.from_pretrained(str(src)), "vocab_size", None) or len(tokenizer)
     data = load_pair_data(
@@ -237,6 +239,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         "paper": "LLM2 (Yang et al., NAACL 2025), Eq. 4 pairwise loss",
         "base_model": config.model,
         "init_from": config.init_from,
+        "chat_template": template or "the tokenizer's own",
         "data": [fs.summary() for fs in data.files],
         "train": {"solutions": len(data.train), "pairs": data.train_pairs},
         "eval": {"solutions": len(data.eval), "pairs": data.eval_pairs},
