@@ -129,8 +129,9 @@ class DecodeOutput:
         stats: per input row, its :class:`RowStats`.
         finish_reasons: per input row, ``"eos"``, ``"stop"`` or ``"length"``.
         caches: only with ``return_caches=True``: ``(llm_cache, verifier_cache, verifier_columns)``, the final
-            KV caches of the rows still active at the last step and how many sequence columns the verifier's
-            cache holds (for tests and debugging).
+            KV caches of the rows still active at the last step and how many sequence columns the verifier has
+            read per row (an int when every row has read as many, else a list with one count per row); a row's
+            verifier cache holds exactly its real sequence up to that column (for tests and debugging).
     """
 
     tokens: list[list[int]]
