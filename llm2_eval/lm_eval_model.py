@@ -94,8 +94,9 @@ class LLM2LM(HFLM):
     ``batch_size``, ...):
 
     - ``verifier``: verifier checkpoint directory (LLM2.md section 2); omitted = plain LLM decoding.
-    - ``alpha`` (0.1): plausibility threshold, candidates have ``p >= alpha * p_max``.
-    - ``top_k`` (0 = off): use the ``top_k`` most probable tokens as candidates instead.
+    - ``alpha`` (0.1; none with ``top_k``): plausibility threshold, candidates have ``p >= alpha * p_max``.
+    - ``top_k`` (0 = off): at most the ``top_k`` most probable tokens are candidates; with ``alpha`` too, the
+      candidates are the tokens that pass both (the authors' data-builder rule, shared with exploration).
     - ``beta`` (0.25): verifier weight in ``z + beta * s``; 0 = plain LLM decoding.
     - ``max_candidates`` (none): cap on the candidate-set size.
     - ``seed`` (none): base seed of sampling; default: drawn from torch's RNG, which lm-eval seeds (``--seed``).
@@ -103,7 +104,9 @@ class LLM2LM(HFLM):
     - ``trace`` (none): path of a JSON Lines file that receives, per generated sequence, the task, doc id, copy
       index, steps, mean candidate-set size, flips (steps where the verifier changed the LLM's choice), mean
       score margin ``max_v s(v) - s(v_llm)``, LLM and verifier token forwards, finish reason and seconds. The
-      file is rewritten at start-up and each line is flushed as it is produced.
+      file is rewritten at start-up, stamped with a header line (run id, model args, tasks, start time;
+      :mod:`llm2_eval.trace`) whose run id is on every line and in the results' ``config.llm2_run_id``; each
+      line is flushed as it is produced.
 
     Sampling seeds: the k-th request with a given prompt gets the seed ``hash(seed, prompt tokens, k)``, so a
     sample does not depend on the batch size or on which other requests share its batch.
@@ -119,7 +122,7 @@ class LLM2LM(HFLM):
         self,
         pretrained: str,
         verifier: str | None = None,
-        alpha: float = 0.1,
+        alpha: float | None = None,
         top_k: int = 0,
         beta: float = 0.25,
         max_candidates: int | None = None,
@@ -129,7 +132,7 @@ class LLM2LM(HFLM):
         **kwargs: Any,
     ) -> None:
         self.decode_defaults = DecodeConfig(
-            alpha=_float("alpha", alpha),
+            alpha=None if alpha is None or str(alpha).lower() in ("", "none", "null") else _float("alpha", alpha),
             top_k=_opt_int("top_k", top_k, 0) or 0,
             beta=_float("beta", beta),
             max_candidates=_opt_int("max_candidates", max_candidates, 1),
@@ -161,14 +164,17 @@ class LLM2LM(HFLM):
         self._seed_base = seed_value if seed_value is not None else int(torch.randint(0, 2**62, ()).item())
         self._prompt_counts: dict[bytes, int] = {}
         self._trace = None
+        self.trace_stamp: dict | None = None  # the trace's header (llm2_eval.trace); its run id is in the results
         if trace is not None and str(trace).lower() not in ("", "none", "null"):
-            from pathlib import Path
+            from llm2_eval.trace import new_stamp, open_trace, trace_path_for_rank
 
-            path = Path(trace)
-            if self.world_size > 1:  # one file per data-parallel rank
-                path = path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._trace = open(path, "w", encoding="utf-8")
+            path = trace_path_for_rank(trace, self.rank, self.world_size)  # one file per data-parallel rank
+            self.trace_stamp = new_stamp(
+                {"pretrained": pretrained, "verifier": verifier, "alpha": alpha, "top_k": top_k, "beta": beta,
+                 "max_candidates": max_candidates, "seed": seed, "trace": trace, "device": device, **kwargs},
+                rank=self.rank, world_size=self.world_size,
+            )
+            self._trace = open_trace(path, self.trace_stamp)
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos = set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
@@ -300,11 +306,21 @@ class LLM2LM(HFLM):
             seeds += [_seed_for(base, real, first + k) for k in range(n)]
         return seeds
 
+    def get_model_info(self) -> dict:
+        """HFLM's model info (lm-eval writes it into the results' ``config``) plus, with ``trace=``, the trace's
+        run id ``llm2_run_id`` and path ``llm2_trace``, so that ``llm2 report`` pairs results with their trace."""
+        info = super().get_model_info()
+        if self.trace_stamp is not None:
+            info["llm2_run_id"] = self.trace_stamp["run_id"]
+            info["llm2_trace"] = self._trace.name
+        return info
+
     def _write_trace(self, request: Instance, copy: int, out, row: int, seconds: float) -> None:
         import json
 
         st = out.stats[row]
         line = {
+            "run_id": self.trace_stamp["run_id"],
             "task": request.task_name, "doc_id": request.doc_id, "repeat": copy,
             "steps": st.steps,
             "mean_candidates": st.candidates / st.steps if st.steps else 0.0,

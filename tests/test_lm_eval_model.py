@@ -103,7 +103,8 @@ def test_trace_counts_flips_candidates_and_forwards(tiny_llm, tiny_verifier, tmp
     for i, r in enumerate(reqs):
         r.doc_id, r.task_name = i, "toy"
     m.generate_until(reqs)
-    lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    header, *lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    assert header["llm2_trace"] == 1 and all(x["run_id"] == header["run_id"] for x in lines)
     assert sorted((x["task"], x["doc_id"], x["repeat"]) for x in lines) == [("toy", 0, 0), ("toy", 1, 0)]
     # recompute from scratch: a flip is a step whose chosen token is not the LLM's argmax
     tok = AutoTokenizer.from_pretrained(tiny_llm)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from llm2_eval.jsonl import iter_jsonl
+from llm2_eval.trace import HEADER_KEY
 
 _RESULTS_RE = re.compile(r"^results_(?P<ts>.+)\.json$")
 _TRACE_REQUIRED = ("task", "doc_id", "llm_token_forwards", "verifier_token_forwards")
@@ -133,11 +134,18 @@ def num(value: Any) -> float | None:
 
 @dataclass
 class Sample:
-    """One line of an lm-eval samples file: the document, its prompts and, per prompt, its generations."""
+    """One line of an lm-eval samples file: the document, its prompts and, per prompt, its generations; the
+    filter it was scored under, its per-question metrics (``{"exact_match": 1.0}``) and lm-eval's ``doc_hash``."""
 
     doc_id: Any
     prompts: list[str]
     responses: list[list[str]]  # per prompt (lm-eval instance): its generations
+    filter: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    doc_hash: str | None = None
+
+
+_KNOWN_METRICS = ("exact_match", "maj_at_k", "pass_at_1", "acc")
 
 
 def _sample(obj: dict) -> Sample:
@@ -152,7 +160,12 @@ def _sample(obj: dict) -> Sample:
         prompts.append(prompt if isinstance(prompt, str) else "")
     resps = obj.get("resps", [])
     responses = [[r for r in (rs if isinstance(rs, list) else [rs]) if isinstance(r, str)] for rs in resps]
-    return Sample(obj["doc_id"], prompts, responses)
+    names = obj.get("metrics") if isinstance(obj.get("metrics"), list) else _KNOWN_METRICS
+    metrics = {str(m): v for m in names if isinstance(m, str) and (v := num(obj.get(m))) is not None}
+    filt = obj.get("filter")
+    doc_hash = obj.get("doc_hash")
+    return Sample(obj["doc_id"], prompts, responses, filt if isinstance(filt, str) else None, metrics,
+                  doc_hash if isinstance(doc_hash, str) else None)
 
 
 def read_samples(path: Path) -> list[Sample]:
@@ -164,7 +177,37 @@ def read_samples(path: Path) -> list[Sample]:
     return read_jsonl(path, _sample)
 
 
+def scores_by_doc(samples: list[Sample], metric_key: str, path: Path) -> dict[str, float] | None:
+    """Per-question values of a results metric (``"exact_match,none"``) from a run's logged samples.
+
+    Only the samples scored under the key's filter (``none``) count; samples without a ``filter`` field (older
+    lm-eval) all count. Keys are lm-eval's ``doc_id`` as strings.
+
+    Returns:
+        ``{doc_id: value}``, or None when no sample holds the metric.
+
+    Raises:
+        ReportError: a ``doc_id`` appears twice under one filter (naming the samples file ``path``).
+    """
+    name, _, filt = metric_key.partition(",")
+    out: dict[str, float] = {}
+    for s in samples:
+        if filt and s.filter is not None and s.filter != filt:
+            continue
+        if name not in s.metrics:
+            continue
+        key = str(s.doc_id)
+        if key in out:
+            raise ReportError(f"{path}: doc_id {key} appears twice for filter {filt or '(none)'}")
+        out[key] = s.metrics[name]
+    return out or None
+
+
 def _trace_line(obj: dict) -> dict:
+    if HEADER_KEY in obj:
+        if not isinstance(obj.get("run_id"), str) or not obj["run_id"]:
+            raise ValueError("trace header has no run_id")
+        return obj
     missing = [k for k in _TRACE_REQUIRED if k not in obj]
     if missing:
         raise ValueError(f"trace line misses {missing}")
@@ -174,11 +217,78 @@ def _trace_line(obj: dict) -> dict:
     return obj
 
 
-def read_trace(path: Path) -> list[dict]:
-    """The lines of an ``llm2`` trace (``trace=PATH.jsonl``), each with ``task``, ``doc_id`` and numeric
-    ``llm_token_forwards`` / ``verifier_token_forwards``.
+@dataclass
+class TraceFile:
+    """An ``llm2`` trace: the stamps (header lines, :mod:`llm2_eval.trace`) of the runs that wrote it, in file
+    order, and its sequence lines, each with the ``run_id`` of the run that wrote it (its own field, else that
+    of the header above it; None in a trace written before traces were stamped)."""
+
+    path: Path
+    headers: list[dict]
+    lines: list[dict]
+
+
+def read_trace_file(path: Path) -> TraceFile:
+    """Read an ``llm2`` trace (``trace=PATH.jsonl``): header lines (``{"llm2_trace": 1, "run_id": ...}``) and one
+    line per sequence with ``task``, ``doc_id`` and numeric ``llm_token_forwards`` / ``verifier_token_forwards``.
 
     Raises:
-        ReportError: an unreadable file or a line missing those fields (naming the file and the line).
+        ReportError: an unreadable file, a header without run_id or a line missing those fields (naming the
+            file and the line).
     """
-    return read_jsonl(path, _trace_line)
+    headers: list[dict] = []
+    lines: list[dict] = []
+    current = None
+    for obj in read_jsonl(path, _trace_line):
+        if HEADER_KEY in obj:
+            headers.append(obj)
+            current = obj["run_id"]
+        else:
+            obj.setdefault("run_id", current)
+            lines.append(obj)
+    return TraceFile(Path(path), headers, lines)
+
+
+def read_trace(path: Path) -> list[dict]:
+    """The sequence lines of an ``llm2`` trace (see :func:`read_trace_file`; header lines left out).
+
+    Raises:
+        ReportError: as :func:`read_trace_file`.
+    """
+    return read_trace_file(path).lines
+
+
+def _runs_of(trace: TraceFile) -> str:
+    runs = [f"{h['run_id']} (started {h.get('start_time', '?')})" for h in trace.headers]
+    return ", ".join(runs[-3:]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+
+
+def trace_lines_of_run(trace: TraceFile, run_id: str | None) -> tuple[list[dict] | None, str | None]:
+    """The lines of ``trace`` that the run with ``run_id`` (its results' ``config.llm2_run_id``) wrote.
+
+    A run of ``lm_eval --model llm2 ... trace=PATH`` stamps its trace with a run id and writes the same id into
+    its results (:mod:`llm2_eval.trace`), so a trace rewritten by a later run that shared the path is not
+    mistaken for this run's. Results and trace from before stamping (neither has a run id) are used as they
+    are, with a warning.
+
+    Returns:
+        ``(lines, note)``: lines None means the trace does not belong to the run (the note says why, for the
+        report to warn and estimate the compute from the samples); a note with lines is a warning.
+    """
+    path = trace.path
+    if run_id is not None:
+        mine = [x for x in trace.lines if x.get("run_id") == run_id]
+        if mine:
+            others = len(trace.lines) - len(mine)
+            return mine, (f"trace {path}: {others} lines of other runs ignored" if others else None)
+        if trace.headers:
+            return None, (f"trace {path} belongs to run {_runs_of(trace)}, not to this run ({run_id}): "
+                          "ignored, compute estimated from samples")
+        return None, (f"trace {path} has no run stamp, so it is not this run's ({run_id}; an older llm2 or "
+                      "another file?): ignored, compute estimated from samples")
+    unstamped = [x for x in trace.lines if x.get("run_id") is None]
+    if unstamped:
+        return unstamped, (f"trace {path} and these results carry no run id (written before llm2 stamped "
+                           "traces): cannot check that the trace belongs to this run")
+    return None, (f"trace {path} was written by run {_runs_of(trace)}, but these results carry no run id "
+                  "(an older run whose trace was rewritten?): ignored, compute estimated from samples")
