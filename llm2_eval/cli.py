@@ -87,13 +87,19 @@ def eval_command(lm_eval_args: tuple[str, ...]) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the new score head's initialisation.")
 @click.option("--head-init", type=click.Choice(["zero", "normal"]), default="zero", show_default=True,
               help="New head: zeros (scores 0: a no-op until trained) or random (transformers' default init).")
-def init_verifier_command(llm: str, output: str, dtype: str, seed: int, head_init: str) -> None:
-    """Create an untrained verifier (LLM weights + a new 1-output head) from an LLM (LLM2.md section 2)."""
+@click.option("--overwrite/--no-overwrite", default=False, show_default=True,
+              help="Replace an existing llm2 checkpoint in --output (any other non-empty directory is refused).")
+def init_verifier_command(llm: str, output: str, dtype: str, seed: int, head_init: str, overwrite: bool) -> None:
+    """Create an untrained verifier (LLM weights + a new 1-output head) from an LLM (LLM2.md section 2).
+
+    The output is written to a temporary sibling and renamed into place; a non-empty --output is refused unless
+    it holds an llm2 checkpoint and --overwrite is given.
+    """
     from llm2_eval.verifier import init_verifier, resolve_dtype
 
     try:
         resolve_dtype(dtype)
-        path = init_verifier(llm, output, dtype=dtype, seed=seed, head_init=head_init)
+        path = init_verifier(llm, output, dtype=dtype, seed=seed, head_init=head_init, overwrite=overwrite)
     except (OSError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(str(path))

@@ -3,7 +3,8 @@
 Checkpoint format (LLM2.md section 2): a plain transformers token-classification checkpoint with one label
 (``AutoModelForTokenClassification``, ``num_labels=1``, classifier dropout 0), saved as safetensors together with
 its tokenizer. The score ``s(x_<t, v)`` of token ``v`` is the head's output at the position of ``v`` itself.
-Anyone can load such a checkpoint without this package.
+Anyone can load such a checkpoint without this package. A LoRA verifier may instead be a PEFT adapter directory on
+its base model's weights (:mod:`llm2_eval.adapters`); :func:`load_verifier` takes both.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def init_verifier(
     dtype: "str | torch.dtype | None" = None,
     seed: int = 0,
     head_init: str = "zero",
+    overwrite: bool = False,
 ) -> Path:
     """Create an untrained verifier from a causal LM and save it (LLM2.md section 2).
 
@@ -80,17 +82,23 @@ def init_verifier(
 
     Args:
         llm: local directory (or hub id, when reachable) of any ``AutoModelForCausalLM`` checkpoint.
-        output_dir: directory to write; created if missing. Written atomically (a ``.partial`` sibling is
-            renamed at the end), so a crash never leaves a half-written verifier.
+        output_dir: directory to write; created if missing. Written atomically (a temporary sibling is renamed
+            at the end), so a crash never leaves a half-written verifier. An existing non-empty directory is
+            refused unless ``overwrite``, and even then only one that holds an llm2 checkpoint
+            (:func:`llm2_eval.paths.is_llm2_checkpoint`) is replaced.
         dtype: dtype of the saved weights (default: the LLM's).
         seed: seed for the new head's random initialisation (the only random part).
         head_init: ``"zero"`` (the default: all scores 0, so until trained the verifier changes no decision at any
             beta) or ``"normal"`` (transformers' default random init of a new head: noise that moves decisions).
+        overwrite: replace an existing llm2 checkpoint in ``output_dir``.
 
     Returns:
         The output directory.
 
     Raises:
+        FileExistsError: ``output_dir`` is not empty (without ``overwrite``), holds something other than an llm2
+            checkpoint, or is a file; checked before anything is read or written.
+        FileNotFoundError: ``llm`` is a local path that does not exist.
         OSError: when the LLM cannot be loaded from ``llm``.
         ValueError: when transformers has no token-classification class for the architecture, or for an
             unknown ``head_init``.
@@ -100,9 +108,14 @@ def init_verifier(
     import torch
     from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
+    from llm2_eval.paths import check_model_path, check_not_an_input, resolved
+
     if head_init not in ("normal", "zero"):
         raise ValueError(f"head_init={head_init!r}: expected 'normal' or 'zero'")
-    out = Path(output_dir)
+    out = resolved(output_dir)
+    check_model_path(llm, "--model")
+    check_not_an_input(out, {"--model": llm})
+    _check_replaceable(out, overwrite)
     torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(str(llm), num_labels=1)
     config.classifier_dropout = 0.0
@@ -117,15 +130,63 @@ def init_verifier(
             for p in getattr(model, head).parameters():
                 p.zero_()
     model.config.llm2_verifier = {"base_model": str(llm), "head": head, "num_labels": 1}
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    if out.exists():
-        shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(partial, out)
-    return out
+    partial = _new_sibling(out, "partial")
+    old = None
+    try:
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        _check_replaceable(out, overwrite)  # again: the directory may have changed while the model loaded
+        if out.exists() and any(out.iterdir()):  # an llm2 checkpoint (checked): moved aside, deleted once replaced
+            old = _new_sibling(out, "old")
+            os.replace(out, old / out.name)
+        try:
+            os.replace(partial, out)  # onto a missing or an empty directory
+        except BaseException:
+            if old is not None:
+                os.replace(old / out.name, out)
+            raise
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        if old is not None and not (old / out.name).exists():
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return Path(output_dir)
+
+
+def _new_sibling(out: Path, tag: str) -> Path:
+    """A new, empty hidden directory next to ``out`` (a name no one else uses: nothing existing is touched)."""
+    import secrets
+
+    while True:
+        p = out.with_name(f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            p.mkdir()
+            return p
+        except FileExistsError:
+            continue
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse to replace ``out`` unless it is missing, an empty directory, or (with ``overwrite``) an llm2
+    checkpoint (see :func:`init_verifier`)."""
+    from llm2_eval.paths import is_llm2_checkpoint
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"--output {out}: is a file, not a directory; choose another output")
+    if not any(out.iterdir()):
+        return
+    if not is_llm2_checkpoint(out):
+        raise FileExistsError(
+            f"--output {out}: the directory is not empty and holds no llm2 checkpoint; it is never replaced "
+            "(choose a new or empty directory)"
+        )
+    if not overwrite:
+        raise FileExistsError(f"--output {out}: already holds an llm2 checkpoint; pass --overwrite to replace it")
 
 
 def load_verifier(
@@ -134,28 +195,40 @@ def load_verifier(
     dtype: "str | torch.dtype | None" = None,
     device: "str | torch.device | None" = None,
     attn_implementation: str | None = "sdpa",
+    llm: "PreTrainedModel | None" = None,
 ) -> "PreTrainedModel":
-    """Load a verifier checkpoint for scoring (eval mode).
+    """Load a verifier checkpoint, or a verifier adapter directory, for scoring (eval mode).
 
     Args:
-        path: verifier directory (format above), or an already loaded token-classification model.
+        path: verifier directory (format above), a PEFT adapter directory (``llm2 train-verifier --lora
+            --lora-save adapter``, :mod:`llm2_eval.adapters`), or an already loaded token-classification model.
         dtype: weight dtype (see :func:`resolve_dtype`); default the checkpoint's.
         device: where to put it; default CPU.
         attn_implementation: ``"sdpa"`` or ``"eager"``; decoding passes 4-D attention masks, which
             flash-attention does not accept.
+        llm: the LLM the verifier will guide (adapters only): when it is the adapter's base, the verifier shares
+            its weights (one copy in memory, adapters enabled only inside verifier forwards;
+            :class:`llm2_eval.adapters.SharedBaseVerifier`).
 
     Returns:
-        An ``AutoModelForTokenClassification`` whose ``logits[..., 0]`` are the scores, shape ``[batch, seq]``.
+        An ``AutoModelForTokenClassification`` (or a :class:`~llm2_eval.adapters.SharedBaseVerifier`) whose
+        ``logits[..., 0]`` are the scores, shape ``[batch, seq]``.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the checkpoint does not have exactly one label.
+        ValueError: when the checkpoint does not have exactly one label;
+            :class:`llm2_eval.adapters.AdapterError` (a ValueError) for a bad adapter directory, naming the file.
     """
     from transformers import AutoModelForTokenClassification
 
     if isinstance(path, (str, os.PathLike)):
         if not Path(path).exists() and not _looks_like_hub_id(str(path)):
             raise FileNotFoundError(f"verifier checkpoint not found: {path}")
+        from llm2_eval.adapters import is_adapter_dir, load_adapter_verifier
+
+        if is_adapter_dir(path):
+            return load_adapter_verifier(path, llm=llm, dtype=dtype, device=device,
+                                         attn_implementation=attn_implementation)
         kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
