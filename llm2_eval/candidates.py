@@ -1,8 +1,9 @@
 """What the next token can be, and how one is drawn: the candidate set ``V_t`` and seeded sampling.
 
 :func:`plausible_candidates` is the one candidate-set function of the project (LLM2.md section 3 step 2), used by
-decoding and by exploration; :func:`sample_from_logits` draws from the fused scores ``z*`` (step 5) with one CPU
-generator per row, so a row's samples never depend on the rest of its batch.
+decoding and by exploration (one rule: the alpha set intersected with the top-k set); :func:`sample_from_logits`
+draws from the fused scores ``z*`` (step 5) with one CPU generator per row, so a row's samples never depend on the
+rest of its batch.
 """
 
 from __future__ import annotations
@@ -13,23 +14,47 @@ from typing import Sequence
 import torch
 
 
+#: the released plausibility threshold (LLM2.md section 8): the alpha in effect when neither alpha nor top-k is given
+DEFAULT_ALPHA = 0.1
+
+
+def resolve_alpha(alpha: float | None, top_k: int = 0) -> float | None:
+    """The alpha threshold in effect: ``alpha`` when given; unset, :data:`DEFAULT_ALPHA` without top-k and no
+    alpha threshold at all (pure top-k) with ``top_k > 0``. See :func:`plausible_candidates` for the rule."""
+    if alpha is not None:
+        return float(alpha)
+    return None if top_k and int(top_k) > 0 else DEFAULT_ALPHA
+
+
 def plausible_candidates(
     logits: torch.Tensor,
     *,
-    alpha: float = 0.1,
+    alpha: float | None = None,
     top_k: int = 0,
     max_candidates: int | None = None,
     exclude: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The candidate set ``V_t`` of each row (LLM2.md section 3 step 2; paper Sec. 2.2).
 
+    One rule, for decoding and exploration alike: ``V_t`` is the intersection of the plausible set
+    ``{v : p(v) >= alpha * max_u p(u)}`` (i.e. ``logit >= max_logit + log(alpha)``) and the ``top_k`` most
+    probable tokens, each filter applying when it is set. This is the rule of the authors' released data builder
+    (their plausibility and top-k masks combined with AND); their decoding applies top-k only when alpha is 0, so
+    there alpha wins over top-k. With the released settings (alpha 0.1, no top-k) both are the same set.
+
+    Defaults: ``alpha=None`` means :data:`DEFAULT_ALPHA` (0.1) when ``top_k`` is 0, and no alpha threshold when
+    ``top_k > 0`` (so ``top_k`` alone is the pure top-k set, as before); give both for the intersection
+    (:func:`resolve_alpha`).
+
     Args:
         logits: next-token logits, shape ``[batch, vocab]`` (any float dtype).
-        alpha: keep tokens with ``p(v) >= alpha * max_u p(u)``, i.e. ``logit >= max_logit + log(alpha)``.
-        top_k: when > 0 keep the ``top_k`` most probable tokens instead.
+        alpha: plausibility threshold in (0, 1], or None (see above).
+        top_k: when > 0, keep at most the ``top_k`` most probable tokens (exactly ``top_k`` without alpha; ties
+            at the k-th logit are broken by ``torch.topk``).
         max_candidates: optional cap, most probable first.
         exclude: optional token ids to remove from the set, shape ``[batch]`` (exploration removes the gold
-            token this way); later candidates shift left, and a row may then have no candidate at all.
+            token this way) after the set is formed; later candidates shift left, and a row may then have no
+            candidate at all.
 
     Returns:
         ``(ids, mask)``: ``ids`` shape ``[batch, K]`` long, sorted by decreasing probability (ties in index
@@ -37,11 +62,15 @@ def plausible_candidates(
         candidates. Without ``exclude`` every row has at least one candidate and ``ids[:, 0]`` is the argmax.
     """
     z = logits.float()
-    if top_k and top_k > 0:
-        counts = torch.full((z.shape[0],), min(int(top_k), z.shape[-1]), device=z.device, dtype=torch.long)
+    vocab = z.shape[-1]
+    a = resolve_alpha(alpha, top_k)
+    if a is not None:
+        threshold = z.max(dim=-1, keepdim=True).values + math.log(a)
+        counts = (z >= threshold).sum(dim=-1)  # a prefix of the sorted logits
     else:
-        threshold = z.max(dim=-1, keepdim=True).values + math.log(alpha)
-        counts = (z >= threshold).sum(dim=-1)
+        counts = torch.full((z.shape[0],), vocab, device=z.device, dtype=torch.long)
+    if top_k and top_k > 0:
+        counts = counts.clamp(max=min(int(top_k), vocab))  # both sets are prefixes: their intersection is the shorter
     if max_candidates is not None:
         counts = counts.clamp(max=int(max_candidates))
     k = int(counts.max().item())

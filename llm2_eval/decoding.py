@@ -3,9 +3,9 @@
 At every step ``t`` and for every sequence of the batch (:class:`_Decoding`, one method per step):
 
 1. ``z_t = pi(x_<t)``: next-token logits of the LLM (KV cache; :meth:`~_Decoding.feed`).
-2. Candidates ``V_t``: the plausibility mask ``p(v) >= alpha * max_u p(u)``, or the ``top_k`` tokens, optionally
-   capped at ``max_candidates`` by probability (:func:`~llm2_eval.candidates.plausible_candidates`, shared with
-   exploration; :meth:`~_Decoding.candidates`).
+2. Candidates ``V_t``: the plausibility mask ``p(v) >= alpha * max_u p(u)`` intersected with the ``top_k`` most
+   probable tokens (each when set; ``top_k`` alone is pure top-k), optionally capped at ``max_candidates``
+   (:func:`~llm2_eval.candidates.plausible_candidates`, shared with exploration; :meth:`~_Decoding.candidates`).
 3. The rows with ``|V_t| > 1`` have all their candidates scored in ONE verifier forward: the candidates are
    appended after the sequence, all with position id = current length, each attending to the real prefix and to
    itself (a 4-D attention mask); rows with a single candidate skip the verifier
@@ -49,8 +49,10 @@ class DecodeConfig:
     """Settings of one decoding call (LLM2.md section 3; released defaults alpha 0.1, beta 0.25).
 
     Attributes:
-        alpha: plausibility threshold in (0, 1]: candidates are tokens with ``p >= alpha * p_max``.
-        top_k: when > 0, the candidates are the ``top_k`` most probable tokens instead (alpha unused).
+        alpha: plausibility threshold in (0, 1]: candidates are tokens with ``p >= alpha * p_max``; None = 0.1
+            without ``top_k``, no threshold with ``top_k`` (:func:`~llm2_eval.candidates.resolve_alpha`).
+        top_k: when > 0, the candidates are at most the ``top_k`` most probable tokens: the intersection with the
+            alpha set when alpha is given too (:func:`~llm2_eval.candidates.plausible_candidates`).
         max_candidates: optional cap on ``|V_t|`` (most probable first); ``None`` = no cap.
         beta: verifier weight in ``z* = z + beta * s``; 0 turns the verifier off.
         do_sample: sample from ``z*`` (else greedy argmax).
@@ -62,7 +64,7 @@ class DecodeConfig:
         eos_token_ids: token ids that end a sequence (kept in the output).
     """
 
-    alpha: float = 0.1
+    alpha: float | None = None
     top_k: int = 0
     max_candidates: int | None = None
     beta: float = 0.25
@@ -74,10 +76,10 @@ class DecodeConfig:
     eos_token_ids: Sequence[int] = ()
 
     def __post_init__(self) -> None:
-        if not (0.0 < float(self.alpha) <= 1.0):
+        if self.alpha is not None and not (0.0 < float(self.alpha) <= 1.0):
             raise ValueError(f"alpha={self.alpha!r}: the plausibility threshold must be in (0, 1]")
         if int(self.top_k) < 0:
-            raise ValueError(f"top_k={self.top_k!r}: must be >= 0 (0 = use alpha)")
+            raise ValueError(f"top_k={self.top_k!r}: must be >= 0 (0 = off)")
         if self.max_candidates is not None and int(self.max_candidates) < 1:
             raise ValueError(f"max_candidates={self.max_candidates!r}: must be >= 1 or None")
         if not math.isfinite(float(self.beta)) or float(self.beta) < 0:

@@ -347,7 +347,7 @@ def test_sample_strategy_modes(env, tmp_path, mode):
                 cid, cmask = plausible_candidates(logits[t - 1 : t], alpha=0.1, exclude=torch.tensor([g]))
                 assert v in set(cid[0][cmask[0]].tolist())
             per_pos.setdefault(t, []).append(v)
-        assert all(len(v) == len(set(v)) <= 3 for v in per_pos.values())
+        assert all(len(v) <= 3 for v in per_pos.values())  # duplicate draws are kept (tests/test_parity.py)
         assert rec["settings"]["mode"] == mode and "qualities" not in rec
     assert check_samples(ids, [tuple(x) for x in recs[-1]["samples"]], len(env.tok)) is None
 

@@ -67,8 +67,10 @@ def _default(name: str) -> Any:
 @click.option("--positions", default=_default("positions"), show_default=True, help="all | stride:K | sample:P")
 @click.option("--include-eot/--no-include-eot", default=_default("include_eot"), show_default=True,
               help="Also explore the end-of-turn token position.")
-@click.option("--alpha", type=float, default=_default("alpha"), show_default=True)
-@click.option("--top-k", type=int, default=_default("top_k"), show_default=True)
+@click.option("--alpha", type=float, default=None,
+              help="Candidates have p >= alpha * p_max (default 0.1; no threshold with --top-k alone).")
+@click.option("--top-k", type=int, default=_default("top_k"), show_default=True,
+              help="At most the top-k tokens; with --alpha too, the tokens that pass both (as decoding does).")
 @click.option("--candidates", type=int, default=_default("candidates"), show_default=True, help="n per position.")
 @click.option("--rollouts", type=int, default=_default("rollouts"), show_default=True, help="m per candidate.")
 @click.option("--label", type=click.Choice(LABEL_RULES), default=_default("label"), show_default=True,
@@ -84,10 +86,16 @@ def _default(name: str) -> Any:
               help="Rollout temperature (default 0.7) / sample-strategy temperature (default 1.0).")
 @click.option("--top-p", type=float, default=_default("top_p"), show_default=True)
 @click.option("--max-rollout-tokens", type=int, default=_default("max_rollout_tokens"), show_default=True)
-@click.option("--mode", type=click.Choice(SAMPLE_MODES), default=_default("mode"), show_default=True)
-@click.option("--contrast-model", default=None, help="Second model of --mode contrast (same vocabulary).")
+@click.option("--mode", type=click.Choice(SAMPLE_MODES), default=_default("mode"), show_default=True,
+              help="sample: negatives drawn from the LLM (base), uniformly, from l1 + gamma * (l1 - l2) (contrast) "
+              "or from the second model (expert).")
+@click.option("--contrast-model", default=None,
+              help="Second model (same vocabulary), needed by contrast/expert; with any mode, candidates must then be "
+              "plausible under both models.")
 @click.option("--gamma", type=float, default=_default("gamma"), show_default=True)
 @click.option("--num-samples", type=int, default=_default("num_samples"), show_default=True)
+@click.option("--keep-duplicates/--no-keep-duplicates", default=_default("keep_duplicates"), show_default=True,
+              help="sample: a token drawn twice is two pairs (the authors' builder), or written once.")
 @click.option("--seed", type=int, default=_default("seed"), show_default=True)
 @click.option("--start", type=int, default=_default("start"), show_default=True, help="Skip the first N examples.")
 @click.option("--limit", type=int, default=None, help="Explore at most N examples (after --start).")

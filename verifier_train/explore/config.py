@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from llm2_eval.candidates import resolve_alpha
 from verifier_train.explore.inputs import parse_positions
 
 #: ``checker(response_text, gold_answer, rollout_tokens) -> bool``: whether a response reaches the gold answer.
@@ -19,7 +20,7 @@ Checker = Callable[[str, str, Sequence[int]], bool]
 
 STRATEGIES = ("rollout", "sample")
 BACKENDS = ("hf", "vllm")
-SAMPLE_MODES = ("base", "uniform", "contrast")
+SAMPLE_MODES = ("base", "uniform", "contrast", "expert")
 FORMATS = ("auto", "gsm8k", "math")
 GOLD_SOURCES = ("dataset", "self")
 LABEL_RULES = ("absolute", "relative")
@@ -30,7 +31,7 @@ _RESULT_KEYS = (
     "model", "strategy", "backend", "dtype", "data_format", "prompt", "chat_template", "gold", "self_samples", "self_max_tokens", "positions",
     "include_eot", "alpha", "top_k", "candidates", "rollouts", "label", "tau", "margin", "min_gold_quality",
     "gold_rollouts", "temperature", "top_p",
-    "max_rollout_tokens", "mode", "contrast_model", "gamma", "num_samples", "seed",
+    "max_rollout_tokens", "mode", "contrast_model", "gamma", "num_samples", "keep_duplicates", "seed",
 )
 
 
@@ -58,8 +59,12 @@ class ExploreConfig:
             that fraction, at least one), applied to the response positions that have a plausible non-gold
             candidate; see :func:`select_positions`.
         include_eot: also explore the end-of-turn token position.
-        alpha: plausibility threshold (candidates have ``p >= alpha * p_max``), LLM2.md section 3 step 2.
-        top_k: when > 0, the plausible set is the top-k tokens instead.
+        alpha: plausibility threshold (candidates have ``p >= alpha * p_max``), LLM2.md section 3 step 2; None =
+            0.1 without ``top_k``, no threshold with it (:func:`llm2_eval.candidates.resolve_alpha`; the settings
+            record the value in effect).
+        top_k: when > 0, at most the top-k tokens: with ``alpha`` too, the tokens that pass both (one rule for
+            decoding and exploration, the authors' data-builder rule;
+            :func:`llm2_eval.candidates.plausible_candidates`).
         candidates: n, candidates drawn per position (rollout strategy).
         rollouts: m, rollouts per candidate (Eq. 5).
         label: the label rule (:func:`~verifier_train.explore.labels.is_negative`): ``"absolute"`` (paper Eq. 6,
@@ -74,11 +79,18 @@ class ExploreConfig:
             distribution, default 1.0. ``None`` = that strategy's default.
         top_p: nucleus threshold of rollouts.
         max_rollout_tokens: token budget per rollout (512, the released decoding budget).
-        mode: sample strategy: ``"base"``, ``"uniform"`` or ``"contrast"``.
-        contrast_model: the second model of ``mode="contrast"`` (same tokenizer vocabulary; loaded with
-            transformers on ``device`` whatever the backend).
+        mode: sample strategy: ``"base"`` (the LLM), ``"uniform"``, ``"contrast"`` (``l1 + gamma * (l1 - l2)``) or
+            ``"expert"`` (the second model alone: negatives a stronger model finds plausible); see
+            :func:`~verifier_train.explore.labels.sample_scores`.
+        contrast_model: the second model (same tokenizer vocabulary; loaded with transformers on ``device``
+            whatever the backend): required by ``contrast`` and ``expert``, optional with ``base``/``uniform``.
+            Whenever it is given, the candidate set is restricted to tokens plausible under both models (as the
+            authors' builder does). Only the sample strategy uses it.
         gamma: contrast weight in ``l1 + gamma * (l1 - l2)``.
-        num_samples: draws per position (sample strategy, with replacement, deduplicated).
+        num_samples: draws per position (sample strategy, with replacement).
+        keep_duplicates: sample strategy: a token drawn twice at a position is written as two pairs, so negatives
+            are weighted by how often they are drawn (the authors' builder; default); False writes each drawn
+            token once (first-draw order).
         seed: global seed; every random choice derives from it and the example id (:func:`derive_seed`).
         start: skip the first ``start`` examples (non-blank lines) of the input.
         limit: then take at most ``limit`` examples (None = all).
@@ -113,7 +125,7 @@ class ExploreConfig:
     self_max_tokens: int = 512
     positions: str = "all"
     include_eot: bool = False
-    alpha: float = 0.1
+    alpha: float | None = None
     top_k: int = 0
     candidates: int = 2
     rollouts: int = 4
@@ -129,6 +141,7 @@ class ExploreConfig:
     contrast_model: str | None = None
     gamma: float = 1.0
     num_samples: int = 2
+    keep_duplicates: bool = True
     seed: int = 0
     start: int = 0
     limit: int | None = None
@@ -157,7 +170,7 @@ class ExploreConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be one of {', '.join(allowed)}")
-        if not 0.0 < float(self.alpha) <= 1.0:
+        if self.alpha is not None and not 0.0 < float(self.alpha) <= 1.0:
             raise ValueError(f"alpha={self.alpha!r}: must be in (0, 1]")
         if int(self.threads) < 0:
             raise ValueError(f"threads={self.threads!r}: must be >= 0")
@@ -178,8 +191,10 @@ class ExploreConfig:
         if n < 1 or not 0 <= i < n:
             raise ValueError(f"shard={self.shard!r}: need 0 <= i < N")
         self.shard = (i, n)
-        if self.strategy == "sample" and self.mode == "contrast" and not self.contrast_model:
-            raise ValueError("mode 'contrast' needs a contrast model (--contrast-model)")
+        if self.strategy == "sample" and self.mode in ("contrast", "expert") and not self.contrast_model:
+            raise ValueError(f"mode {self.mode!r} needs a second model (--contrast-model)")
+        if self.strategy != "sample" and self.contrast_model:
+            raise ValueError("contrast_model: only --strategy sample uses a second model")
         parse_positions(self.positions)
 
     @property
@@ -198,8 +213,9 @@ class ExploreConfig:
         """The settings that determine the output (written on every line; a resumed run must match them)."""
         d = {k: getattr(self, k) for k in _RESULT_KEYS}
         d["temperature"] = self.resolved_temperature
+        d["alpha"] = resolve_alpha(self.alpha, self.top_k)  # the value in effect (0.1 as written before)
         if self.strategy == "rollout":
-            for k in ("mode", "contrast_model", "gamma", "num_samples"):
+            for k in ("mode", "contrast_model", "gamma", "num_samples", "keep_duplicates"):
                 d.pop(k)
             d["gold_rollouts"] = self.measures_gold
             # the default rule is written as before (so outputs of earlier versions still resume)
@@ -210,8 +226,9 @@ class ExploreConfig:
                       "top_p", "max_rollout_tokens"):
                 d.pop(k)
             if self.mode != "contrast":
-                d.pop("contrast_model")
                 d.pop("gamma")
+            if not self.contrast_model:
+                d.pop("contrast_model")
         if self.prompt == "question":  # the default is written as before (outputs of earlier versions resume)
             d.pop("prompt")
         if self.chat_template:

@@ -23,14 +23,23 @@ judged where the gold continuation itself rarely reaches the answer; listed as `
 weak model the absolute rule labels nearly every candidate negative (q(gold) itself is often below tau); ranking
 against the gold token keeps only candidates that are clearly worse (:func:`is_negative`).
 The answer is extracted from the whole response: gold prefix ``x_{start..t-1}`` + ``v`` + the rollout
-(:func:`default_checker`). A candidate that is itself an end-of-turn token ends the response at once: its quality
-is that of the truncated response, without rollouts.
+(:func:`default_checker`). A candidate that is itself an end-of-turn token stays a candidate here (unlike the
+sample strategy) and ends the response at once: its quality is that of the truncated response, without rollouts,
+so an end-of-turn token is a negative exactly when stopping there misses the answer (a measured, not an assumed,
+label).
 
-``--strategy sample`` (the authors' released code, no rollouts): every sampled plausible non-gold token is a
-negative; ``--num-samples`` draws per position, with replacement, from ``softmax(scores / temperature)`` over the
-plausible set, where ``scores`` are the LLM's log-probabilities (``base``), constants (``uniform``) or the contrast
-``l1 + gamma * (l1 - l2)`` of the LLM ``l1`` and ``--contrast-model`` ``l2`` (``contrast``; the set is then also
-restricted to tokens plausible under the contrast model; :func:`sample_scores`). Duplicate draws are written once.
+``--strategy sample`` (the authors' released data builder, no rollouts): every sampled plausible non-gold token is
+a negative; ``--num-samples`` draws per position, with replacement, from ``softmax(scores / temperature)`` over the
+plausible set, where ``scores`` are the LLM's log-probabilities ``l1`` (``base``), constants (``uniform``), the
+contrast ``l1 + gamma * (l1 - l2)`` with the ``--contrast-model`` ``l2`` (``contrast``) or ``l2`` alone
+(``expert``: negatives that the second, stronger model finds plausible); :func:`sample_scores`. As in the authors'
+builder:
+
+- whenever a second model is given (any mode), the set is restricted to tokens plausible under both models;
+- end-of-turn / EOS ids are never in the set (the builder drops its EOS-as-pad id): a sampled negative never
+  claims that ending the response there is worse than the gold token, which only rollouts could tell;
+- duplicate draws are kept (``--keep-duplicates``, default): a token drawn twice is two pairs, so negatives weigh
+  as often as they are drawn; ``--no-keep-duplicates`` writes each drawn token once.
 
 ``--gold self`` replaces the gold solution by the first of ``--self-samples`` sampled solutions that ends (EOS)
 with the right answer (:meth:`Explorer.self_solution`).
@@ -101,14 +110,15 @@ def candidate_draws(
 
 
 def sample_scores(mode: str, logits: "torch.Tensor", contrast_logits: "torch.Tensor | None", gamma: float) -> "torch.Tensor":
-    """Scores of the sample strategy's distribution, ``[P, vocab]`` (released code's ``--sample`` modes).
+    """Scores of the sample strategy's distribution, ``[P, vocab]`` (the released data builder's ``--sample`` modes).
 
     ``base``: the LLM's log-probabilities ``l1``; ``uniform``: zeros; ``contrast``: ``l1 + gamma * (l1 - l2)`` with
-    ``l2`` the contrast model's log-probabilities. Callers mask the non-candidates with ``-inf`` and apply
-    ``softmax(scores / temperature)``.
+    ``l2`` the second model's log-probabilities; ``expert``: ``l2`` (negatives sampled from the second, stronger
+    model). Callers mask the non-candidates with ``-inf`` and apply ``softmax(scores / temperature)`` (log-probs
+    or raw logits give the same distribution: softmax is shift-invariant per row).
 
     Raises:
-        ValueError: an unknown mode, or ``contrast`` without contrast logits.
+        ValueError: an unknown mode, or ``contrast`` / ``expert`` without the second model's logits.
     """
     import torch
 
@@ -117,18 +127,20 @@ def sample_scores(mode: str, logits: "torch.Tensor", contrast_logits: "torch.Ten
         return l1
     if mode == "uniform":
         return torch.zeros_like(l1)
-    if mode == "contrast":
+    if mode in ("contrast", "expert"):
         if contrast_logits is None:
-            raise ValueError("contrast mode needs the contrast model's logits")
+            raise ValueError(f"{mode} mode needs the second model's logits")
         l2 = torch.log_softmax(contrast_logits.float(), dim=-1)
+        if mode == "expert":
+            return l2
         out = l1 + float(gamma) * (l1 - l2)
         return out.nan_to_num(nan=-float("inf"))
     raise ValueError(f"unknown sample mode {mode!r}")
 
 
-def candidate_mask(logits: "torch.Tensor", gold_ids: "torch.Tensor", alpha: float, top_k: int) -> "torch.Tensor":
+def candidate_mask(logits: "torch.Tensor", gold_ids: "torch.Tensor", alpha: float | None, top_k: int) -> "torch.Tensor":
     """Dense ``[P, vocab]`` bool mask of the plausible set without the gold token, via
-    :func:`llm2_eval.candidates.plausible_candidates` (the one candidate-set function)."""
+    :func:`llm2_eval.candidates.plausible_candidates` (the one candidate-set function: alpha set AND top-k)."""
     import torch
 
     from llm2_eval.candidates import plausible_candidates
@@ -136,6 +148,17 @@ def candidate_mask(logits: "torch.Tensor", gold_ids: "torch.Tensor", alpha: floa
     ids, mask = plausible_candidates(logits, alpha=alpha, top_k=top_k, exclude=gold_ids)
     dense = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
     return dense.scatter(1, ids, mask)
+
+
+def without_ids(mask: "torch.Tensor", token_ids: Sequence[int]) -> "torch.Tensor":
+    """``mask`` (``[P, vocab]`` bool) with the columns of ``token_ids`` cleared (ids outside the vocabulary are
+    ignored); a new tensor. The sample strategy removes the end-of-turn ids from its candidate sets this way."""
+    cols = sorted({int(v) for v in token_ids if 0 <= int(v) < mask.shape[-1]})
+    if not cols:
+        return mask
+    out = mask.clone()
+    out[:, cols] = False
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- the explorer
@@ -168,7 +191,7 @@ class Explorer:
         cfg: the settings.
         tokenizer: the LLM's tokenizer (with a chat template).
         engine: the rollout engine (:mod:`verifier_train.rollouts`): teacher-forced scores and rollouts.
-        contrast: the contrast model's engine (``mode="contrast"``), else None.
+        contrast: the second model's engine (sample strategy with ``--contrast-model``), else None.
         end_ids: end-of-turn token ids.
     """
 
@@ -242,6 +265,8 @@ class Explorer:
             logits = self.engine.score(ids, resp)[:, : self.vocab].float()
             gold_ids = torch.tensor([ids[t] for t in resp], device=logits.device)
             allowed = candidate_mask(logits, gold_ids, self.cfg.alpha, self.cfg.top_k)  # step 3
+            if self.cfg.strategy == "sample":  # end-of-turn ids are never sampled negatives (module docstring)
+                allowed = without_ids(allowed, self.end_ids)
             rows = allowed.any(-1).nonzero().flatten().tolist()  # positions with >= 1 candidate
             record["candidate_positions"] = len(rows)
             chosen = select_positions(
@@ -350,7 +375,7 @@ class Explorer:
 
         cfg = self.cfg
         l2 = None
-        if cfg.mode == "contrast":
+        if self.contrast is not None:  # any mode: the set shrinks to tokens plausible under both models
             l2 = self.contrast.score(ids, positions)[:, : self.vocab].float().to(logits.device)
             gold_ids = torch.tensor([ids[t] for t in positions], device=logits.device)
             allowed = allowed & candidate_mask(l2, gold_ids, cfg.alpha, cfg.top_k)
@@ -364,11 +389,11 @@ class Explorer:
             g = torch.Generator(device="cpu")
             g.manual_seed(derive_seed(cfg.seed, ex_id, t, "sample"))
             probs = torch.softmax(scores[i], dim=-1)
-            seen = set()
-            for v in torch.multinomial(probs, cfg.num_samples, replacement=True, generator=g).tolist():
-                if v not in seen and bool(allowed[i, v]):
-                    seen.add(v)
-                    record["samples"].append([t, int(ids[t]), int(v)])
-            drawn.append({"pos": t, "gold_id": int(ids[t]), "tokens": sorted(seen), "set_size": int(allowed[i].sum())})
-            self.c.candidates += len(seen)
+            draws = torch.multinomial(probs, cfg.num_samples, replacement=True, generator=g).tolist()
+            tokens = [int(v) for v in draws if bool(allowed[i, v])]  # in draw order
+            if not cfg.keep_duplicates:
+                tokens = list(dict.fromkeys(tokens))
+            record["samples"].extend([t, int(ids[t]), v] for v in tokens)
+            drawn.append({"pos": t, "gold_id": int(ids[t]), "tokens": tokens, "set_size": int(allowed[i].sum())})
+            self.c.candidates += len(tokens)
         record["draws"] = drawn

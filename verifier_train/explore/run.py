@@ -113,7 +113,7 @@ def _build_engines(cfg: ExploreConfig, tokenizer: Any, engine: "RolloutEngine | 
         model_config = getattr(model, "config", None)
         gen_config = getattr(model, "generation_config", None)
     contrast = None
-    if cfg.strategy == "sample" and cfg.mode == "contrast":
+    if cfg.strategy == "sample" and cfg.contrast_model:  # contrast / expert, or base / uniform restricted to both
         from llm2_eval.verifier import check_tokenizers_compatible
         from verifier_train.rollouts import HFRolloutEngine
 
