@@ -82,3 +82,150 @@ def test_init_verifier_replaces_only_its_own_checkpoint_with_overwrite(workdir):
     empty.mkdir()
     assert runner.invoke(init_verifier_command, ["--model", str(workdir / "llm"), "--output", str(empty)]).exit_code == 0
     assert (empty / "config.json").exists()
+
+
+# ------------------------------------------------------------------------- 2, 8, 12. train-verifier paths, resume
+
+
+@pytest.fixture(scope="module")
+def triplets(tiny_llm, tmp_path_factory) -> Path:
+    """12 records with valid triplets for ``tiny_llm`` (negatives: the next token id)."""
+    from transformers import AutoTokenizer
+
+    from verifier_train.records import chat_token_ids, response_start
+
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    lines = []
+    for i in range(12):
+        msgs = [{"role": "user", "content": f"how many apples has she {i}?"},
+                {"role": "assistant", "content": f"she has {i + 3} apples. The answer is {i + 3}."}]
+        ids, start = chat_token_ids(tok, msgs), response_start(tok, msgs)
+        samples = [[p, ids[p], (ids[p] + 1) % len(tok)] for p in range(start, min(start + 3, len(ids)))]
+        lines.append(json.dumps({"id": i, "messages": msgs, "samples": samples}))
+    path = tmp_path_factory.mktemp("triplets") / "triplets.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _train_cfg(tiny_llm, data, out, **kw):
+    from verifier_train.train import TrainConfig
+
+    base = dict(model=str(tiny_llm), data=[str(data)], output=str(out), bf16=False, gradient_checkpointing=False,
+                global_batch=4, micro_batch=4, lr=1e-3, warmup_ratio=0.0, eval_fraction=0.0, logging_steps=1,
+                save_steps=1, max_steps=2, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _train_args(tiny_llm, data, out, *extra):
+    return ["--model", str(tiny_llm), "--data", str(data), "--output", str(out), "--fp32", "--global-batch", "4",
+            "--micro-batch", "4", "--max-steps", "1", "--eval-fraction", "0", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_llm, triplets, tmp_path_factory) -> Path:
+    """A finished 2-step run with checkpoints at steps 1 and 2 (copied by each test that changes it)."""
+    from verifier_train.train import train_verifier
+
+    out = tmp_path_factory.mktemp("run") / "verifier"
+    train_verifier(_train_cfg(tiny_llm, triplets, out))
+    return out
+
+
+def test_train_verifier_refuses_an_output_that_is_an_input_or_a_foreign_model(workdir, triplets, tmp_path):
+    from verifier_train.train import train_command
+
+    model = workdir / "llm"
+    data = tmp_path / "t.jsonl"
+    shutil.copy(triplets, data)
+    (workdir / "link").symlink_to(model, target_is_directory=True)
+    before = snapshot(workdir, tmp_path)
+    runner = CliRunner()
+    for out, extra, match in [
+        (model, [], "is the --model directory"),
+        (model, ["--overwrite"], "is the --model directory"),
+        (workdir / "link", ["--overwrite"], "is the --model directory"),  # a link to the model
+        (data, [], "is the --data file"),
+    ]:
+        assert match in one_line_error(runner.invoke(train_command, _train_args(model, data, out, *extra)))
+    assert snapshot(workdir, tmp_path) == before
+    other = workdir / "other_model"
+    shutil.copytree(model, other)
+    before = snapshot(workdir, tmp_path)
+    res = runner.invoke(train_command, _train_args(model, data, other))
+    assert "holds a model that llm2 did not write" in one_line_error(res)
+    assert snapshot(workdir, tmp_path) == before
+
+
+def test_model_path_that_does_not_exist_is_named(tmp_path, triplets):
+    from verifier_train.train import train_command
+
+    res = CliRunner().invoke(train_command, _train_args(tmp_path / "no_such_llm", triplets, tmp_path / "out"))
+    assert f"--model {tmp_path / 'no_such_llm'}: no such directory" in one_line_error(res)
+    assert not (tmp_path / "out").exists()
+    res = CliRunner().invoke(init_verifier_command, ["--model", str(tmp_path / "nope"), "--output", str(tmp_path / "v")])
+    assert "no such directory" in one_line_error(res)
+
+
+def test_resume_skips_an_incomplete_checkpoint(tiny_llm, triplets, trained_run, tmp_path, capsys):
+    from verifier_train.train import train_verifier
+    from verifier_train.train.checkpoints import checkpoint_problem
+
+    out = tmp_path / "verifier"
+    shutil.copytree(trained_run, out)
+    ckpts = out / "checkpoints"
+    shutil.copytree(ckpts / "checkpoint-2", ckpts / "checkpoint-3")  # killed while saving step 3
+    (ckpts / "checkpoint-3" / "trainer_state.json").unlink()
+    assert "trainer_state.json" in checkpoint_problem(ckpts / "checkpoint-3")
+    cut = tmp_path / "cut"
+    shutil.copytree(ckpts / "checkpoint-2", cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert checkpoint_problem(cut) == "model.safetensors is truncated"
+    opt = cut / "optimizer.pt"
+    shutil.copy(ckpts / "checkpoint-2" / "model.safetensors", weights)
+    opt.write_bytes(opt.read_bytes()[:-100])
+    assert checkpoint_problem(cut) == "optimizer.pt is truncated"
+    assert checkpoint_problem(ckpts / "checkpoint-2") is None
+
+    res = train_verifier(_train_cfg(tiny_llm, triplets, out, max_steps=3, resume=True))
+    assert res.card["resumed_from"].endswith("checkpoint-2") and res.global_step == 3
+    assert "skipped incomplete checkpoint(s) checkpoint-3" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_resume_refuses_other_data_or_settings_and_records_a_longer_run(tiny_llm, triplets, trained_run, tmp_path,
+                                                                        capsys):
+    from verifier_train.train import train_command, train_verifier
+
+    out = tmp_path / "verifier"
+    shutil.copytree(trained_run, out)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(triplets.read_text().splitlines(keepends=True)[:6]))
+    before = snapshot(out)
+    runner = CliRunner()
+    for data, extra, match in [
+        (other, [], "other settings: data"),
+        (triplets, ["--lr", "0.01"], "lr (checkpoints: 0.001; now: 0.01)"),
+        (triplets, ["--seed", "3"], "seed"),
+    ]:
+        args = _train_args(tiny_llm, data, out, "--resume", "--max-steps", "3", "--lr", "0.001", *extra)
+        assert match in one_line_error(runner.invoke(train_command, args))
+    assert snapshot(out) == before
+    moved = tmp_path / "moved.jsonl"  # the same content under another name resumes
+    shutil.copy(triplets, moved)
+    res = train_verifier(_train_cfg(tiny_llm, moved, out, max_steps=3, resume=True))
+    assert res.global_step == 3
+    assert res.card["resume_changes"] == {"max_steps": {"checkpoints": 2, "now": 3}}
+    assert "--resume with changed max_steps (2 -> 3)" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_resume_of_checkpoints_without_recorded_settings_warns(tiny_llm, triplets, trained_run, tmp_path, capsys):
+    from verifier_train.train import train_verifier
+
+    out = tmp_path / "verifier"
+    shutil.copytree(trained_run, out)
+    (out / "checkpoints" / "run_settings.json").unlink()  # as an earlier version wrote them
+    res = train_verifier(_train_cfg(tiny_llm, triplets, out, max_steps=3, resume=True))
+    assert res.global_step == 3
+    assert "cannot check that --resume uses the same data" in capsys.readouterr().err.replace("\n", " ")
+    assert (out / "checkpoints" / "run_settings.json").exists()

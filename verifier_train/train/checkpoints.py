@@ -2,17 +2,19 @@
 
 The verifier starts from an LLM (a new 1-output score head, LLM2.md section 2) or from a verifier checkpoint
 (``init_from``); with ``lora`` the backbone trains through peft adapters while the head stays fully trainable,
-and the adapters are merged into the final checkpoint. Resumable Trainer checkpoints live under
-``<output>/checkpoints``; the final ``<output>`` is a plain token-classification checkpoint, optionally cast to
-bf16/fp16 (``save_dtype``).
+and the adapters are merged into the final checkpoint (``lora_save="merged"``) or saved as a PEFT adapter
+directory with the head (``lora_save="adapter"``, loaded by :mod:`llm2_eval.adapters`). Resumable Trainer
+checkpoints live under ``<output>/checkpoints``; the final ``<output>`` is a plain token-classification checkpoint
+or that adapter directory, optionally cast to bf16/fp16 (``save_dtype``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -120,14 +122,74 @@ def apply_lora(cfg: TrainConfig, model: "PreTrainedModel"):
     return get_peft_model(model, lcfg)
 
 
-def last_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest Trainer checkpoint (``checkpoint-N``) under ``ckpt_dir``, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+def checkpoint_dirs(ckpt_dir: Path) -> list[Path]:
+    """The Trainer checkpoint directories (``checkpoint-N``) under ``ckpt_dir``, newest (highest N) first."""
     if not ckpt_dir.is_dir():
-        return None
-    found = get_last_checkpoint(str(ckpt_dir))
-    return Path(found) if found else None
+        return []
+    found = [p for p in ckpt_dir.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the Trainer checkpoint ``path`` cannot be resumed from (e.g. the run was killed while saving it), or
+    None when it is complete.
+
+    ``Trainer._save_checkpoint`` writes the weights, then the optimizer, scheduler and RNG states, and
+    ``trainer_state.json`` last; a checkpoint is complete when that file parses, it holds weights, and no
+    safetensors or ``torch.save`` file in it is cut short (a safetensors file is as long as its header says, a
+    ``torch.save`` zip has its end record).
+    """
+    import zipfile
+
+    try:
+        int(json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+    except FileNotFoundError:
+        return "no trainer_state.json (saving did not finish)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "trainer_state.json is unreadable"
+    entries = list(path.iterdir())
+    weights = [f for f in entries if f.is_file() and f.suffix in (".safetensors", ".bin")
+               and not f.name.startswith(("optimizer", "training_args", "scaler"))]
+    if not weights and not any(f.is_dir() for f in entries):  # DeepSpeed / FSDP keep their states in folders
+        return "no model weights"
+    for f in sorted(entries):
+        if f.suffix == ".safetensors" and not _safetensors_complete(f):
+            return f"{f.name} is truncated"
+        if f.suffix in (".pt", ".pth") and f.is_file() and not zipfile.is_zipfile(f):
+            return f"{f.name} is truncated"
+    if not any(f.name.startswith("optimizer") for f in entries) and not any(f.is_dir() for f in entries):
+        return "no optimizer state"
+    return None
+
+
+def _safetensors_complete(f: Path) -> bool:
+    """Whether a safetensors file is as long as its header says (8-byte header length + header + tensor data)."""
+    try:
+        size = f.stat().st_size
+        with f.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                return False
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError):
+        return False
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    return size == 8 + n + max(ends, default=0)
+
+
+def last_checkpoint(ckpt_dir: Path, on_skip: Callable[[Path, str], None] | None = None) -> Path | None:
+    """The newest COMPLETE Trainer checkpoint (``checkpoint-N``) under ``ckpt_dir``, or None.
+
+    Newer checkpoints that :func:`checkpoint_problem` finds incomplete are skipped; ``on_skip(path, reason)`` is
+    called for each (to warn).
+    """
+    for path in checkpoint_dirs(ckpt_dir):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        if on_skip is not None:
+            on_skip(path, problem)
+    return None
 
 
 def checkpoint_step(path: Path) -> int:
@@ -158,23 +220,50 @@ def trim_log(path: Path, keep_up_to: int | None) -> None:
     os.replace(tmp, path)
 
 
+def adapter_base(config: TrainConfig) -> str:
+    """The ``base_model_name_or_path`` an adapter records: the model training started from (``init_from`` or
+    ``model``), as an absolute path when it is a local directory (so the adapter loads from any working directory)."""
+    src = str(config.init_from or config.model)
+    return str(Path(src).resolve()) if Path(src).exists() else src
+
+
+def save_adapter(trainer: "Trainer", config: TrainConfig, out: Path, tokenizer: "PreTrainedTokenizerBase") -> None:
+    """Save the trained LoRA verifier to ``out`` as a PEFT adapter directory: ``adapter_config.json`` (task type
+    TOKEN_CLS, base :func:`adapter_base`) and ``adapter_model.safetensors`` (LoRA matrices + the trained score head,
+    peft's ``modules_to_save``), with the tokenizer and llm2's note ``llm2_verifier.json``.
+    :func:`llm2_eval.verifier.load_verifier` loads it."""
+    from llm2_eval.adapters import ADAPTER_MARKER
+
+    peft_model = trainer.accelerator.unwrap_model(trainer.model)
+    base = adapter_base(config)
+    for pconf in peft_model.peft_config.values():
+        pconf.base_model_name_or_path = base
+    if trainer.is_world_process_zero():
+        peft_model.save_pretrained(str(out), safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        note = {"llm2_verifier": {"base_model": base, "head": head_name(peft_model.base_model.model), "num_labels": 1,
+                                  "format": "peft-adapter"}}
+        (out / ADAPTER_MARKER).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+
+
 def save_final(trainer: "Trainer", config: TrainConfig, out: Path, tokenizer: "PreTrainedTokenizerBase",
                console: Any) -> None:
     """Save the trained verifier to ``out``: a plain 1-label token-classification checkpoint (LoRA merged) with its
-    tokenizer, cast to ``config.save_dtype`` when that is not float32 (a checkpoint in another format, e.g. a
-    DeepSpeed/FSDP save, stays as saved, with a warning on ``console``)."""
-    final = trainer.model
-    if config.lora:
-        final = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-    final.config.use_cache = True
-    final.config.llm2_verifier = {"base_model": str(config.model or config.init_from), "head": head_name(final),
-                                  "num_labels": 1}
-    if config.lora:
-        if trainer.is_world_process_zero():
+    tokenizer, or with ``lora_save="adapter"`` a PEFT adapter directory (:func:`save_adapter`); cast to
+    ``config.save_dtype`` when that is not float32 (a checkpoint in another format, e.g. a DeepSpeed/FSDP save,
+    stays as saved, with a warning on ``console``)."""
+    if config.lora and config.lora_save == "adapter":
+        save_adapter(trainer, config, out, tokenizer)
+    else:
+        final = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload() if config.lora else trainer.model
+        final.config.use_cache = True
+        final.config.llm2_verifier = {"base_model": str(config.model or config.init_from), "head": head_name(final),
+                                      "num_labels": 1}
+        if not config.lora:
+            trainer.save_model(str(out))
+        elif trainer.is_world_process_zero():
             final.save_pretrained(out, safe_serialization=True)
             tokenizer.save_pretrained(out)
-    else:
-        trainer.save_model(str(out))
     if config.save_dtype != "float32" and trainer.is_world_process_zero():
         try:
             cast_checkpoint(out, config.save_dtype)

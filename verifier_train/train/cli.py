@@ -68,7 +68,7 @@ def train_command(**kwargs: Any) -> None:
     config = TrainConfig(**kwargs)
     try:
         result = train_verifier(config)
-    except (RecordError, ValueError, FileExistsError, FileNotFoundError) as err:
+    except (RecordError, ValueError, OSError) as err:
         raise click.ClickException(str(err)) from err
     if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
         return

@@ -53,12 +53,20 @@ class TrainConfig:
     lr_scheduler: str = _opt("cosine", "Learning-rate schedule after warmup (a transformers scheduler name).")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).")
+    loss_normalization: str = _opt("pairs", "Pairwise-loss normalisation: 'pairs' (mean over the real pairs of the "
+                                   "global batch) or 'official' (the authors': per micro-batch, sum over real "
+                                   "pairs / (solutions x max pairs) slots, then averaged; steps scaled by "
+                                   "real/padded slots). See verifier_train/train/loss.py.",
+                                   choices=("pairs", "official"))
     bf16: bool | None = _opt(None, "bf16 mixed precision (--bf16) or fp32 (--fp32); default: bf16 when the device "
                              "supports it.", flag="--bf16/--fp32")
     gradient_checkpointing: bool = _opt(True, "Recompute activations in the backward pass to save memory.",
                                         flag="--gradient-checkpointing/--no-gradient-checkpointing")
-    lora: bool = _opt(False, "Train LoRA adapters (peft) instead of all weights; merged into the final checkpoint.",
+    lora: bool = _opt(False, "Train LoRA adapters (peft) instead of all weights; see --lora-save for the final save.",
                       flag="--lora/--no-lora")
+    lora_save: str = _opt("merged", "With --lora, the final verifier: 'merged' (a plain full checkpoint) or 'adapter' "
+                          "(a PEFT adapter directory with the score head, a few MB, loaded on its base model's "
+                          "weights: shared with the LLM when it is the base).", choices=("merged", "adapter"))
     lora_r: int = _opt(16, "LoRA rank.")
     lora_alpha: int = _opt(32, "LoRA alpha.")
     lora_dropout: float = _opt(0.0, "LoRA dropout.")
@@ -67,7 +75,8 @@ class TrainConfig:
     save_total_limit: int | None = _opt(2, "Keep at most this many intermediate checkpoints (0 = all).")
     resume: bool = _opt(False, "Continue from the last checkpoint in <output>/checkpoints (fresh start if none).",
                         flag="--resume/--no-resume")
-    overwrite: bool = _opt(False, "Delete existing checkpoints in <output> instead of refusing to start.",
+    overwrite: bool = _opt(False, "Delete existing checkpoints in <output> instead of refusing to start (and write "
+                           "over a model in <output> that llm2 did not write; an input is never an output).",
                            flag="--overwrite/--no-overwrite")
     eval_fraction: float = _opt(0.05, "Fraction of the records held out for evaluation (0 = none).")
     eval_steps: int = _opt(100, "Evaluate on the held-out split every N optimizer steps (and at the end).")
@@ -101,10 +110,16 @@ class TrainConfig:
             raise ValueError("give --model (an LLM to initialise from) or --init-from (a verifier checkpoint)")
         if self.on_error not in ("fail", "skip"):
             raise ValueError(f"on_error={self.on_error!r}: use 'fail' or 'skip'")
+        if self.loss_normalization not in ("pairs", "official"):
+            raise ValueError(f"loss_normalization={self.loss_normalization!r}: use 'pairs' or 'official'")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr}: must be > 0")
         if self.head_lr is not None and not self.head_lr > 0:
             raise ValueError(f"head_lr={self.head_lr}: must be > 0")
+        if self.lora_save not in ("merged", "adapter"):
+            raise ValueError(f"lora_save={self.lora_save!r}: use 'merged' or 'adapter'")
+        if self.lora_save == "adapter" and not self.lora:
+            raise ValueError("--lora-save adapter needs --lora (only LoRA training has an adapter to save)")
         if self.head_init not in ("zero", "normal"):
             raise ValueError(f"head_init={self.head_init!r}: use 'zero' or 'normal'")
         for name in ("global_batch", "micro_batch", "save_steps", "eval_steps", "logging_steps", "max_length"):

@@ -27,8 +27,10 @@ import torch
 
 from verifier_train.packing import PackedCollator
 from verifier_train.records import use_chat_template
+from llm2_eval.paths import check_model_path
 from verifier_train.train.checkpoints import (
     apply_lora,
+    checkpoint_dirs,
     checkpoint_step,
     last_checkpoint,
     load_model,
@@ -38,6 +40,7 @@ from verifier_train.train.checkpoints import (
 from verifier_train.train.config import CHECKPOINTS, TRAIN_LOG, TRAINING_CARD, TrainConfig
 from verifier_train.train.data import PackedDataset, load_pair_data
 from verifier_train.train.loss import eval_metrics
+from verifier_train.train.resume import check_output, check_resume, write_run_settings
 from verifier_train.train.trainer import JsonLogCallback, RichProgressCallback, VerifierTrainer
 
 
@@ -145,20 +148,43 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         ValueError: bad settings, a global batch that the micro-batch x world size does not divide, a model that
             cannot become a 1-label token classifier, or data without any trainable pair.
         RecordError: a bad record with ``on_error="fail"`` (names the file and line).
-        FileExistsError: checkpoints already in ``<output>`` without ``resume`` or ``overwrite``.
+        FileExistsError: checkpoints already in ``<output>`` without ``resume`` or ``overwrite``, or an output
+            that holds a model llm2 did not write (without ``overwrite``).
+        FileNotFoundError: ``model`` / ``init_from`` is a local path that does not exist.
+
+    Before anything is read or written, the output is checked (:func:`~verifier_train.train.resume.check_output`:
+    never an input, never a foreign model without ``overwrite``), and a resume is checked against the settings its
+    checkpoints were written with (:func:`~verifier_train.train.resume.check_resume`); incomplete checkpoints (a
+    run killed while saving) are skipped with a warning.
     """
     from transformers import AutoConfig, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     config.check()
+    if config.init_from:
+        check_model_path(config.init_from, "--init-from")
+    else:
+        check_model_path(config.model, "--model")
+    check_output(config)
     t0 = time.time()
     out = Path(config.output)
     ckpt_dir = out / CHECKPOINTS
-    resume_from = last_checkpoint(ckpt_dir) if config.resume else None
     rank = int(os.environ.get("RANK", "0"))  # set by accelerate launch / torchrun
     main_proc = rank == 0
     console = _console()
-    if not config.resume and last_checkpoint(ckpt_dir) is not None:
+    skipped: list[str] = []
+    resume_from = (
+        last_checkpoint(ckpt_dir, on_skip=lambda p, why: skipped.append(f"{p.name}: {why}")) if config.resume else None
+    )
+    bf16 = bf16_supported() if config.bf16 is None else bool(config.bf16)
+    resume_changes: dict[str, Any] = {}
+    if resume_from is not None:  # compared before anything is written
+        resume_changes, warning = check_resume(config, ckpt_dir, bf16)
+        if warning and main_proc:
+            console.print(f"[yellow]{warning}[/yellow]")
+    if skipped and main_proc:
+        console.print(f"[yellow]--resume: skipped incomplete checkpoint(s) {'; '.join(skipped)}[/yellow]")
+    if not config.resume and checkpoint_dirs(ckpt_dir):
         if not config.overwrite:
             raise FileExistsError(
                 f"{ckpt_dir} already holds checkpoints: pass resume (--resume) to continue, overwrite (--overwrite) "
@@ -168,7 +194,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
             (out / TRAIN_LOG).unlink(missing_ok=True)
     if config.resume and resume_from is None and main_proc:
-        console.print(f"[yellow]--resume: no checkpoint in {ckpt_dir}, starting from scratch[/yellow]")
+        console.print(f"[yellow]--resume: no complete checkpoint in {ckpt_dir}, starting from scratch[/yellow]")
     if main_proc:  # the log holds this run's history: steps up to the resumed checkpoint, then this run's lines
         trim_log(out / TRAIN_LOG, checkpoint_step(resume_from) if resume_from else None)
 
@@ -182,7 +208,6 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         eval_fraction=config.eval_fraction, seed=config.seed,
     )
     model = load_model(config)
-    bf16 = bf16_supported() if config.bf16 is None else bool(config.bf16)
     args = training_args(config, ckpt_dir, bool(data.eval), bf16)
     per_step = args.train_batch_size * max(args.world_size, 1)
     if config.global_batch % per_step:
@@ -212,6 +237,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     trainer = VerifierTrainer(
         model=train_model,
         head_lr=config.resolved_head_lr,
+        loss_normalization=config.loss_normalization,
         args=args,
         train_dataset=PackedDataset(data.train),
         eval_dataset=PackedDataset(data.eval) if data.eval else None,
@@ -224,6 +250,8 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
 
+    if main_proc:  # what a later --resume of these checkpoints is compared with
+        write_run_settings(config, ckpt_dir, bf16)
     train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics: dict[str, Any] = dict(train_out.metrics)
     if data.eval:
@@ -251,6 +279,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
         },
         "resumed_from": str(resume_from) if resume_from else None,
+        "resume_changes": resume_changes or None,
         "global_step": trainer.state.global_step,
         "final_metrics": _jsonable(metrics),
         "wall_time_s": round(time.time() - t0, 3),
