@@ -7,6 +7,9 @@ The last step of the data flow (ARCHITECTURE.md): ``lm_eval ... --output_path RU
 - one row per (run, task): method (greedy, LLM2, maj@k, LLM2+maj@k), accuracy (``exact_match``; ``maj_at_k`` and
   ``pass_at_1`` for self-consistency tasks), LLM and verifier token forwards (totals and per question) and wall
   time;
+- a 95% interval per accuracy (Wilson over questions; pass@1: bootstrap over questions) and, with
+  ``--baseline RUN_DIR``, each run's paired difference in accuracy to the baseline on the same questions, its
+  95% paired bootstrap interval and the questions won / lost / tied (:mod:`~llm2_eval.report.compare`);
 - a rich table on the console, ``report.md`` (markdown table) and ``report.json`` in the output directory;
 - ``accuracy_vs_compute.png``: accuracy against token forwards per question, one panel per task family
   (gsm8k, math500, ...), so that methods can be compared at equal compute (LLM2.md section 8).
@@ -19,11 +22,16 @@ not available, as characters / 4. Estimated numbers are marked ``~`` in the tabl
 
 Only the standard library is imported at module level; rich, matplotlib and transformers are imported where used.
 
+A trace counts only for the run that wrote it: ``llm2`` stamps each trace with a run id that lm-eval also saves
+in the results (:mod:`llm2_eval.trace`); a trace rewritten by another run is ignored with a note.
+
 Layout: :mod:`~llm2_eval.report.runs` reads the files of a run, :mod:`~llm2_eval.report.compute` counts its token
-forwards, :mod:`~llm2_eval.report.rows` makes the rows, :mod:`~llm2_eval.report.table` and
+forwards, :mod:`~llm2_eval.report.rows` makes the rows, :mod:`~llm2_eval.report.stats` and
+:mod:`~llm2_eval.report.compare` add their uncertainty, :mod:`~llm2_eval.report.table` and
 :mod:`~llm2_eval.report.plot` show them; this module writes the report and holds the ``llm2 report`` command::
 
     llm2 report runs/gsm8k100_hf runs/gsm8k100_llm2 --output report/
+    llm2 report runs/gsm8k300_llm2 --baseline runs/gsm8k300_greedy --output report/
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from typing import Any, Sequence
 
 import click
 
+from llm2_eval.report.compare import add_intervals, add_paired
 from llm2_eval.report.compute import TokenCounter
 from llm2_eval.report.plot import plot_accuracy_vs_compute
 from llm2_eval.report.rows import METHODS, ReportRow, classify_method, collect_rows, task_family, uses_verifier
@@ -46,10 +55,12 @@ from llm2_eval.report.runs import (
     read_samples,
     read_trace,
 )
+from llm2_eval.report.stats import RESAMPLES, SEED, Interval, PairedDifference
 from llm2_eval.report.table import markdown_table, rich_table, row_cells
 
 __all__ = [
-    "METHODS", "Report", "ReportError", "ReportRow", "TokenCounter", "classify_method", "collect_rows",
+    "METHODS", "Interval", "PairedDifference", "Report", "ReportError", "ReportRow", "TokenCounter",
+    "add_intervals", "add_paired", "classify_method", "collect_rows",
     "find_results_files", "markdown_table", "parse_model_args", "plot_accuracy_vs_compute", "read_json",
     "read_samples", "read_trace", "report_command", "rich_table", "row_cells", "task_family", "uses_verifier",
     "write_report",
@@ -67,20 +78,33 @@ class Report:
 
 
 def write_report(
-    run_dirs: Sequence[str | Path], output: str | Path, *, tokenizer: str | None = None, console: Any = None
+    run_dirs: Sequence[str | Path], output: str | Path, *, tokenizer: str | None = None, console: Any = None,
+    baseline: str | Path | None = None, resamples: int = RESAMPLES, seed: int = SEED,
 ) -> Report:
     """Read the runs, print the table (to ``console``, a ``rich.console.Console``; none = no printing) and write
     ``report.md``, ``report.json`` and ``accuracy_vs_compute.png`` into ``output`` (created if missing).
 
+    Every accuracy gets its 95% interval (:func:`~llm2_eval.report.compare.add_intervals`); with ``baseline``
+    (a run directory, added to the runs when not among them) every other run of one of its tasks gets the
+    paired difference to it (:func:`~llm2_eval.report.compare.add_paired`). Bootstraps draw ``resamples``
+    resamples of the questions from numpy's generator seeded with ``seed``.
+
     Raises:
-        ReportError: see :func:`collect_rows`; also when ``run_dirs`` is empty or ``output`` is not a directory.
+        ReportError: see :func:`collect_rows` and :func:`~llm2_eval.report.compare.add_paired`; also when
+            ``run_dirs`` is empty or ``output`` is not a directory. Nothing is written then.
     """
     if not run_dirs:
         raise ReportError("no run directories given")
-    rows = collect_rows(run_dirs, tokenizer=tokenizer)
+    run_dirs = list(run_dirs)
+    if baseline is not None and not any(Path(d).resolve() == Path(baseline).resolve() for d in run_dirs):
+        run_dirs.append(baseline)
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--output {out} exists and is not a directory")
+    rows = collect_rows(run_dirs, tokenizer=tokenizer)
+    add_intervals(rows, resamples=resamples, seed=seed)
+    if baseline is not None:
+        add_paired(rows, baseline, resamples=resamples, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     if console is not None:
         console.print(rich_table(rows))
@@ -90,7 +114,10 @@ def write_report(
     md = out / "report.md"
     md.write_text(markdown_table(rows), encoding="utf-8")
     js = out / "report.json"
-    payload = {"runs": [str(Path(d)) for d in run_dirs], "rows": [r.to_dict() for r in rows]}
+    payload = {
+        "runs": [str(Path(d)) for d in run_dirs], "baseline": None if baseline is None else str(Path(baseline)),
+        "confidence": 0.95, "resamples": resamples, "seed": seed, "rows": [r.to_dict() for r in rows],
+    }
     js.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     png = plot_accuracy_vs_compute(rows, out / "accuracy_vs_compute.png")
     return Report(rows=rows, markdown=md, json=js, plot=png)
@@ -102,12 +129,20 @@ def write_report(
               help="Directory for report.md, report.json and accuracy_vs_compute.png (created if missing).")
 @click.option("--tokenizer", default=None,
               help="Tokenizer (local path) to count tokens of runs without trace; default: each run's pretrained=.")
-def report_command(run_dirs: tuple[Path, ...], output: Path, tokenizer: str | None) -> None:
+@click.option("--baseline", default=None, type=click.Path(path_type=Path),
+              help="Run directory to compare the others with: paired difference in accuracy on the same "
+                   "questions (needs --log_samples), 95% bootstrap interval, questions won/lost/tied.")
+@click.option("--resamples", default=RESAMPLES, show_default=True, type=click.IntRange(min=100),
+              help="Bootstrap resamples of the questions (pass@1 intervals, paired differences).")
+@click.option("--seed", default=SEED, show_default=True, type=int, help="Seed of the bootstrap.")
+def report_command(run_dirs: tuple[Path, ...], output: Path, tokenizer: str | None, baseline: Path | None,
+                   resamples: int, seed: int) -> None:
     """Accuracy vs compute over lm-eval output directories (RUN_DIRS: what lm_eval --output_path wrote).
 
-    Prints one row per (run, task): method (greedy, LLM2, maj@k, LLM2+maj@k), accuracy, LLM and verifier token
-    forwards (from the llm2 model's trace=; estimated from the logged samples otherwise, marked ~) and wall
-    time; writes report.md, report.json and accuracy_vs_compute.png into --output.
+    Prints one row per (run, task): method (greedy, LLM2, maj@k, LLM2+maj@k), accuracy with its 95% interval,
+    LLM and verifier token forwards (from the llm2 model's trace=; estimated from the logged samples otherwise,
+    marked ~) and wall time; with --baseline, each run's paired difference in accuracy to the baseline on the
+    same questions. Writes report.md, report.json and accuracy_vs_compute.png into --output.
     """
     from rich.console import Console
 
@@ -115,7 +150,8 @@ def report_command(run_dirs: tuple[Path, ...], output: Path, tokenizer: str | No
     if not console.is_terminal:
         console = Console(width=220)
     try:
-        rep = write_report(run_dirs, output, tokenizer=tokenizer, console=console)
+        rep = write_report(run_dirs, output, tokenizer=tokenizer, console=console, baseline=baseline,
+                           resamples=resamples, seed=seed)
     except ReportError as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"wrote {rep.markdown}, {rep.json} and {rep.plot}")

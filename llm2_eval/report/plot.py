@@ -22,6 +22,8 @@ def plot_accuracy_vs_compute(rows: Sequence[ReportRow], path: str | Path) -> Pat
     """Save a PNG of accuracy (%) against token forwards per question (LLM + verifier), one panel per task
     family, one marker/colour per method, each point labelled with its run name. Estimated compute is drawn
     hollow; an LLM2 run without trace (verifier forwards unknown) is drawn at its LLM forwards, marked ">=".
+    Error bars: the accuracy's 95% interval (``ReportRow.accuracy_ci``); with a baseline, labels add the paired
+    difference in points (``Δ+3.0``).
     The x axis is logarithmic when the largest value is more than 20 times the smallest.
 
     Returns:
@@ -38,6 +40,7 @@ def plot_accuracy_vs_compute(rows: Sequence[ReportRow], path: str | Path) -> Pat
     fig, axes = plt.subplots(1, len(families), figsize=(6.2 * len(families), 4.8), squeeze=False)
     used: set[str] = set()
     any_estimated = False
+    any_interval = False
     for ax, family in zip(axes[0], families):
         points = []  # (x, accuracy %, row, lower_bound)
         for r in (r for r in rows if r.family == family):
@@ -66,7 +69,16 @@ def plot_accuracy_vs_compute(rows: Sequence[ReportRow], path: str | Path) -> Pat
             any_estimated |= r.estimated
             ax.scatter([x], [y], marker=marker, s=64, linewidths=1.6, edgecolors=color,
                        facecolors="none" if r.estimated else color, zorder=3)
+            if r.accuracy_ci is not None:
+                any_interval = True
+                ax.errorbar([x], [y], yerr=[[max(0.0, y - 100 * r.accuracy_ci.low)],
+                                            [max(0.0, 100 * r.accuracy_ci.high - y)]],
+                            fmt="none", ecolor=color, elinewidth=1.1, capsize=3, alpha=0.8, zorder=2)
             text = f"{r.run} ({r.label})" + (" >=" if lower_bound else "")
+            if r.is_baseline:
+                text += " baseline"
+            elif r.paired is not None:
+                text += f" Δ{100 * r.paired.difference:+.1f}"
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, 5 - 11 * near), fontsize=8)
             used.add(r.method)
         if xs and max(xs) / min(xs) > 20:
@@ -91,7 +103,7 @@ def plot_accuracy_vs_compute(rows: Sequence[ReportRow], path: str | Path) -> Pat
                               label="estimated compute"))
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
-    fig.suptitle("Accuracy vs compute")
+    fig.suptitle("Accuracy vs compute" + (" (error bars: 95% intervals over questions)" if any_interval else ""))
     fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, format="png")

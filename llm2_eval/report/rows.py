@@ -19,12 +19,16 @@ from llm2_eval.report.runs import (
     find_results_files,
     num,
     parse_model_args,
+    TraceFile,
     read_json,
     read_samples,
-    read_trace,
+    read_trace_file,
     resolve_trace,
     results_timestamp,
+    scores_by_doc,
+    trace_lines_of_run,
 )
+from llm2_eval.report.stats import Interval, PairedDifference
 
 # the four methods the report compares, plus single-sample sampling runs (k = 1 with do_sample)
 METHODS = ("greedy", "LLM2", "maj@k", "LLM2+maj@k", "sample", "LLM2+sample")
@@ -126,6 +130,16 @@ class ReportRow:
     samples_file: str | None = None
     trace_file: str | None = None
     notes: list[str] = field(default_factory=list)
+    run_dir: str | None = None  # the directory (or results file) given to the report
+    # uncertainty (llm2_eval.report.compare): 95% intervals, and the paired difference to a --baseline run
+    accuracy_ci: Interval | None = None
+    pass_at_1_ci: Interval | None = None
+    paired: PairedDifference | None = None
+    is_baseline: bool = False
+    # per question (keyed by lm-eval's doc_id) from the logged samples; not written to report.json
+    scores_by_doc: dict[str, float] | None = field(default=None, repr=False)
+    pass_at_1_by_doc: dict[str, float] | None = field(default=None, repr=False)
+    doc_hashes: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def total_token_forwards(self) -> float | None:
@@ -143,6 +157,8 @@ class ReportRow:
     def to_dict(self) -> dict:
         """JSON-ready dict with the derived totals and per-question averages."""
         d = asdict(self)
+        for key in _PER_QUESTION:
+            d.pop(key)
         d["total_token_forwards"] = self.total_token_forwards
         d["llm_token_forwards_per_question"] = self.per_question(self.llm_token_forwards)
         d["verifier_token_forwards_per_question"] = self.per_question(self.verifier_token_forwards)
@@ -150,17 +166,20 @@ class ReportRow:
         return d
 
 
+_PER_QUESTION = ("scores_by_doc", "pass_at_1_by_doc", "doc_hashes")
+
+
 class _Reader:
     """Reads run directories into :class:`ReportRow` s, caching traces and tokenizers across runs."""
 
     def __init__(self, tokenizer: str | None = None) -> None:
         self.counter = TokenCounter(tokenizer)
-        self._traces: dict[Path, list[dict]] = {}
+        self._traces: dict[Path, TraceFile] = {}
 
-    def trace(self, path: Path) -> list[dict]:
+    def trace(self, path: Path) -> TraceFile:
         key = path.resolve()
         if key not in self._traces:
-            self._traces[key] = read_trace(path)
+            self._traces[key] = read_trace_file(path)
         return self._traces[key]
 
     def rows_of_results(self, run: str, run_dir: Path, path: Path) -> list[ReportRow]:
@@ -180,10 +199,15 @@ class _Reader:
 
         trace_path = None
         trace_note = None
+        trace_lines: list[dict] | None = None
         if model_args.get("trace", "").strip().lower() not in NULLS:
             trace_path = resolve_trace(model_args["trace"], run_dir, path.parent)
             if trace_path is None:
                 trace_note = f"trace {model_args['trace']} not found: compute estimated from samples"
+            else:  # keep only the lines this run wrote (llm2_eval.trace stamps them with its run id)
+                run_id = config.get("llm2_run_id")
+                trace_lines, trace_note = trace_lines_of_run(
+                    self.trace(trace_path), run_id if isinstance(run_id, str) and run_id else None)
 
         rows = []
         for task in tasks:
@@ -220,12 +244,31 @@ class _Reader:
                 row.notes.append(f"no logged samples ({samples_path.name}); run lm_eval with --log_samples")
             if trace_note:
                 row.notes.append(trace_note)
-            if trace_path is not None:
-                compute_from_trace(row, trace_path, self.trace(trace_path), samples)
+            if samples is not None:
+                row.scores_by_doc = scores_by_doc(samples, acc_key, samples_path) if acc_key else None
+                if pass1 is not None:
+                    pass1_key = _metric(res, "pass_at_1")[2] or "pass_at_1,none"
+                    row.pass_at_1_by_doc = scores_by_doc(samples, pass1_key, samples_path)
+                row.doc_hashes = {str(s.doc_id): s.doc_hash for s in samples if s.doc_hash is not None} or None
+                if acc_key and row.scores_by_doc is None:
+                    row.notes.append(f"{samples_path.name} has no per-question {acc_key.split(',')[0]}")
+            if trace_lines is not None:
+                compute_from_trace(row, trace_path, trace_lines, samples)
             if row.compute_source == "none" and samples is not None:
-                estimate_from_samples(row, samples, self.counter, model, model_args, verifier)
+                estimate_from_samples(row, _one_per_doc(samples), self.counter, model, model_args, verifier)
             rows.append(row)
         return rows
+
+
+def _one_per_doc(samples: list) -> list:
+    """The first sample line of each document (lm-eval logs a document once per filter of its task)."""
+    seen: set[str] = set()
+    out = []
+    for s in samples:
+        if str(s.doc_id) not in seen:
+            seen.add(str(s.doc_id))
+            out.append(s)
+    return out
 
 
 def collect_rows(run_dirs: Iterable[str | Path], *, tokenizer: str | None = None) -> list[ReportRow]:
@@ -262,6 +305,7 @@ def collect_rows(run_dirs: Iterable[str | Path], *, tokenizer: str | None = None
                 rel = f.parent.relative_to(root) if f.parent != root else Path(".")
                 run = f"{base}/{rel.as_posix()}"
             for row in reader.rows_of_results(run, root, f):
+                row.run_dir = str(run_dir)
                 key = (row.run, row.task)
                 ts = results_timestamp(f)
                 if key in latest:

@@ -7,10 +7,22 @@ from typing import Sequence
 from llm2_eval.report.rows import ReportRow
 
 _COLUMNS = (
-    "run", "task", "method", "model", "n", "accuracy %", "pass@1 %",
+    "run", "task", "method", "model", "n", "accuracy %", "95% CI", "pass@1 %", "pass@1 95% CI",
     "LLM fwd", "verifier fwd", "total fwd", "LLM fwd/q", "verifier fwd/q", "total fwd/q",
     "wall s", "decode s", "compute",
 )
+# with --baseline, after the accuracy columns
+_PAIRED_COLUMNS = ("Δ vs baseline (pts)", "won/lost/tied")
+_TEXT_COLUMNS = ("run", "task", "method", "model", "compute")
+
+
+def columns(rows: Sequence[ReportRow]) -> list[str]:
+    """The report's column names: the paired columns only when some row was compared with a baseline."""
+    cols = list(_COLUMNS)
+    if any(r.paired is not None or r.is_baseline for r in rows):
+        at = cols.index("pass@1 95% CI") + 1
+        cols[at:at] = _PAIRED_COLUMNS
+    return cols
 
 
 def _fmt_count(value: float | None, estimated: bool) -> str:
@@ -24,15 +36,31 @@ def _fmt_pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def row_cells(row: ReportRow) -> list[str]:
-    """The table cells of one row, in the order of the report's columns (``~`` marks an estimate)."""
+def _fmt_ci(interval) -> str:
+    return "n/a" if interval is None else f"[{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
+
+
+def _paired_cells(row: ReportRow) -> list[str]:
+    if row.is_baseline:
+        return ["baseline", ""]
+    p = row.paired
+    if p is None:
+        return ["n/a", "n/a"]
+    iv = p.interval
+    return [f"{100 * p.difference:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]", f"{p.won}/{p.lost}/{p.tied}"]
+
+
+def row_cells(row: ReportRow, paired: bool = False) -> list[str]:
+    """The table cells of one row, in the order of :func:`columns` (``~`` marks an estimate; ``paired``: with
+    the columns of a ``--baseline`` comparison)."""
     est = row.estimated
     wall = "n/a" if row.wall_seconds is None else f"{row.wall_seconds:.1f}"
     if row.wall_seconds is not None and row.wall_shared_by > 1:
         wall += f" (all {row.wall_shared_by} tasks)"
     return [
         row.run, row.task, row.label, row.model, "n/a" if row.n_questions is None else str(row.n_questions),
-        _fmt_pct(row.accuracy), _fmt_pct(row.pass_at_1),
+        _fmt_pct(row.accuracy), _fmt_ci(row.accuracy_ci), _fmt_pct(row.pass_at_1), _fmt_ci(row.pass_at_1_ci),
+        *(_paired_cells(row) if paired else []),
         _fmt_count(row.llm_token_forwards, est), _fmt_count(row.verifier_token_forwards, False),
         _fmt_count(row.total_token_forwards, est),
         _fmt_count(row.per_question(row.llm_token_forwards), est),
@@ -47,13 +75,24 @@ def rich_table(rows: Sequence[ReportRow]):
     """The report as a ``rich.table.Table``."""
     from rich.table import Table
 
-    table = Table(title="LLM2 report: accuracy vs compute (fwd = token forwards, /q = per question, ~ = estimated)")
-    for name in _COLUMNS:
-        numeric = name not in ("run", "task", "method", "model", "compute")
-        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
+    table = Table(title="LLM2 report: accuracy vs compute (fwd = token forwards, /q = per question, ~ = estimated)",
+                  caption=_legend(rows))
+    cols = columns(rows)
+    for name in cols:
+        table.add_column(name, justify="left" if name in _TEXT_COLUMNS else "right", overflow="fold")
     for row in rows:
-        table.add_row(*row_cells(row))
+        table.add_row(*row_cells(row, paired=len(cols) > len(_COLUMNS)))
     return table
+
+
+def _legend(rows: Sequence[ReportRow]) -> str:
+    text = "95% CI: Wilson score interval over questions (accuracy), bootstrap over questions (pass@1)."
+    p = next((r.paired for r in rows if r.paired is not None), None)
+    if p is not None:
+        text += (f" Δ: paired difference in accuracy to the baseline on the same questions, percentage points, "
+                 f"with its 95% bootstrap interval over questions ({p.resamples:,} resamples, seed {p.seed}); "
+                 "won/lost/tied: questions where the run scored higher than the baseline, lower, the same.")
+    return text
 
 
 def markdown_table(rows: Sequence[ReportRow]) -> str:
@@ -62,13 +101,14 @@ def markdown_table(rows: Sequence[ReportRow]) -> str:
     def esc(s: str) -> str:
         return s.replace("|", "\\|")
 
-    align = ["---" if c in ("run", "task", "method", "model", "compute") else "---:" for c in _COLUMNS]
-    lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "|".join(align) + "|"]
+    cols = columns(rows)
+    align = ["---" if c in _TEXT_COLUMNS else "---:" for c in cols]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(esc(c) for c in row_cells(row)) + " |")
+        lines.append("| " + " | ".join(esc(c) for c in row_cells(row, paired=len(cols) > len(_COLUMNS))) + " |")
     lines += ["", "fwd = token forwards (tokens fed through the model), /q = per question, ~ = estimated from the "
               "logged samples (no trace). Wall time is lm-eval's total_evaluation_time_seconds of the results file; "
-              "decode time is the sum of the trace's per-sequence seconds."]
+              "decode time is the sum of the trace's per-sequence seconds. " + _legend(rows)]
     notes = [(r, n) for r in rows for n in r.notes]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {r.run} / {r.task}: {n}" for r, n in notes]
