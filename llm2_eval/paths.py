@@ -117,13 +117,16 @@ def same_content(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 def is_llm2_checkpoint(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a checkpoint that llm2 wrote: a ``config.json`` with the ``llm2_verifier`` entry
-    that ``llm2 init-verifier`` and ``llm2 train-verifier`` record (LLM2.md section 2)."""
-    cfg = Path(directory) / "config.json"
-    try:
-        return isinstance(json.loads(cfg.read_text(encoding="utf-8")).get("llm2_verifier"), dict)
-    except (OSError, ValueError, AttributeError):
-        return False
+    """Whether ``directory`` holds a checkpoint that llm2 wrote: the ``llm2_verifier`` entry that ``llm2
+    init-verifier`` and ``llm2 train-verifier`` record in ``config.json`` (LLM2.md section 2), or in
+    ``llm2_verifier.json`` next to a LoRA adapter (``train-verifier --lora-save adapter``)."""
+    for name in ("config.json", "llm2_verifier.json"):
+        try:
+            if isinstance(json.loads((Path(directory) / name).read_text(encoding="utf-8")).get("llm2_verifier"), dict):
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
 
 
 def foreign_model_files(directory: str | os.PathLike) -> list[str]:

@@ -229,3 +229,140 @@ def test_resume_of_checkpoints_without_recorded_settings_warns(tiny_llm, triplet
     assert res.global_step == 3
     assert "cannot check that --resume uses the same data" in capsys.readouterr().err.replace("\n", " ")
     assert (out / "checkpoints" / "run_settings.json").exists()
+
+
+# ----------------------------------------------------------------------------------- 3, 4, 5, 12. llm2 explore
+
+QUESTIONS = [
+    ("she has 3 apples and buys 4 more. how many apples?", "3 + 4 = <<3+4=7>>7 apples.\n#### 7"),
+    ("he had 12 eggs and sells 5. how many eggs are left?", "12 - 5 = <<12-5=7>>7 eggs are left.\n#### 7"),
+    ("they make 2 dollars each hour for 6 hours. how much in total?", "2 * 6 = <<2*6=12>>12 dollars.\n#### 12"),
+]
+
+
+def even_checker(text, gold, tokens):
+    """Stub: a rollout 'reaches the answer' iff its first generated token id is even."""
+    return bool(tokens) and tokens[0] % 2 == 0
+
+
+def _gsm8k(path: Path, questions) -> Path:
+    path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in questions))
+    return path
+
+
+def _explore_cfg(tiny_llm, data, out, **kw):
+    from verifier_train.explore import ExploreConfig
+
+    base = dict(model=str(tiny_llm), data=str(data), output=str(out), positions="sample:1", candidates=1, rollouts=1,
+                max_rollout_tokens=2, progress=False, checker=even_checker)
+    base.update(kw)
+    return ExploreConfig(**base)
+
+
+def _explore_args(tiny_llm, data, out, *extra):
+    return ["--model", str(tiny_llm), "--data", str(data), "--output", str(out), "--positions", "sample:1",
+            "--candidates", "1", "--rollouts", "1", "--max-rollout-tokens", "2", "--no-progress", *extra]
+
+
+def _records(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in path.read_text().splitlines()]
+
+
+def test_explore_refuses_an_output_that_is_an_input(workdir, tmp_path):
+    from verifier_train.explore import explore_command
+
+    model = workdir / "llm"
+    data = _gsm8k(workdir / "data" / "train.jsonl", QUESTIONS)
+    before = snapshot(workdir)
+    runner = CliRunner()
+    for out, extra, match in [
+        (data, [], "is the --data file"),
+        (workdir / "data" / ".." / "data" / "train.jsonl", [], "is the --data file"),
+        (model / "config.json", [], "not an llm2 explore output"),  # a file of the model: never appended to
+        (workdir / "notes.txt", [], "not an llm2 explore output"),
+    ]:
+        assert match in one_line_error(runner.invoke(explore_command, _explore_args(model, data, out, *extra)))
+    link = tmp_path / "data_link.jsonl"
+    link.symlink_to(data)
+    assert "is the --data file" in one_line_error(runner.invoke(explore_command, _explore_args(model, data, link)))
+    assert snapshot(workdir) == before
+
+
+def test_explore_contrast_model_is_an_input(tiny_llm, workdir, tmp_path):
+    from verifier_train.explore import ExploreConfig, explore
+
+    data = _gsm8k(tmp_path / "q.jsonl", QUESTIONS)
+    cfg = ExploreConfig(model=str(tiny_llm), data=str(data), output=str(workdir / "llm"), strategy="sample",
+                        mode="contrast", contrast_model=str(workdir / "llm"), progress=False)
+    before = snapshot(workdir)
+    with pytest.raises(ValueError, match="is the --contrast-model directory"):
+        explore(cfg)
+    assert snapshot(workdir) == before
+
+
+def test_resume_keeps_a_complete_last_record_and_reports_dropped_bytes(tiny_llm, tmp_path):
+    from verifier_train.explore import explore
+
+    data = _gsm8k(tmp_path / "q.jsonl", QUESTIONS)
+    ref = tmp_path / "ref.jsonl"
+    explore(_explore_cfg(tiny_llm, data, ref))
+    out = tmp_path / "out.jsonl"
+    explore(_explore_cfg(tiny_llm, data, out, limit=2))
+    out.write_bytes(out.read_bytes().rstrip(b"\n"))  # killed after the record, before its newline
+    s = explore(_explore_cfg(tiny_llm, data, out))
+    assert (s["resumed"], s["examples"], s["dropped_bytes"]) == (2, 1, 0)
+    assert _records(out) == _records(ref)
+    fragment = b'{"id": 9, "messages": [{"role": "us'
+    with out.open("ab") as f:
+        f.write(fragment)
+    s = explore(_explore_cfg(tiny_llm, data, out))
+    assert (s["resumed"], s["examples"], s["dropped_bytes"]) == (3, 0, len(fragment))
+    assert _records(out) == _records(ref)
+    assert json.loads((tmp_path / "out.summary.json").read_text())["dropped_bytes"] == len(fragment)
+
+
+def test_resume_refuses_another_input(tiny_llm, tmp_path):
+    from verifier_train.explore import explore, explore_command
+
+    data = _gsm8k(tmp_path / "a.jsonl", QUESTIONS)
+    other = _gsm8k(tmp_path / "b.jsonl", [(q + " now", a) for q, a in QUESTIONS])
+    out = tmp_path / "out.jsonl"
+    explore(_explore_cfg(tiny_llm, data, out, limit=2))
+    assert json.loads(out.read_text().splitlines()[0])["settings"]["input"]["sha256"]
+    before = snapshot(tmp_path)
+    res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, other, out, "--limit", "2"))
+    assert "was explored from another input" in one_line_error(res)
+    assert snapshot(tmp_path) == before
+    moved = tmp_path / "moved.jsonl"  # the same content elsewhere resumes; so does a longer --limit
+    shutil.copy(data, moved)
+    s = explore(_explore_cfg(tiny_llm, moved, out))
+    assert (s["resumed"], s["examples"], s["warnings"]) == (2, 1, [])
+
+
+def test_resume_of_an_output_without_input_identity_warns(tiny_llm, tmp_path, capsys):
+    from verifier_train.explore import explore
+
+    data = _gsm8k(tmp_path / "a.jsonl", QUESTIONS)
+    out = tmp_path / "out.jsonl"
+    explore(_explore_cfg(tiny_llm, data, out, limit=2))
+    old = [json.loads(x) for x in out.read_text().splitlines()]
+    for rec in old:  # as an earlier version wrote it
+        del rec["settings"]["input"]
+    out.write_text("".join(json.dumps(r) + "\n" for r in old))
+    s = explore(_explore_cfg(tiny_llm, data, out))
+    assert (s["resumed"], s["examples"]) == (2, 1)
+    assert len(s["warnings"]) == 1 and "records no input identity" in s["warnings"][0]
+    assert "records no input identity" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_explore_refuses_an_empty_input(tiny_llm, tmp_path):
+    from verifier_train.explore import explore_command
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, empty, tmp_path / "o.jsonl"))
+    assert "no examples" in one_line_error(res)
+    data = _gsm8k(tmp_path / "a.jsonl", QUESTIONS)
+    res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, data, tmp_path / "o.jsonl", "--start", "3"))
+    assert "--start 3 is past its 3 examples" in one_line_error(res)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "empty.jsonl"]

@@ -202,20 +202,27 @@ def position_shift(input_ids: list[int], samples: list[tuple[int, int, int]], ma
 class JsonlAppender:
     """Append-only JSON Lines writer that makes long jobs resumable.
 
-    On open it repairs a truncated last line (a crash mid-write) by cutting the file back to its last newline,
-    and collects the value of ``key`` of every complete line so callers can skip finished work. Each
-    :meth:`write` appends one line, flushes and fsyncs, so a killed run loses at most the item in progress.
+    On open it repairs the end of a file that a crash cut mid-write: a last line without its newline is kept (the
+    newline added) when it holds a complete JSON object, and cut off otherwise (an invalid fragment; its size is
+    :attr:`dropped_bytes`). It collects the value of ``key`` of every complete line so callers can skip finished
+    work. Each :meth:`write` appends one line, flushes and fsyncs, so a killed run loses at most the item in
+    progress.
 
     Args:
         path: output file (created with its parent directory if missing).
         key: the field that identifies an item (e.g. ``"id"``); lines without it are kept but not indexed.
+
+    Attributes:
+        dropped_bytes: bytes of an invalid last-line fragment cut on open (0 when none).
+        completed_last_line: whether a valid last line without newline was kept (its newline added) on open.
     """
 
     def __init__(self, path: str | os.PathLike, key: str = "id"):
         self.path = Path(path)
         self.key = key
         self.done: set[Any] = set()
-        self.repaired_bytes = 0
+        self.dropped_bytes = 0
+        self.completed_last_line = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             self._repair_and_index()
@@ -225,9 +232,14 @@ class JsonlAppender:
         data = self.path.read_bytes()
         cut = data.rfind(b"\n") + 1
         if cut < len(data):
-            self.repaired_bytes = len(data) - cut
-            with self.path.open("r+b") as f:
-                f.truncate(cut)
+            if _is_json_object(data[cut:]):  # complete, only its newline is missing
+                with self.path.open("ab") as f:
+                    f.write(b"\n")
+                self.completed_last_line = True
+            else:
+                self.dropped_bytes = len(data) - cut
+                with self.path.open("r+b") as f:
+                    f.truncate(cut)
         for _, obj in iter_jsonl(self.path, on_error="skip"):  # a line that is no JSON object is kept, unindexed
             if self.key in obj:
                 self.done.add(_hashable(obj[self.key]))
@@ -251,6 +263,13 @@ class JsonlAppender:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _is_json_object(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw.decode("utf-8")), dict)
+    except (UnicodeDecodeError, ValueError):
+        return False
 
 
 def _hashable(v: Any) -> Any:

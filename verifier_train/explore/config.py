@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from llm2_eval.candidates import resolve_alpha
-from verifier_train.explore.inputs import parse_positions
+from verifier_train.explore.inputs import input_identity, parse_positions
 
 #: ``checker(response_text, gold_answer, rollout_tokens) -> bool``: whether a response reaches the gold answer.
 #: ``response_text`` is the decoded assistant response (gold prefix + candidate + rollout, special tokens skipped),
@@ -210,7 +210,9 @@ class ExploreConfig:
         return bool(self.gold_rollouts) or self.label == "relative"
 
     def settings(self) -> dict[str, Any]:
-        """The settings that determine the output (written on every line; a resumed run must match them)."""
+        """The settings that determine the output (written on every line; a resumed run must match them), with
+        the input's identity under ``"input"`` (:func:`~verifier_train.explore.inputs.input_identity`: a resume
+        must read the same content; the path may differ)."""
         d = {k: getattr(self, k) for k in _RESULT_KEYS}
         d["temperature"] = self.resolved_temperature
         d["alpha"] = resolve_alpha(self.alpha, self.top_k)  # the value in effect (0.1 as written before)
@@ -243,5 +245,6 @@ class ExploreConfig:
         if self.gold == "dataset":
             d.pop("self_samples")
             d.pop("self_max_tokens")
+        d["input"] = dict(input_identity(self.data))
         return d
 

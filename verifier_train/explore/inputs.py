@@ -23,6 +23,7 @@ not depend on which examples ran before.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -183,6 +184,26 @@ def iter_input(path: str | os.PathLike) -> Iterator[tuple[int, int, str]]:
             if raw.strip():
                 yield index, lineno, raw
                 index += 1
+
+
+def input_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """The identity of an input file, recorded in the settings so a resume on another input is refused:
+    ``{"path": resolved path, "size": bytes, "sha256": digest of the whole file}`` (all its examples, so
+    ``--start``, ``--limit`` and ``--shard`` may change between runs on the same file). Hashed once per file
+    version (cached by path, size and modification time); size and digest are None for a missing file."""
+    p = Path(path).expanduser().resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return _identity(str(p), -1, -1)
+    return _identity(str(p), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _identity(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    from llm2_eval.paths import file_identity
+
+    return file_identity(path)
 
 
 def end_token_ids(tokenizer: Any, model_config: Any = None, generation_config: Any = None) -> set[int]:

@@ -11,7 +11,8 @@ Output (LLM2.md section 5), one line per example, appended and fsynced as each e
 
 Re-running the same command resumes (examples already in the output are skipped; a truncated last line is
 repaired by :class:`~verifier_train.records.JsonlAppender`), so a killed run loses at most the example in
-progress; an output written with other settings is refused. A ``--gold self`` question without a correct sample is
+progress; an output written with other settings or from another input (its path, size and sha256 are in the
+settings) is refused, and so is an output that is an input or a file that is not an exploration output. A ``--gold self`` question without a correct sample is
 not written, so a resumed run samples it again. A summary (``OUT.summary.json``, e.g. ``out.jsonl`` ->
 ``out.summary.json``) is rewritten after every example and at the end.
 """
@@ -73,13 +74,72 @@ def _load_hf(path: str, dtype: str, device: str):
 
 
 def _existing_settings(path: Path) -> dict | None:
-    """The settings of the first line of an existing output that has them (None: a new output)."""
+    """The settings of the first line of an existing output that has them (None: a new output, or one that holds
+    no more than a fragment cut by a crash).
+
+    Raises:
+        ValueError: the file holds complete lines but none is an exploration record (not an ``llm2 explore``
+            output: it is never appended to).
+    """
     if not path.exists():
         return None
     for _, obj in iter_jsonl(path, on_error="skip"):
         if isinstance(obj.get("settings"), dict):
             return obj["settings"]
+    if any(line.strip() for line in path.read_bytes().split(b"\n")[:-1]):  # a complete line, and no record
+        raise ValueError(f"--output {path}: the file exists and is not an llm2 explore output (no line has "
+                         "'settings'); choose a new --output")
     return None
+
+
+def _check_paths(cfg: ExploreConfig, out_path: Path, sum_path: Path) -> None:
+    """Refuse a missing model path and an output (or summary) that is an input (before anything is written).
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: a model path that does not exist / is a file.
+        ValueError: the output or its summary is the data, a model or the chat template.
+    """
+    from llm2_eval.paths import check_model_path, check_not_an_input
+
+    check_model_path(cfg.model, "--model")
+    contrast = cfg.contrast_model if cfg.strategy == "sample" and cfg.mode == "contrast" else None
+    if contrast:
+        check_model_path(contrast, "--contrast-model")
+    inputs = {"--data": cfg.data, "--model": cfg.model, "--contrast-model": cfg.contrast_model,
+              "--chat-template": cfg.chat_template}
+    check_not_an_input(out_path, inputs)
+    check_not_an_input(sum_path, inputs, option="the summary")
+
+
+def _check_resume(out_path: Path, old: dict | None, new: dict, warnings: list[str]) -> None:
+    """Refuse to resume an output written with other settings or from another input (by content); an output
+    of an earlier version, without the input's identity, resumes with a warning appended to ``warnings``.
+
+    Raises:
+        ValueError: naming the settings that differ, or the two inputs.
+    """
+    from llm2_eval.paths import same_content
+
+    if old is None:
+        return
+    old = dict(old)
+    old_input, new_input = old.pop("input", None), new.get("input") or {}
+    rest = {k: v for k, v in new.items() if k != "input"}
+    if old != rest:
+        diff = sorted(k for k in set(old) | set(rest) if old.get(k) != rest.get(k))
+        raise ValueError(
+            f"{out_path} was written with other settings ({', '.join(diff)}); resume with the same options or "
+            "choose a new --output"
+        )
+    if old_input is None:
+        warnings.append(f"{out_path} records no input identity (written by an earlier version): cannot check that "
+                        "--data is the input it was explored from")
+    elif not same_content(old_input, new_input):
+        raise ValueError(
+            f"{out_path} was explored from another input ({old_input.get('path')}: {old_input.get('size')} bytes, "
+            f"sha256 {str(old_input.get('sha256'))[:12]}) than --data {new_input.get('path')} "
+            f"({new_input.get('size')} bytes, sha256 {str(new_input.get('sha256'))[:12]}); choose a new --output"
+        )
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -130,9 +190,14 @@ class _Run:
 
     def __init__(self, cfg: ExploreConfig, out_path: Path):
         self.cfg, self.out_path, self.t_start = cfg, out_path, time.perf_counter()
+        examples = list(iter_input(cfg.data))
+        if not examples:
+            raise ExploreInputError(f"{cfg.data}: no examples (the file has no non-blank line)")
+        if cfg.start >= len(examples):
+            raise ExploreInputError(f"{cfg.data}: --start {cfg.start} is past its {len(examples)} examples")
         self.selected = [
             (j, ln, raw)
-            for j, ln, raw in iter_input(cfg.data)
+            for j, ln, raw in examples
             if j >= cfg.start and (cfg.limit is None or j < cfg.start + cfg.limit) and in_shard(j, cfg.shard)
         ]
         self.excluded_dev = 0
@@ -148,6 +213,8 @@ class _Run:
         self.skipped: list[str] = []
         self.self_failed: list[Any] = []
         self.seen_ids: set[str] = set()
+        self.warnings: list[str] = []
+        self.dropped_bytes = 0
 
     def resume(self, appender: JsonlAppender) -> None:
         """Leave out the selected examples the output already holds."""
@@ -168,7 +235,7 @@ class _Run:
         return {
             "output": str(self.out_path), "input": str(cfg.data), "finished": done,
             "selected": len(self.selected), "excluded_dev": self.excluded_dev, "examples": c.examples,
-            "resumed": self.resumed,
+            "resumed": self.resumed, "dropped_bytes": self.dropped_bytes, "warnings": self.warnings,
             "skipped": len(self.skipped), "skipped_lines": self.skipped,
             "self_gold_failed": len(self.self_failed), "self_gold_failed_ids": self.self_failed,
             "self_samples": c.self_samples,
@@ -245,7 +312,8 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
     Returns:
         The summary dict also written to ``OUT.summary.json``: ``selected`` (examples in range),
         ``excluded_dev`` (left out by ``exclude_dev``), ``examples`` (written by this run), ``resumed``
-        (already in the output), ``skipped`` and ``skipped_lines`` (``file:line: reason``), ``self_gold_failed``,
+        (already in the output), ``dropped_bytes`` (an invalid last-line fragment cut from the output on resume),
+        ``warnings`` (e.g. a resumed output without the input's identity), ``skipped`` and ``skipped_lines`` (``file:line: reason``), ``self_gold_failed``,
         ``response_positions`` (assistant tokens), ``candidate_positions`` (those with a plausible non-gold
         token), ``positions`` (explored), ``candidates`` (tried), ``negatives`` (kept), ``negative_rate``, ``mean_q``,
         ``mean_gold_q``, ``unjudged_positions`` (relative rule: q(gold) below ``min_gold_quality``), ``rollouts``,
@@ -255,26 +323,30 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
 
     Raises:
         ExploreInputError: a bad input line with ``on_error="fail"`` (message ``file:line: reason``).
-        ValueError: an output written with other settings (use a new ``--output``), a contrast model with another
-            vocabulary, a tokenizer without chat template.
+        ExploreInputError: an input without examples, or ``start`` past its end.
+        ValueError: an output written with other settings or from another input (by content; use a new
+            ``--output``), an output that is an input (data, model, contrast model, chat template) or a file that is
+            not an exploration output, a contrast model with another vocabulary, a tokenizer without chat template.
+            All checked before the output is touched.
         ImportError: ``backend="vllm"`` without vLLM installed.
-        FileNotFoundError: a missing input file.
+        FileNotFoundError: a missing input file or model directory.
     """
     cfg = config
     out_path = shard_output_path(cfg.output, cfg.shard)
     sum_path = summary_path(out_path)
+    _check_paths(cfg, out_path, sum_path)
     run = _Run(cfg, out_path)
-    old = _existing_settings(out_path)
-    if old is not None and old != json.loads(json.dumps(cfg.settings())):
-        diff = sorted(k for k in set(old) | set(cfg.settings()) if old.get(k) != cfg.settings().get(k))
-        raise ValueError(
-            f"{out_path} was written with other settings ({', '.join(diff)}); resume with the same options or "
-            "choose a new --output"
-        )
+    _check_resume(out_path, _existing_settings(out_path), json.loads(json.dumps(cfg.settings())), run.warnings)
+    if run.warnings:
+        from rich.console import Console
+
+        for w in run.warnings:
+            Console(stderr=True).print(f"[yellow]{w}[/yellow]", highlight=False, soft_wrap=True)
     tokenizer = _load_tokenizer(cfg.model, cfg.chat_template)
     engine, contrast, ends = _build_engines(cfg, tokenizer, engine)
     ex = Explorer(cfg, tokenizer, engine, contrast, ends)
     appender = JsonlAppender(out_path, key="id")
+    run.dropped_bytes = appender.dropped_bytes
     run.resume(appender)
     try:
         with _Progress(cfg.progress, len(run.todo)) as progress:
