@@ -93,7 +93,9 @@ class LLM2LM(HFLM):
     Model args (``--model_args``), in addition to HFLM's (``pretrained``, ``dtype``, ``device``,
     ``batch_size``, ...):
 
-    - ``verifier``: verifier checkpoint directory (LLM2.md section 2); omitted = plain LLM decoding.
+    - ``verifier``: verifier checkpoint directory (LLM2.md section 2), or a LoRA adapter directory (``llm2
+      train-verifier --lora --lora-save adapter``; on the LLM's own weights when it is the adapter's base);
+      omitted = plain LLM decoding.
     - ``alpha`` (0.1; none with ``top_k``): plausibility threshold, candidates have ``p >= alpha * p_max``.
     - ``top_k`` (0 = off): at most the ``top_k`` most probable tokens are candidates; with ``alpha`` too, the
       candidates are the tokens that pass both (the authors' data-builder rule, shared with exploration).
@@ -150,7 +152,8 @@ class LLM2LM(HFLM):
         if verifier is not None:
             from transformers import AutoTokenizer
 
-            self.verifier = load_verifier(verifier, dtype=self.model.dtype, device=self.device)
+            # an adapter directory whose base is this LLM shares its weights (llm2_eval.adapters)
+            self.verifier = load_verifier(verifier, dtype=self.model.dtype, device=self.device, llm=self.model)
             check_tokenizers_compatible(
                 self.tokenizer, AutoTokenizer.from_pretrained(str(verifier)),
                 llm_name=f"LLM ({pretrained})", verifier_name=f"verifier ({verifier})",
