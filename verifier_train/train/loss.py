@@ -2,8 +2,18 @@
 
     L = mean over real pairs (t, gold, neg) of  -log sigmoid(s(x_<t, gold) - s(x_<t, neg))
 
-Scores are read from one forward over a packed batch (:func:`pair_scores`); the mean runs over real pairs only
-(the released code divides by padded slots, we do not).
+Scores are read from one forward over a packed batch (:func:`pair_scores`). Two normalisations
+(``llm2 train-verifier --loss-normalization``, :data:`LOSS_NORMALIZATIONS`):
+
+- ``pairs`` (default): the sum over the real pairs of the whole global batch divided by their number, so every
+  pair weighs the same whatever the batch's padding and however pairs spread over solutions and micro-batches;
+- ``official`` (exact parity with the authors' released trainer): per micro-batch, the sum over its real pairs
+  divided by its ``B x Pmax`` pair slots (``B`` solutions, ``Pmax`` the most pairs any of them has; the padded
+  slots count as zeros), then averaged over the micro-batches of the step. Each step's loss, hence its gradient,
+  is the ``pairs`` one scaled by ``real / padded`` slots (below 1 whenever solutions hold different numbers of
+  pairs), and pairs of micro-batches with many padded slots weigh less.
+
+Held-out metrics (:func:`eval_metrics`) always average over real pairs, so runs of either kind compare.
 """
 
 from __future__ import annotations
@@ -39,6 +49,10 @@ def pair_scores(
     return scores.gather(1, batch["gold_index"]), scores.gather(1, batch["neg_index"])
 
 
+#: ``--loss-normalization`` choices (module docstring): ``pairs`` = ours, ``official`` = the authors'
+LOSS_NORMALIZATIONS = ("pairs", "official")
+
+
 def pairwise_loss(
     s_gold: torch.Tensor, s_neg: torch.Tensor, pair_mask: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:
@@ -47,8 +61,9 @@ def pairwise_loss(
     Args:
         s_gold, s_neg: scores ``[..., P]`` (any float dtype; computed in float32).
         pair_mask: bool ``[..., P]``, True for real pairs.
-        reduction: ``"mean"`` (over real pairs; 0 when there is none), ``"sum"`` or ``"none"`` (the real pairs'
-            losses, flattened).
+        reduction: ``"mean"`` (over real pairs; 0 when there is none), ``"slots"`` (the sum over real pairs
+            divided by all ``pair_mask.numel()`` slots, padded ones included: the authors' normalisation of one
+            micro-batch), ``"sum"`` or ``"none"`` (the real pairs' losses, flattened).
 
     Returns:
         A scalar, or a 1-D tensor for ``"none"``.
@@ -61,7 +76,9 @@ def pairwise_loss(
         return losses.sum()
     if reduction == "mean":
         return losses.sum() / max(int(pair_mask.sum()), 1)
-    raise ValueError(f"reduction={reduction!r}: use mean, sum or none")
+    if reduction == "slots":
+        return losses.sum() / max(int(pair_mask.numel()), 1)
+    raise ValueError(f"reduction={reduction!r}: use mean, slots, sum or none")
 
 
 def eval_metrics(pred: Any) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """The Trainer of the verifier: transformers' ``Trainer`` with the pairwise loss, and its log callbacks.
 
-:class:`VerifierTrainer` scales the loss so that one optimizer step minimises the mean over the real pairs of the
-whole global batch (all accumulation steps and processes); :class:`JsonLogCallback` writes ``train_log.jsonl``;
-:class:`RichProgressCallback` shows a progress bar.
+:class:`VerifierTrainer` scales the loss so that one optimizer step minimises the mean over the real pairs of
+the whole global batch (all accumulation steps and processes), or the authors' slot-normalised loss
+(``loss_normalization="official"``, :mod:`verifier_train.train.loss`); :class:`JsonLogCallback` writes
+``train_log.jsonl``; :class:`RichProgressCallback` shows a progress bar.
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ from transformers import Trainer, TrainerCallback
 
 from llm2_eval.verifier import head_name
 from verifier_train.records import JsonlAppender
-from verifier_train.train.loss import pair_scores, pairwise_loss
+from verifier_train.train.loss import LOSS_NORMALIZATIONS, pair_scores, pairwise_loss
 
 
 class VerifierTrainer(Trainer):
     """transformers' Trainer with the pairwise loss of paper Eq. 4 over packed solutions.
 
-    - ``get_batch_samples`` counts the real pairs of the whole accumulated global batch (all processes), and
-      ``compute_loss`` divides each micro-batch's loss sum by it, so one optimizer step minimises the mean over
-      the real pairs of the global batch exactly (``loss_is_scaled_for_ga``).
+    - ``loss_normalization="pairs"`` (default): ``get_batch_samples`` counts the real pairs of the whole
+      accumulated global batch (all processes), and ``compute_loss`` divides each micro-batch's loss sum by it,
+      so one optimizer step minimises the mean over the real pairs of the global batch exactly
+      (``loss_is_scaled_for_ga``).
+    - ``loss_normalization="official"`` (the authors' trainer): each micro-batch's loss is its sum over real
+      pairs divided by its ``B x Pmax`` pair slots, and ``get_batch_samples`` counts the micro-batches of the step
+      (all processes), so one step minimises the mean of those per-micro-batch losses (what the released code
+      gets from transformers' division by the accumulation steps and DDP's gradient average).
     - ``prediction_step`` returns ``(s_gold, s_neg)`` per pair; the held-out metrics (pair accuracy, loss over
       real pairs) are computed from all of them.
     - Training pair accuracy since the last log is added to the logs as ``pair_accuracy``.
@@ -36,8 +42,11 @@ class VerifierTrainer(Trainer):
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, head_lr: float | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, head_lr: float | None = None, loss_normalization: str = "pairs", **kwargs: Any):
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"loss_normalization={loss_normalization!r}: use {' or '.join(LOSS_NORMALIZATIONS)}")
         self.head_lr = head_lr
+        self.loss_normalization = loss_normalization
         super().__init__(*args, **kwargs)
         # transformers < 5 reads this flag instead of loss_is_scaled_for_ga
         self.model_accepts_loss_kwargs = True
@@ -73,7 +82,10 @@ class VerifierTrainer(Trainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):  # noqa: D102
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        n = sum(int(b["pair_mask"].sum()) for b in batch_samples)
+        if self.loss_normalization == "official":  # the loss is a mean over the step's micro-batches
+            n = len(batch_samples)
+        else:  # a mean over the step's real pairs
+            n = sum(int(b["pair_mask"].sum()) for b in batch_samples)
         n = torch.tensor([float(n)], device=device)
         if self.accelerator.num_processes > 1:
             n = self.accelerator.gather(n).sum().reshape(1)
@@ -82,11 +94,13 @@ class VerifierTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
         s_gold, s_neg = pair_scores(model, inputs, self.attn_dtype(model))
         mask = inputs["pair_mask"]
-        total = pairwise_loss(s_gold, s_neg, mask, reduction="sum")
+        official = self.loss_normalization == "official"
+        total = pairwise_loss(s_gold, s_neg, mask, reduction="slots" if official else "sum")
         if num_items_in_batch is not None and model.training:
+            # DDP averages gradients over processes: multiplying by their number makes the step a global mean
             loss = total / num_items_in_batch * self.accelerator.num_processes
         else:
-            loss = total / mask.sum().clamp(min=1)
+            loss = total if official else total / mask.sum().clamp(min=1)
         if model.training:
             with torch.no_grad():
                 correct = (s_gold > s_neg)[mask].sum()
