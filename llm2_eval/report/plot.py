@@ -23,7 +23,7 @@ def plot_accuracy_vs_compute(rows: Sequence[ReportRow], path: str | Path) -> Pat
     family, one marker/colour per method, each point labelled with its run name. Estimated compute is drawn
     hollow; an LLM2 run without trace (verifier forwards unknown) is drawn at its LLM forwards, marked ">=".
     Error bars: the accuracy's 95% interval (``ReportRow.accuracy_ci``); with a baseline, labels add the paired
-    difference in points (``Δ+3.0``).
+    difference in points (``run (LLM2, Δ+3.0)``).
     The x axis is logarithmic when the largest value is more than 20 times the smallest.
 
     Returns:
@@ -74,11 +74,8 @@ def plot_accuracy_vs_compute(rows: Sequence[ReportRow], path: str | Path) -> Pat
                 ax.errorbar([x], [y], yerr=[[max(0.0, y - 100 * r.accuracy_ci.low)],
                                             [max(0.0, 100 * r.accuracy_ci.high - y)]],
                             fmt="none", ecolor=color, elinewidth=1.1, capsize=3, alpha=0.8, zorder=2)
-            text = f"{r.run} ({r.label})" + (" >=" if lower_bound else "")
-            if r.is_baseline:
-                text += " baseline"
-            elif r.paired is not None:
-                text += f" Δ{100 * r.paired.difference:+.1f}"
+            vs = ", baseline" if r.is_baseline else "" if r.paired is None else f", Δ{100 * r.paired.difference:+.1f}"
+            text = f"{r.run} ({r.label}{vs})" + (" >=" if lower_bound else "")
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, 5 - 11 * near), fontsize=8)
             used.add(r.method)
         if xs and max(xs) / min(xs) > 20:

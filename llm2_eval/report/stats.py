@@ -147,6 +147,11 @@ def accuracy_interval(
     return bootstrap_mean_interval(values, resamples=resamples, seed=seed, confidence=confidence)
 
 
+def _doc_order(ids) -> list[str]:
+    """doc_ids in numeric order where they are numbers (lm-eval's are), else as text."""
+    return sorted(ids, key=lambda k: (0, int(k), "") if str(k).isdigit() else (1, 0, str(k)))
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """Accuracy of a run minus that of a baseline on the same n questions (fractions; +0.03 = 3 points better).
@@ -185,14 +190,15 @@ def paired_difference(
     Raises:
         ValueError: the two runs scored different questions (the message counts those only in either), or none.
     """
-    only_run = sorted(set(scores) - set(baseline_scores))
-    only_base = sorted(set(baseline_scores) - set(scores))
+    only_run = _doc_order(set(scores) - set(baseline_scores))
+    only_base = _doc_order(set(baseline_scores) - set(scores))
     if only_run or only_base:
-        raise ValueError(
-            f"different questions: {len(only_run)} doc_ids only in the run (e.g. {only_run[:3]}), "
-            f"{len(only_base)} only in the baseline (e.g. {only_base[:3]})"
-        )
-    keys = sorted(scores)
+        def some(ids: list[str]) -> str:
+            return f" (e.g. {', '.join(ids[:3])})" if ids else ""
+
+        raise ValueError(f"different questions: {len(only_run)} doc_ids only in the run{some(only_run)}, "
+                         f"{len(only_base)} only in the baseline{some(only_base)}")
+    keys = _doc_order(scores)
     if not keys:
         raise ValueError("no questions to compare")
     d = [float(scores[k]) - float(baseline_scores[k]) for k in keys]
