@@ -215,6 +215,9 @@ def test_baseline_refuses_mismatched_questions_and_missing_samples(pair, tmp_pat
     elsewhere = make_run(tmp_path, "math", "hf", "pretrained=/x", {"math500_llm2": {
         "results": {"exact_match,none": 0.5}, "repeats": 1, "do_sample": False, "samples": None}})
     fails(elsewhere, "no other run has one of its tasks (gsm8k_llm2)")
+    res = runner.invoke(cli_main, ["report", str(fewer), "--baseline", str(tmp_path / "nope"),
+                                   "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "--baseline" in res.output and "nope does not exist" in res.output
 
 
 def test_plot_draws_error_bars(pair, tmp_path, monkeypatch):

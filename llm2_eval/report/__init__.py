@@ -96,6 +96,8 @@ def write_report(
     if not run_dirs:
         raise ReportError("no run directories given")
     run_dirs = list(run_dirs)
+    if baseline is not None and not Path(baseline).exists():
+        raise ReportError(f"--baseline {baseline} does not exist")
     if baseline is not None and not any(Path(d).resolve() == Path(baseline).resolve() for d in run_dirs):
         run_dirs.append(baseline)
     out = Path(output)
