@@ -266,7 +266,7 @@ class SharedBaseVerifier(torch.nn.Module):
         with torch.device("meta"):  # the classifier's own backbone is never allocated: the LLM's takes its place
             classifier = AutoModelForTokenClassification.from_config(mconf)
         setattr(classifier, prefix, getattr(llm, prefix))
-        dev = next(llm.parameters()).device
+        dev = list(getattr(llm, prefix).parameters())[-1].device  # where the backbone's last hidden state lives
         for name, module in classifier.named_children():
             if name != prefix:  # the score head (and dropout): replaced by the adapter's trained head on loading
                 module.to_empty(device=dev).to(llm.dtype)
