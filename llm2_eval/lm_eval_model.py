@@ -28,6 +28,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from llm2_eval.decoding import DecodeConfig, generate
+from llm2_eval.model_args import check_model_args, check_verifier_first
+from llm2_eval.paths import check_model_path
 from llm2_eval.verifier import check_tokenizers_compatible, load_verifier
 
 log = logging.getLogger(__name__)
@@ -117,7 +119,11 @@ class LLM2LM(HFLM):
         ValueError: for a malformed model arg (naming it), or a task generation kwarg this model does not
             support.
         llm2_eval.verifier.TokenizerMismatchError: when the LLM and the verifier tokenizers differ.
-        FileNotFoundError: when the verifier directory does not exist.
+        FileNotFoundError: when the LLM or the verifier directory does not exist.
+
+    Model args are checked before any weight loads (:mod:`llm2_eval.model_args`): an unknown key is refused with
+    the valid ones, and the verifier's config and tokenizer are checked against the LLM's tokenizer first. Giving
+    both ``alpha`` and ``top_k`` logs a warning that the candidates are the tokens passing both.
     """
 
     def __init__(
@@ -144,6 +150,17 @@ class LLM2LM(HFLM):
             verifier = None
         if device in (None, "", "auto"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        # before any weight loads (llm2_eval.model_args): unknown args, a missing LLM, an unusable verifier
+        check_model_path(pretrained, "pretrained=")
+        check_model_args(pretrained, kwargs)
+        if verifier is not None:
+            check_verifier_first(pretrained, verifier, kwargs)
+        if self.decode_defaults.top_k and self.decode_defaults.alpha is not None:
+            log.warning(
+                "llm2: alpha=%s and top_k=%s are both given: the candidates are the tokens that pass both "
+                "(p >= alpha * p_max and among the top_k; llm2_eval.candidates); give one of them for the other "
+                "rule alone", alpha, top_k,
+            )
         super().__init__(pretrained=pretrained, device=device, **kwargs)
         if self.backend != "causal":
             raise ValueError(f"llm2 needs a decoder-only (causal) LLM; {pretrained} loaded as {self.backend}")

@@ -75,6 +75,9 @@ def _looks_local(name: str) -> bool:
 def check_model_path(path: Any, option: str = "--model") -> None:
     """Refuse a model path that does not exist, with a message that says so (not a hub ``Repo id`` error).
 
+    The message starts with ``option`` and the path (``--model DIR``, or ``pretrained=DIR`` for an ``option``
+    ending in ``=``).
+
     A name that could be a hub id (``name`` or ``org/name``) and is not a local path is left to transformers,
     unless ``HF_HUB_OFFLINE`` is set (then it cannot be fetched, and the message says both). Objects that are not
     paths (an already loaded model) pass.
@@ -88,13 +91,14 @@ def check_model_path(path: Any, option: str = "--model") -> None:
     p = Path(path).expanduser()
     if p.is_dir():
         return
+    name = f"{option}{path}" if option.endswith("=") else f"{option} {path}"
     if p.exists():
-        raise NotADirectoryError(f"{option} {path}: is a file, not a model directory")
+        raise NotADirectoryError(f"{name}: is a file, not a model directory")
     if _looks_local(str(path)):
-        raise FileNotFoundError(f"{option} {path}: no such directory")
+        raise FileNotFoundError(f"{name}: no such directory")
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False"):
         raise FileNotFoundError(
-            f"{option} {path}: no such directory (and HF_HUB_OFFLINE is set, so it is not looked up on the hub)"
+            f"{name}: no such directory (and HF_HUB_OFFLINE is set, so it is not looked up on the hub)"
         )
 
 

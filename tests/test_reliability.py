@@ -3,6 +3,7 @@ they resume, bad arguments get one-line errors. CPU, tiny local models."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -366,3 +367,57 @@ def test_explore_refuses_an_empty_input(tiny_llm, tmp_path):
     res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, data, tmp_path / "o.jsonl", "--start", "3"))
     assert "--start 3 is past its 3 examples" in one_line_error(res)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "empty.jsonl"]
+
+
+# ---------------------------------------------------------------------- 7, 9, 10, 11. lm_eval --model llm2 args
+
+
+def _llm2(**args):
+    from lm_eval.api.registry import get_model
+
+    return get_model("llm2")(dtype="float32", batch_size=1, **args)
+
+
+def test_unknown_model_arg_is_refused_with_the_valid_ones(tiny_llm):
+    with pytest.raises(ValueError, match=r"model arg betta=0\.2 is not known \(did you mean beta\?\); valid: .*alpha"):
+        _llm2(pretrained=str(tiny_llm), betta=0.2)
+    m = _llm2(pretrained=str(tiny_llm), attn_implementation="eager", max_position_embeddings=512)  # pass-through
+    assert m.model.config.max_position_embeddings == 512
+
+
+def test_llm_path_that_does_not_exist_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"pretrained={tmp_path / 'nope'}: no such directory"):
+        _llm2(pretrained=str(tmp_path / "nope"))
+
+
+def test_verifier_is_checked_before_the_llm_loads(tiny_llm, tmp_path, monkeypatch):
+    from lm_eval.models.huggingface import HFLM
+    from tiny_models import build_tiny_llm, build_tokenizer
+
+    from llm2_eval.verifier import TokenizerMismatchError, init_verifier
+
+    other_llm = build_tiny_llm(tmp_path / "other", tokenizer=build_tokenizer(extra_token="<|x|>"))
+    other_ver = init_verifier(other_llm, tmp_path / "other_ver")
+
+    @functools.wraps(HFLM.__init__)  # same signature: the model-arg check reads it
+    def no_load(self, *a, **k):
+        raise AssertionError("the LLM was loaded before the verifier was checked")
+
+    monkeypatch.setattr(HFLM, "__init__", no_load)
+    with pytest.raises(FileNotFoundError, match="verifier checkpoint not found"):
+        _llm2(pretrained=str(tiny_llm), verifier=str(tmp_path / "missing"))
+    with pytest.raises(TokenizerMismatchError, match="do not share a tokenizer vocabulary"):
+        _llm2(pretrained=str(tiny_llm), verifier=str(other_ver))
+    with pytest.raises(ValueError, match="exactly one label"):
+        _llm2(pretrained=str(tiny_llm), verifier=str(tiny_llm))  # an LLM, not a verifier
+
+
+def test_alpha_with_top_k_warns(tiny_llm, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="llm2_eval.lm_eval_model"):
+        _llm2(pretrained=str(tiny_llm), top_k=3)
+    assert "both given" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="llm2_eval.lm_eval_model"):
+        _llm2(pretrained=str(tiny_llm), top_k=3, alpha=0.2)
+    assert "alpha=0.2 and top_k=3 are both given" in caplog.text

@@ -181,9 +181,9 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     if resume_from is not None:  # compared before anything is written
         resume_changes, warning = check_resume(config, ckpt_dir, bf16)
         if warning and main_proc:
-            console.print(f"[yellow]{warning}[/yellow]")
+            console.print(f"[yellow]{warning}[/yellow]", soft_wrap=True, highlight=False)
     if skipped and main_proc:
-        console.print(f"[yellow]--resume: skipped incomplete checkpoint(s) {'; '.join(skipped)}[/yellow]")
+        console.print(f"[yellow]--resume: skipped incomplete checkpoint(s) {'; '.join(skipped)}[/yellow]", soft_wrap=True, highlight=False)
     if not config.resume and checkpoint_dirs(ckpt_dir):
         if not config.overwrite:
             raise FileExistsError(
