@@ -81,7 +81,8 @@ def test_init_verifier_replaces_only_its_own_checkpoint_with_overwrite(workdir):
     assert sorted(p.name for p in workdir.iterdir()) == ["data", "llm", "notes.txt", "verifier"]  # no leftovers
     empty = workdir / "empty"
     empty.mkdir()
-    assert runner.invoke(init_verifier_command, ["--model", str(workdir / "llm"), "--output", str(empty)]).exit_code == 0
+    res = runner.invoke(init_verifier_command, ["--model", str(workdir / "llm"), "--output", str(empty)])
+    assert res.exit_code == 0, res.output
     assert (empty / "config.json").exists()
 
 
@@ -164,8 +165,15 @@ def test_model_path_that_does_not_exist_is_named(tmp_path, triplets):
     res = CliRunner().invoke(train_command, _train_args(tmp_path / "no_such_llm", triplets, tmp_path / "out"))
     assert f"--model {tmp_path / 'no_such_llm'}: no such directory" in one_line_error(res)
     assert not (tmp_path / "out").exists()
-    res = CliRunner().invoke(init_verifier_command, ["--model", str(tmp_path / "nope"), "--output", str(tmp_path / "v")])
+    res = CliRunner().invoke(init_verifier_command, ["--model", str(tmp_path / "nope"), "--output",
+                                                     str(tmp_path / "v")])
     assert "no such directory" in one_line_error(res)
+    from verifier_train.explore import explore_command
+
+    data = _gsm8k(tmp_path / "q.jsonl", QUESTIONS)
+    res = CliRunner().invoke(explore_command, _explore_args(tmp_path / "nope", data, tmp_path / "o.jsonl"))
+    assert f"--model {tmp_path / 'nope'}: no such directory" in one_line_error(res)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]
 
 
 def test_resume_skips_an_incomplete_checkpoint(tiny_llm, triplets, trained_run, tmp_path, capsys):
@@ -421,3 +429,13 @@ def test_alpha_with_top_k_warns(tiny_llm, caplog):
     with caplog.at_level(logging.WARNING, logger="llm2_eval.lm_eval_model"):
         _llm2(pretrained=str(tiny_llm), top_k=3, alpha=0.2)
     assert "alpha=0.2 and top_k=3 are both given" in caplog.text
+
+
+def test_explore_alpha_with_top_k_warns(tiny_llm, tmp_path):
+    from verifier_train.explore import explore
+
+    data = _gsm8k(tmp_path / "q.jsonl", QUESTIONS[:1])
+    assert explore(_explore_cfg(tiny_llm, data, tmp_path / "a.jsonl", top_k=3))["warnings"] == []
+    s = explore(_explore_cfg(tiny_llm, data, tmp_path / "b.jsonl", top_k=3, alpha=0.2))
+    assert s["warnings"] == ["alpha=0.2 and top_k=3 are both given: the candidates are the tokens that pass both "
+                             "(llm2_eval.candidates)"]

@@ -126,7 +126,7 @@ def explore_command(**kwargs: Any) -> None:
         s = explore(cfg)
     except (ExploreInputError, ValueError, ImportError, OSError) as err:
         raise click.ClickException(str(err)) from err
-    keys = ("examples", "resumed", "dropped_bytes", "excluded_dev", "skipped", "self_gold_failed", "positions", "candidates",
-            "negatives", "rollouts", "generated_tokens", "wall_seconds", "rollouts_per_s", "tokens_per_s")
+    keys = ("examples", "resumed", "dropped_bytes", "excluded_dev", "skipped", "self_gold_failed", "positions",
+            "candidates", "negatives", "rollouts", "generated_tokens", "wall_seconds", "rollouts_per_s", "tokens_per_s")
     click.echo(json.dumps({k: s[k] for k in keys}), file=sys.stdout)
     click.echo(f"wrote {s['output']} (summary: {summary_path(s['output'])})", err=True)

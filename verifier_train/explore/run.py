@@ -12,9 +12,10 @@ Output (LLM2.md section 5), one line per example, appended and fsynced as each e
 Re-running the same command resumes (examples already in the output are skipped; a truncated last line is
 repaired by :class:`~verifier_train.records.JsonlAppender`), so a killed run loses at most the example in
 progress; an output written with other settings or from another input (its path, size and sha256 are in the
-settings) is refused, and so is an output that is an input or a file that is not an exploration output. A ``--gold self`` question without a correct sample is
-not written, so a resumed run samples it again. A summary (``OUT.summary.json``, e.g. ``out.jsonl`` ->
-``out.summary.json``) is rewritten after every example and at the end.
+settings) is refused, and so is an output that is an input or a file that is not an exploration output. A
+``--gold self`` question without a correct sample is not written, so a resumed run samples it again. A summary
+(``OUT.summary.json``, e.g. ``out.jsonl`` -> ``out.summary.json``) is rewritten after every example and at the
+end.
 """
 
 from __future__ import annotations
@@ -313,7 +314,8 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
         The summary dict also written to ``OUT.summary.json``: ``selected`` (examples in range),
         ``excluded_dev`` (left out by ``exclude_dev``), ``examples`` (written by this run), ``resumed``
         (already in the output), ``dropped_bytes`` (an invalid last-line fragment cut from the output on resume),
-        ``warnings`` (e.g. a resumed output without the input's identity), ``skipped`` and ``skipped_lines`` (``file:line: reason``), ``self_gold_failed``,
+        ``warnings`` (e.g. a resumed output without the input's identity), ``skipped`` and ``skipped_lines``
+        (``file:line: reason``), ``self_gold_failed``,
         ``response_positions`` (assistant tokens), ``candidate_positions`` (those with a plausible non-gold
         token), ``positions`` (explored), ``candidates`` (tried), ``negatives`` (kept), ``negative_rate``, ``mean_q``,
         ``mean_gold_q``, ``unjudged_positions`` (relative rule: q(gold) below ``min_gold_quality``), ``rollouts``,
@@ -337,6 +339,9 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
     _check_paths(cfg, out_path, sum_path)
     run = _Run(cfg, out_path)
     _check_resume(out_path, _existing_settings(out_path), json.loads(json.dumps(cfg.settings())), run.warnings)
+    if cfg.top_k and cfg.alpha is not None:
+        run.warnings.append(f"alpha={cfg.alpha} and top_k={cfg.top_k} are both given: the candidates are the tokens "
+                            "that pass both (llm2_eval.candidates)")
     if run.warnings:
         from rich.console import Console
 

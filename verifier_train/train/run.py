@@ -183,7 +183,8 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         if warning and main_proc:
             console.print(f"[yellow]{warning}[/yellow]", soft_wrap=True, highlight=False)
     if skipped and main_proc:
-        console.print(f"[yellow]--resume: skipped incomplete checkpoint(s) {'; '.join(skipped)}[/yellow]", soft_wrap=True, highlight=False)
+        console.print(f"[yellow]--resume: skipped incomplete checkpoint(s) {'; '.join(skipped)}[/yellow]",
+                      soft_wrap=True, highlight=False)
     if not config.resume and checkpoint_dirs(ckpt_dir):
         if not config.overwrite:
             raise FileExistsError(
