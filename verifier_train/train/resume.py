@@ -7,7 +7,8 @@ sha256) and the model paths resolved. ``--resume`` compares against it (:func:`c
 - other data (by content; a moved file is fine) or other hyper-parameters are refused, naming the settings;
 - the length of training (``max_steps``, ``epochs``) and the precision (``bf16``) may change, to extend a run or
   to continue it on another machine: a warning, and the training card records both values;
-- operational settings (logging, saving, evaluation cadence, progress, workers, kernels) are not compared.
+- operational settings (logging, saving, evaluation cadence, progress, workers, kernels, the final save's format)
+  are not compared, nor a setting that only one of the two versions has.
 
 Checkpoints written before this file existed resume with a warning (nothing to compare).
 :func:`check_output` refuses an output that would replace an input or a model llm2 did not write (LLM2.md
@@ -33,7 +34,7 @@ MAY_CHANGE = ("max_steps", "epochs", "bf16")
 OPERATIONAL = (
     "output", "resume", "overwrite", "progress", "num_workers", "logging_steps", "save_steps", "save_total_limit",
     "eval_steps", "eval_on_start", "save_dtype", "attn_implementation", "gradient_checkpointing", "deepspeed",
-    "fsdp",
+    "fsdp", "lora_save",
 )
 
 
@@ -96,7 +97,7 @@ def check_resume(config: TrainConfig, ckpt_dir: Path, bf16: bool) -> tuple[dict[
             + "; now: " + ", ".join(f"{d['path']} {d['size']} bytes" for d in new_data) + ")"
         )
     changes = {}
-    for key in sorted((set(old) | set(new)) - {"data"}):
+    for key in sorted((set(old) & set(new)) - {"data"}):  # a setting one version lacks cannot be compared
         a, b = old.get(key), new.get(key)
         if key == "chat_template" and isinstance(a, dict) and isinstance(b, dict):
             if same_content(a, b):
