@@ -13,7 +13,10 @@ What "the same" means: for the same seed the two engines explore the same positi
 log-probabilities per token, so a plausible set larger than ``logprobs_k`` is capped: the tiny tests use the whole
 vocabulary as k, the real-model test checks the cap). Rollouts use different random streams (vLLM's sampler is not
 transformers'), so qualities agree only in distribution: each engine's q(v) must lie within a few binomial standard
-errors of the exact value, which the tests compute from the model's own next-token distribution.
+errors of the exact value, which the tests compute from the model's own next-token distribution, one by one and
+pooled over candidates (a wrong temperature fails it: checked by hand with vLLM sampling at 1.4x the temperature).
+
+At most one vLLM engine runs at a time (the module's shared one is stopped before a test starts its own).
 """
 
 from __future__ import annotations
@@ -180,8 +183,10 @@ def test_hf_engine_many_equals_one_by_one(tmp_path):
 
 def _tiny_vllm_model(path: Path, seed: int = 5) -> Path:
     """A tiny random Qwen2 that vLLM's CPU backend accepts: its attention kernels need a head size of 32 or more
-    (hidden 64 with 2 heads: 32)."""
-    return build_tiny_llm(path, seed=seed, heads=2, kv_heads=1)
+    (hidden 64 with 2 heads: 32). ``head_scale=4`` makes its next-token distributions peaked (about 10 plausible
+    tokens per step at alpha 0.1 instead of the whole vocabulary), so that the stub checker's exact q(v) ranges
+    over ~0.15-0.9 and depends on the temperature: a flat model would give q = 0.5 whatever an engine samples."""
+    return build_tiny_llm(path, seed=seed, heads=2, kv_heads=1, head_scale=4.0)
 
 
 def _vllm_engine(path, **kw):
@@ -191,22 +196,42 @@ def _vllm_engine(path, **kw):
     return VLLMRolloutEngine(str(path), dtype="float32", seed=0, threads=1, **kw)
 
 
+class _TinyVLLM:
+    """The tiny model, its hf model (float32) and ONE vLLM engine on it with k = the whole vocabulary, started on
+    first use of :attr:`engine`. A test that starts a vLLM engine of its own calls :meth:`release` first, so that
+    at most one vLLM engine (three processes and a KV cache) runs at a time on a small shared CPU."""
+
+    def __init__(self, root: Path):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.root = root
+        self.path = _tiny_vllm_model(root / "llm")
+        self.tok = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32).eval()
+        self.data = root / "gsm8k.jsonl"
+        self.data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS))
+        self._engine = None
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._engine = _vllm_engine(self.path, logprobs_k=len(self.tok))
+        return self._engine
+
+    def release(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
 @pytest.fixture(scope="module")
 def vtiny(tmp_path_factory):
-    """The tiny model, its hf engine (float32) and a vLLM engine on it with k = the whole vocabulary."""
+    """:class:`_TinyVLLM` on a fresh tiny model; its vLLM engine is stopped at the end of the module."""
     if not HAVE_VLLM:
         pytest.skip("vLLM is not installed")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    root = tmp_path_factory.mktemp("vllm_tiny")
-    path = _tiny_vllm_model(root / "llm")
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    engine = _vllm_engine(path, logprobs_k=len(tok))
-    data = root / "gsm8k.jsonl"
-    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS))
-    yield SimpleNamespace(root=root, path=path, tok=tok, model=model, engine=engine, data=data)
-    engine.close()
+    t = _TinyVLLM(tmp_path_factory.mktemp("vllm_tiny"))
+    yield t
+    t.release()
 
 
 @pytest.mark.vllm
@@ -292,17 +317,25 @@ def _explore_cfg(vtiny, out, backend, **kw):
 @needs_vllm
 def test_explore_vllm_same_candidates_and_qualities_as_hf(vtiny, tmp_path):
     """Same seed -> same positions and candidates; qualities agree with the exact value (and each other) within
-    binomial noise."""
-    m = 48
-    s_hf = explore(_explore_cfg(vtiny, tmp_path / "hf.jsonl", "hf"), engine=HFRolloutEngine(vtiny.model))
-    s_v = explore(_explore_cfg(vtiny, tmp_path / "v.jsonl", "vllm"), engine=vtiny.engine)
+    binomial noise.
+
+    Per candidate, ``z = (q - exact) / se`` with ``se = sqrt(exact (1 - exact) / m)``, for each engine. Three
+    checks: every ``|z| <= Z``; pooled over the n candidates, the mean z (a shared bias) is within ``Z / sqrt(n)``
+    of 0; and the mean z^2 (a chi-square over n, ~1 when q is a draw of Binomial(m, exact) / m) is within
+    ``Z sqrt(2 / n)`` of 1, which a wrong temperature or top-p (q drifting towards or away from 0.5 depending on
+    the candidate, so no shared sign) breaks.
+    """
+    m = 96
+    s_hf = explore(_explore_cfg(vtiny, tmp_path / "hf.jsonl", "hf", rollouts=m), engine=HFRolloutEngine(vtiny.model))
+    s_v = explore(_explore_cfg(vtiny, tmp_path / "v.jsonl", "vllm", rollouts=m), engine=vtiny.engine)
     hf = [json.loads(x) for x in (tmp_path / "hf.jsonl").read_text().splitlines()]
     vl = [json.loads(x) for x in (tmp_path / "v.jsonl").read_text().splitlines()]
     assert s_hf["examples"] == s_v["examples"] == len(QUESTIONS)
     assert s_hf["candidates"] == s_v["candidates"] >= 6
     from verifier_train.records import chat_token_ids
 
-    z_all, n_all = 0.0, 0
+    z = {"hf": [], "vllm": []}
+    exacts = []
     for a, b in zip(hf, vl):
         assert a["positions"] == b["positions"]
         assert a["candidate_positions"] == b["candidate_positions"]
@@ -315,14 +348,17 @@ def test_explore_vllm_same_candidates_and_qualities_as_hf(vtiny, tmp_path):
             assert qa["rollouts"] == qb["rollouts"] == m
             exact = _exact_quality(vtiny.model, ids[: qa["pos"]] + [qa["token"]], TEMPERATURE)
             se = math.sqrt(max(exact * (1 - exact), 1e-12) / m)
-            for q in (qa["q"], qb["q"]):
-                assert abs(q - exact) <= Z * se + 1e-9, (qa, qb, exact)
-            assert abs(qa["q"] - qb["q"]) <= Z * math.sqrt(2) * se + 1e-9
-            z_all += (qb["q"] - qa["q"]) / (math.sqrt(2) * se) if se > 1e-6 else 0.0
-            n_all += 1
-    print("DEBUG", n_all, z_all / max(n_all, 1), [(q["q"], p["q"]) for a_, b_ in zip(hf, vl) for q, p in zip(a_["qualities"], b_["qualities"])])
-    # pooled over all candidates: the mean standardised difference is within Z / sqrt(n) of 0
-    assert n_all >= 6 and abs(z_all / n_all) <= Z / math.sqrt(n_all)
+            if se < 1e-3:  # q(v) is 0 or 1 whatever is sampled: nothing to compare
+                continue
+            exacts.append(exact)
+            for name, q in (("hf", qa["q"]), ("vllm", qb["q"])):
+                assert abs(q - exact) <= Z * se + 1e-9, (name, qa, qb, exact)
+                z[name].append((q - exact) / se)
+    n = len(exacts)
+    assert n >= 6 and max(exacts) - min(exacts) > 0.3, exacts  # the model's q(v) differ between candidates
+    for name, zs in z.items():
+        assert abs(sum(zs) / n) <= Z / math.sqrt(n), (name, zs)
+        assert abs(sum(x * x for x in zs) / n - 1) <= Z * math.sqrt(2 / n), (name, zs)
 
 
 @pytest.mark.vllm
@@ -366,6 +402,7 @@ def test_gold_self_with_vllm(vtiny, tmp_path):
         calls.append(text)
         return len(calls) == 2
 
+    vtiny.release()  # one vLLM engine at a time
     engine = _vllm_engine(path)
     try:
         assert engine.eos_token_ids == tuple(eos)
@@ -391,6 +428,7 @@ def test_cli_explore_backend_vllm(vtiny, tmp_path):
 
     from verifier_train.explore import explore_command
 
+    vtiny.release()  # the command starts its own vLLM engine: one at a time
     out = tmp_path / "o.jsonl"
     res = CliRunner().invoke(explore_command, [
         "--model", str(vtiny.path), "--data", str(vtiny.data), "--output", str(out), "--limit", "2",
@@ -411,7 +449,7 @@ def test_cli_explore_backend_vllm(vtiny, tmp_path):
 @pytest.mark.vllm
 @needs_vllm
 @needs_real
-def test_real_model_same_candidates_as_hf(tmp_path, data_dir):
+def test_real_model_same_candidates_as_hf(vtiny, tmp_path, data_dir):
     """The real model in float32: the vLLM engine explores the same positions with the same candidates as the hf
     engine (k = 20 covers the plausible sets at alpha 0.1, or the cap shows), and its rollouts run."""
     from transformers import AutoModelForCausalLM
@@ -421,6 +459,7 @@ def test_real_model_same_candidates_as_hf(tmp_path, data_dir):
     data.write_text("\n".join(lines) + "\n")
     base = dict(model=REAL_MODEL, data=str(data), dtype="float32", positions="sample:3", candidates=2, rollouts=2,
                 max_rollout_tokens=8, progress=False, seed=1)
+    vtiny.release()  # one vLLM engine at a time
     model = AutoModelForCausalLM.from_pretrained(REAL_MODEL, dtype=torch.float32).eval()
     explore(ExploreConfig(output=str(tmp_path / "hf.jsonl"), **base), engine=HFRolloutEngine(model))
     del model
