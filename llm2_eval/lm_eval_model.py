@@ -191,7 +191,8 @@ class LLM2LM(HFLM):
             path = trace_path_for_rank(trace, self.rank, self.world_size)  # one file per data-parallel rank
             self.trace_stamp = new_stamp(
                 {"pretrained": pretrained, "verifier": verifier, "alpha": alpha, "top_k": top_k, "beta": beta,
-                 "max_candidates": max_candidates, "seed": seed, "trace": trace, "device": device, **kwargs},
+                 "max_candidates": max_candidates, "seed": seed, "trace": trace, **kwargs,
+                 "device": str(self.device)},  # where the run really ran (lm-eval may pass "cuda:0" on a CPU)
                 rank=self.rank, world_size=self.world_size,
             )
             self._trace = open_trace(path, self.trace_stamp)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 
@@ -54,6 +56,7 @@ def test_two_runs_sharing_a_trace_path(tiny_llm, tmp_path, monkeypatch):
     assert header["tasks"] == ["toy", "other"] and header["argv"][0] == "lm_eval"
     assert header["model_args"]["max_candidates"] == 3 and header["model_args"]["pretrained"] == str(tiny_llm)
     assert header["start_time"].endswith("+00:00")
+    assert header["model_args"]["device"] == str(second.device)  # where it ran, not what was asked
     assert [x["run_id"] for x in lines] == [header["run_id"]]  # every line carries it
     assert json.loads(first_lines[0])["run_id"] == first.trace_stamp["run_id"] and len(first_lines) == 3
 
@@ -79,3 +82,13 @@ def test_tasks_from_argv():
     assert tasks_from_argv(["lm_eval", "--tasks", "a,b"]) == ["a", "b"]
     assert tasks_from_argv(["lm_eval", "run", "--tasks=gsm8k_llm2"]) == ["gsm8k_llm2"]
     assert tasks_from_argv(["python", "script.py"]) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA (the CPU fallback is checked)")
+def test_stamp_records_the_device_the_run_used(tiny_llm, tmp_path):
+    """lm-eval's CLI passes ``device=cuda:0`` by default; on a machine without CUDA the run falls back to the CPU,
+    and the stamp must say where it ran."""
+    m = get_model("llm2")(pretrained=str(tiny_llm), dtype="float32", batch_size=1, device="cuda:0",
+                          trace=str(tmp_path / "t.jsonl"))
+    header = json.loads((tmp_path / "t.jsonl").read_text().splitlines()[0])
+    assert str(m.device) == "cpu" and header["model_args"]["device"] == "cpu"
