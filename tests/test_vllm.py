@@ -226,9 +226,8 @@ class _TinyVLLM:
 
 @pytest.fixture(scope="module")
 def vtiny(tmp_path_factory):
-    """:class:`_TinyVLLM` on a fresh tiny model; its vLLM engine is stopped at the end of the module."""
-    if not HAVE_VLLM:
-        pytest.skip("vLLM is not installed")
+    """:class:`_TinyVLLM` on a fresh tiny model; its vLLM engine is stopped at the end of the module (only the
+    tests marked ``needs_vllm`` use it, so it is never built without vLLM)."""
     t = _TinyVLLM(tmp_path_factory.mktemp("vllm_tiny"))
     yield t
     t.release()
