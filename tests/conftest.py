@@ -25,6 +25,16 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Every test module runs torch on one thread, restored after it (a module whose code calls
+    ``torch.set_num_threads``, e.g. exploration's ``threads`` option, cannot leak its setting into the next)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The local data directory ($LLM2_DATA_DIR, default ../shared/data next to the repository)."""

@@ -14,13 +14,6 @@ import torch
 from tiny_models import build_tiny_llm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _triplets(tok, path: Path, n: int = 16) -> Path:
     """Solutions with 3 (position, gold, negative) triplets each; the negative is a fixed shift of the gold id."""

@@ -46,14 +46,6 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and a shared CPU stalls multi-threaded OpenMP); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def parity_checker(text, gold, tokens):
     """Stub: a rollout 'reaches the answer' iff its first generated token id is even."""

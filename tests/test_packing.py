@@ -14,14 +14,6 @@ MESSAGES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Single-threaded torch in these tests: on a shared CPU, waiting OpenMP threads slow tiny ops down a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_pack_solution_layout():
     ids = list(range(100, 120))

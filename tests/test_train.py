@@ -20,14 +20,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Single-threaded torch in these tests: on a shared CPU, waiting OpenMP threads slow tiny ops down a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _corpus_lines(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)

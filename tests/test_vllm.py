@@ -63,13 +63,6 @@ TEMPERATURE = 0.7
 Z = 4.5  # tolerance in binomial standard errors (per-candidate false alarm ~7e-6)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _seq(n=60, offset=7):
     return [(offset + 13 * i) % 250 + 5 for i in range(n)]
