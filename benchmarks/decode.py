@@ -1,7 +1,8 @@
 """Decoding throughput: plain transformers greedy vs LLM2 at batch 1 and batch 8/16, on the same prompts.
 
-Prints a table and a JSON object with generated tokens/s, the mean candidate-set size |V_t|, and the share of
-steps where the verifier was skipped (|V_t| = 1). Every configuration generates exactly ``--new-tokens`` tokens
+Prints a table and a JSON object with generated tokens/s, the mean candidate-set size |V_t|, the share of
+steps where the verifier was skipped (|V_t| = 1) and the verifier's token forwards per generated token (prompt,
+pending tokens and candidate slots: its work, which sets its cost where the CPU is compute-bound). Every configuration generates exactly ``--new-tokens`` tokens
 per prompt (EOS ignored), so the numbers compare the same work.
 
     python benchmarks/decode.py --model /path/to/llm [--verifier /path/to/verifier] --dtype bfloat16 \
@@ -138,6 +139,8 @@ def main() -> None:
             "mean_candidates": sum(s.candidates for s in st) / steps,
             "verifier_skipped_share": sum(s.skipped_steps for s in st) / steps,
             "mean_flips_per_seq": statistics.mean(s.flips for s in st),
+            # the verifier's work (prompt tokens read + pending tokens + candidate slots) per generated token
+            "verifier_tokens_per_token": sum(s.verifier_tokens for s in st) / steps,
         })
         show(rows[-1])
     by = {r["config"]: r for r in rows}
@@ -155,9 +158,10 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else None,
         "torch_threads": torch.get_num_threads(), "rows": rows, "ratios": ratios,
     }
-    print(f"{'config':<20}{'tok/s':>10}{'seconds':>10}{'|V_t|':>8}{'skipped':>9}")
+    print(f"{'config':<20}{'tok/s':>10}{'seconds':>10}{'|V_t|':>8}{'skipped':>9}{'ver tok/tok':>12}")
     for r in rows:
-        extra = (f"{r['mean_candidates']:>8.2f}{r['verifier_skipped_share']:>9.2f}" if "mean_candidates" in r else "")
+        extra = (f"{r['mean_candidates']:>8.2f}{r['verifier_skipped_share']:>9.2f}{r['verifier_tokens_per_token']:>12.2f}"
+                 if "mean_candidates" in r else "")
         print(f"{r['config']:<20}{r['tokens_per_s']:>10.1f}{r['seconds']:>10.1f}{extra}")
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")

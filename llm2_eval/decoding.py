@@ -13,9 +13,9 @@ At every step ``t`` and for every sequence of the batch (:class:`_Decoding`, one
 4. ``z*_t[v] = z_t[v] + beta * s(x_<t, v)`` on ``V_t``, ``-inf`` elsewhere (:meth:`~_Decoding.choose`).
 5. Greedy: argmax of ``z*``. Sampling: temperature and top-p on ``z*``.
 6. The verifier's KV cache holds exactly the real sequence of every row: the candidates' key/values are cropped
-   after each scoring forward, and real tokens the verifier has not read yet ("pending" tokens: the prompt, the
-   last chosen token, and tokens of steps where the row had ``|V_t| = 1``) are fed in front of the row's next
-   candidates (:meth:`~_Decoding.append` for the sequences, :meth:`~_Decoding.finish` for stop strings / EOS).
+   after each scoring forward except the chosen one's, which becomes the row's next real column (it attended to
+   exactly what that token attends to), and real tokens the verifier has not read yet ("pending" tokens: the
+   prompt and tokens of steps where the row had ``|V_t| = 1``) are fed in front of the row's next candidates (:meth:`~_Decoding.append` for the sequences, :meth:`~_Decoding.finish` for stop strings / EOS).
 
 ``beta == 0`` or no verifier is plain System-1 decoding over the full vocabulary (token for token the same as
 transformers' greedy ``generate``); the verifier is then never called.
@@ -271,7 +271,10 @@ class _Decoding:
         if scores is not None:
             z = z + self.beta * scores
         z = z.masked_fill(~cand_mask, float("-inf"))
-        next_tok = cand_ids.gather(-1, self.draw(z)[:, None])[:, 0]
+        slot = self.draw(z)
+        next_tok = cand_ids.gather(-1, slot[:, None])[:, 0]
+        if scores is not None:
+            self.scorer.accept(slot)
         n_list = cand_mask.sum(-1).tolist()
         for r, n in zip(self.active, n_list):
             self.stats[r].candidates += int(n)

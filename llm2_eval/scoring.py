@@ -3,11 +3,12 @@
 The candidates of a row are appended after its real sequence, all at position id = current length, each attending
 to the real prefix and to itself only (:func:`candidate_attention_mask`); the verifier's score of a candidate is
 read at the candidate's own position. The candidate columns are cropped from the cache after the forward, so the
-cache only ever holds real tokens.
+cache only ever holds real tokens; the key/values of the candidate the row then chooses are kept as its next real
+column (:meth:`VerifierCache.accept`), so a row scored at consecutive steps feeds only its candidates.
 
 Only the rows that need scores (``|V_t| >= 2``) take part in a forward, with as many candidate slots as the widest
 of them needs. The verifier reads a row's real tokens when that row is scored: the tokens it has not read yet
-("pending": the prompt, the last chosen token, and tokens of steps where the row had a single candidate) are fed
+("pending": the prompt and the tokens of steps where the row had a single candidate) are fed
 in front of its candidates. Rows may therefore have read different numbers of columns (:attr:`VerifierCache.read`);
 a sub-batch starts at the fewest columns any of its rows has read (re-reading, for the others, a few columns they
 already hold) and its new columns are written back into those rows of the shared cache. The first scoring pass
@@ -80,6 +81,7 @@ class VerifierCache:
         self.vocab = verifier.get_input_embeddings().num_embeddings
         self.read = torch.zeros(rows, dtype=torch.long, device=device)
         self.prompts_read = False
+        self._candidates = None  # (rows, width, per-layer candidate key/values) of the last scoring forward
 
     @property
     def cache(self):
@@ -145,6 +147,9 @@ class VerifierCache:
             torch.cat([positions[rows, start:], next_pos[rows, None].expand(-1, k)], dim=1),
             cache=cache,
         )
+        # the candidates' key/values, kept so that the chosen one becomes the row's next real column (accept)
+        self._candidates = (rows, width, [(layer.keys[:, :, -k:].clone(), layer.values[:, :, -k:].clone())
+                                          for layer in cache.layers])
         cache.crop(-k)
         if not whole:
             self._write_back(rows, start, width, cache)
@@ -155,6 +160,33 @@ class VerifierCache:
         fed = torch.zeros_like(n_cand)
         fed[rows] = attn[rows, start:].sum(-1) + k
         return scores, fed
+
+    def accept(self, slot: torch.Tensor) -> None:
+        """The token chosen from the last scored candidates joins the cache as the row's next real column.
+
+        A candidate attends to the real prefix and to itself, at position id = the sequence length: exactly what
+        that token reads as the next real token, so its key/values from the scoring forward ARE the key/values
+        of the real column, and the row need not feed it again as a pending token (LLM2.md section 3 step 6).
+
+        Args:
+            slot: long ``[rows]``, the index into each working row's candidates of the token it chose; only the
+                rows of the last :meth:`score` forward are used (for each of them the slot is < its count).
+        """
+        if self._candidates is None:
+            return
+        rows, width, kv = self._candidates
+        self._candidates = None
+        pick = slot[rows]
+        at = torch.arange(rows.numel(), device=pick.device)
+        for layer, (keys, values) in zip(self.cache.layers, kv):
+            grow = width + 1 - layer.keys.shape[-2]
+            if grow > 0:
+                pad = (*layer.keys.shape[:2], grow, layer.keys.shape[-1])
+                layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(pad)], dim=-2)
+                layer.values = torch.cat([layer.values, layer.values.new_zeros(pad)], dim=-2)
+            layer.keys[rows, :, width] = keys[at, :, pick]
+            layer.values[rows, :, width] = values[at, :, pick]
+        self.read[rows] = width + 1
 
     def _sub_cache(self, rows: torch.Tensor, columns: int):
         """A new cache holding the first ``columns`` columns of the rows ``rows`` (a copy)."""
