@@ -423,6 +423,46 @@ def test_gold_self_keeps_first_correct_solution(env, tmp_path):
     assert not (tmp_path / "none.jsonl").read_text()
 
 
+def test_gold_self_batches_questions_with_the_same_records(env, tmp_path):
+    """--self-batch N samples N questions' solutions in one rollouts_many call (one vLLM batch); the records are
+    those of one question at a time (same seeds), and a bad line inside a batch, with on_error fail, is raised only
+    after the lines before it are written."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(env.llm).eval()
+    model.generation_config.eos_token_id = sorted({env.tok.eos_token_id, *range(0, len(env.tok), 3)})
+
+    class Spy(HFRolloutEngine):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.calls = []
+
+        def rollouts_many(self, items, params):
+            self.calls.append(len(items))
+            return super().rollouts_many(items, params)
+
+    def even(text, gold, toks):  # a deterministic judge that accepts some samples and rejects others
+        return len(toks) % 2 == 0
+
+    kw = dict(gold="self", self_samples=3, self_max_tokens=12, limit=3, checker=even, positions="sample:1",
+              rollouts=1, candidates=1)
+    one, many = Spy(model), Spy(model)
+    s1 = explore(_cfg(env, tmp_path / "one.jsonl", self_batch=1, **kw), engine=one)
+    s3 = explore(_cfg(env, tmp_path / "many.jsonl", self_batch=3, **kw), engine=many)
+    assert [_strip_timing(r) for r in _lines(tmp_path / "one.jsonl")] == [
+        _strip_timing(r) for r in _lines(tmp_path / "many.jsonl")]
+    assert s1["self_gold_failed_ids"] == s3["self_gold_failed_ids"] and s1["examples"] == s3["examples"] >= 1
+    assert many.calls[0] == 3 and one.calls[:3] == [1, 1, 1]
+
+    good = Path(env.data).read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good[0] + "\n{not json\n" + good[1] + "\n")
+    always = dict(kw, checker=lambda *a: True, data=str(bad))
+    with pytest.raises(ExploreInputError, match=r"bad\.jsonl:2: not valid JSON"):
+        explore(_cfg(env, tmp_path / "b.jsonl", self_batch=3, **always), engine=Spy(model))
+    assert [r["id"] for r in _lines(tmp_path / "b.jsonl")] == [1]
+
+
 # ----------------------------------------------------------------------------------------------- CLI and helpers
 
 

@@ -64,6 +64,8 @@ def _default(name: str) -> Any:
               help="dataset: the file's solution; self: the LLM's first correct sampled solution.")
 @click.option("--self-samples", type=int, default=_default("self_samples"), show_default=True)
 @click.option("--self-max-tokens", type=int, default=_default("self_max_tokens"), show_default=True)
+@click.option("--self-batch", type=int, default=_default("self_batch"), show_default=True,
+              help="--gold self: questions sampled together (one batch for vLLM).")
 @click.option("--positions", default=_default("positions"), show_default=True, help="all | stride:K | sample:P")
 @click.option("--include-eot/--no-include-eot", default=_default("include_eot"), show_default=True,
               help="Also explore the end-of-turn token position.")

@@ -55,6 +55,8 @@ class ExploreConfig:
         gold: ``"dataset"`` (the file's solution) or ``"self"`` (the LLM's first correct sampled solution).
         self_samples: k, solutions sampled per question with ``gold="self"``.
         self_max_tokens: token budget of each self-sampled solution.
+        self_batch: ``gold="self"``: questions whose solutions are sampled together (one ``rollouts_many`` call:
+            vLLM decodes all their sequences in one batch); does not change the output.
         positions: ``"all"``, ``"stride:K"`` or ``"sample:P"`` (P >= 1 integer: that many positions; 0 < P < 1:
             that fraction, at least one), applied to the response positions that have a plausible non-gold
             candidate; see :func:`select_positions`.
@@ -123,6 +125,7 @@ class ExploreConfig:
     gold: str = "dataset"
     self_samples: int = 4
     self_max_tokens: int = 512
+    self_batch: int = 16
     positions: str = "all"
     include_eot: bool = False
     alpha: float | None = None
@@ -174,7 +177,7 @@ class ExploreConfig:
             raise ValueError(f"alpha={self.alpha!r}: must be in (0, 1]")
         if int(self.threads) < 0:
             raise ValueError(f"threads={self.threads!r}: must be >= 0")
-        for name in ("candidates", "rollouts", "num_samples", "self_samples", "self_max_tokens",
+        for name in ("candidates", "rollouts", "num_samples", "self_samples", "self_max_tokens", "self_batch",
                      "max_rollout_tokens", "batch_rows", "tensor_parallel_size", "vllm_logprobs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 1")

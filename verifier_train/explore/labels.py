@@ -217,25 +217,49 @@ class Explorer:
 
     def self_solution(self, ex_id: Any, question: str, gold: str, check: Checker) -> str | None:
         """``--gold self``: the first of k sampled solutions that reaches the gold answer, or None."""
+        return self.self_solutions([(ex_id, question, gold, check)])[0]
+
+    def self_solutions(self, items: Sequence[tuple[Any, str, str, Checker]]) -> list[str | None]:
+        """``--gold self`` for several questions at once: per ``(ex_id, question, gold, check)``, the first of its
+        k sampled solutions (seeds derived from the run seed and ``ex_id``) that reaches the gold answer, or None.
+
+        All questions' samples go to the engine in one ``rollouts_many`` call (vLLM decodes them as one batch).
+
+        Raises:
+            BadExample: a prompt plus ``--self-max-tokens`` exceeds the model context (a caller that wants to skip
+                only that question checks each one with :meth:`check_self_prompt` first).
+        """
         from verifier_train.rollouts import RolloutRequest
 
+        work = []
+        for ex_id, question, _, _ in items:
+            prompt = self.check_self_prompt(question)
+            seeds = [derive_seed(self.cfg.seed, ex_id, "self", j) for j in range(self.cfg.self_samples)]
+            work.append((prompt, [RolloutRequest(prefix_len=len(prompt), continuation=[], seeds=seeds)]))
+        groups = self.engine.rollouts_many(work, self._params(self.cfg.self_max_tokens))
+        found: list[str | None] = []
+        for (_, _, gold, check), group in zip(items, groups):
+            outs = group[0]
+            self.c.self_samples += len(outs)
+            self.c.rollouts += len(outs)
+            self.c.generated_tokens += sum(len(r.tokens) for r in outs)
+            found.append(next((text for text, r in ((self._decode(r.tokens).strip(), r) for r in outs)
+                               if text and r.finish_reason == "eos" and check(text, gold, r.tokens)), None))
+        return found
+
+    def check_self_prompt(self, question: str) -> list[int]:
+        """The chat prompt ids of a ``--gold self`` question.
+
+        Raises:
+            BadExample: the prompt plus ``--self-max-tokens`` exceeds the model context.
+        """
         prompt = chat_token_ids(self.tok, [{"role": "user", "content": question}], add_generation_prompt=True)
         if self.ctx and len(prompt) + self.cfg.self_max_tokens > self.ctx:
             raise BadExample(
                 f"prompt of {len(prompt)} tokens + --self-max-tokens {self.cfg.self_max_tokens} exceeds the "
                 f"model context ({self.ctx})"
             )
-        seeds = [derive_seed(self.cfg.seed, ex_id, "self", j) for j in range(self.cfg.self_samples)]
-        req = RolloutRequest(prefix_len=len(prompt), continuation=[], seeds=seeds)
-        outs = self.engine.rollouts(prompt, [req], self._params(self.cfg.self_max_tokens))[0]
-        self.c.self_samples += len(outs)
-        self.c.rollouts += len(outs)
-        self.c.generated_tokens += sum(len(r.tokens) for r in outs)
-        for r in outs:
-            text = self._decode(r.tokens).strip()
-            if text and r.finish_reason == "eos" and check(text, gold, r.tokens):
-                return text
-        return None
+        return prompt
 
     def run(self, ex_id: Any, lineno: int, question: str, solution: str, gold: str, check: Checker) -> dict:
         """Explore one example: its output record (see :mod:`verifier_train.explore.run` for the fields).

@@ -216,6 +216,7 @@ class _Run:
         self.seen_ids: set[str] = set()
         self.warnings: list[str] = []
         self.dropped_bytes = 0
+        self.deferred_error: tuple[int, str] | None = None
 
     def resume(self, appender: JsonlAppender) -> None:
         """Leave out the selected examples the output already holds."""
@@ -256,8 +257,8 @@ class _Run:
             "settings": cfg.settings(),
         }
 
-    def example(self, ex: Explorer, ln: int, raw: str) -> dict | None:
-        """Explore one input line: its record, or None for a ``--gold self`` question without a correct sample.
+    def prepare(self, ex: Explorer, ln: int, raw: str) -> tuple:
+        """Parse one input line: ``(ex_id, question, solution, gold, check)`` (``solution`` None for ``--gold self``).
 
         Raises:
             BadExample: the line cannot be explored (the caller fails or skips it).
@@ -277,11 +278,45 @@ class _Run:
         if cfg.prompt == "task":
             question = task_prompt(fmt, question)
         if cfg.gold == "self":
-            solution = ex.self_solution(ex_id, question, gold, check)
+            ex.check_self_prompt(question)
+            solution = None
+        return ex_id, question, solution, gold, check
+
+    def chunk(self, ex: Explorer, lines: list[tuple[int, str]]) -> list[tuple[int, dict | None]]:
+        """Explore input lines ``(line number, text)``: per line explored, ``(line number, record or None)`` (None: a
+        ``--gold self`` question without a correct sample). Bad lines fail or are skipped (:meth:`bad`); with
+        ``--gold self`` the solutions of all lines are sampled together first.
+
+        Raises:
+            ExploreInputError: a bad first line with ``on_error="fail"`` (a bad later line ends the chunk there and
+                is kept in ``deferred_error``, raised by the caller once the lines before it are written).
+        """
+        ready = []
+        for ln, raw in lines:
+            try:
+                ready.append((ln, self.prepare(ex, ln, raw)))
+            except BadExample as err:
+                if ready and self.cfg.on_error == "fail":  # the lines before it are explored and written first
+                    self.deferred_error = (ln, str(err))
+                    break
+                self.bad(ln, str(err))
+        if self.cfg.gold == "self" and ready:
+            found = ex.self_solutions([(i, q, g, c) for _, (i, q, _, g, c) in ready])
+            ready = [(ln, (i, q, sol, g, c)) for (ln, (i, q, _, g, c)), sol in zip(ready, found)]
+        out = []
+        for ln, (ex_id, question, solution, gold, check) in ready:
             if solution is None:
                 self.self_failed.append(ex_id)
-                return None
-        return ex.run(ex_id, ln, question, solution, gold, check)
+                out.append((ln, None))
+                continue
+            try:
+                out.append((ln, ex.run(ex_id, ln, question, solution, gold, check)))
+            except BadExample as err:
+                if out and self.cfg.on_error == "fail":
+                    self.deferred_error = (ln, str(err))  # an earlier line than any deferred in preparation
+                    break
+                self.bad(ln, str(err))
+        return out
 
 
 def _question(raw: str) -> str | None:
@@ -355,19 +390,22 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
     run.resume(appender)
     try:
         with _Progress(cfg.progress, len(run.todo)) as progress:
-            for _, ln, raw in run.todo:
-                try:
-                    record = run.example(ex, ln, raw)
-                except BadExample as err:
-                    run.bad(ln, str(err))
-                    record = None
-                if record is None:
+            step = cfg.self_batch if cfg.gold == "self" else 1
+            for at in range(0, len(run.todo), step):
+                lines = [(ln, raw) for _, ln, raw in run.todo[at : at + step]]
+                done = run.chunk(ex, lines)
+                for _ in range(len(lines) - len(done)):  # bad lines, skipped
                     progress.advance()
-                    continue
-                appender.write(record)
-                s = run.summary(ex.c, engine, False)
-                progress.example_done(s, record, len(run.todo))
-                _write_json_atomic(sum_path, s)
+                for _, record in done:
+                    if record is None:
+                        progress.advance()
+                        continue
+                    appender.write(record)
+                    s = run.summary(ex.c, engine, False)
+                    progress.example_done(s, record, len(run.todo))
+                    _write_json_atomic(sum_path, s)
+                if run.deferred_error is not None:
+                    run.bad(*run.deferred_error)
     finally:
         appender.close()
     final = run.summary(ex.c, engine, True)
