@@ -150,8 +150,10 @@ class VerifierCache:
         # the candidates' key/values, kept so that the chosen one becomes the row's next real column (accept)
         self._candidates = (rows, width, [(layer.keys[:, :, -k:].clone(), layer.values[:, :, -k:].clone())
                                           for layer in cache.layers])
-        cache.crop(-k)
-        if not whole:
+        # keep one column past the sequence for the chosen candidate (accept); until then it is not read
+        if whole:
+            cache.crop(-(k - 1))
+        else:
             self._write_back(rows, start, width, cache)
         self.read[rows] = width
         self.prompts_read = True
@@ -178,12 +180,7 @@ class VerifierCache:
         self._candidates = None
         pick = slot[rows]
         at = torch.arange(rows.numel(), device=pick.device)
-        for layer, (keys, values) in zip(self.cache.layers, kv):
-            grow = width + 1 - layer.keys.shape[-2]
-            if grow > 0:
-                pad = (*layer.keys.shape[:2], grow, layer.keys.shape[-1])
-                layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(pad)], dim=-2)
-                layer.values = torch.cat([layer.values, layer.values.new_zeros(pad)], dim=-2)
+        for layer, (keys, values) in zip(self.cache.layers, kv):  # score() left the cache width + 1 columns
             layer.keys[rows, :, width] = keys[at, :, pick]
             layer.values[rows, :, width] = values[at, :, pick]
         self.read[rows] = width + 1
@@ -198,9 +195,10 @@ class VerifierCache:
 
     def _write_back(self, rows: torch.Tensor, start: int, width: int, sub) -> None:
         """Copy the columns ``start .. width - 1`` that the sub-batch ``rows`` read into the shared cache (which
-        grows to ``width`` columns when shorter; the new columns of the other rows are zeros, not yet read)."""
+        grows to ``width + 1`` columns when shorter, one for the chosen candidate of :meth:`accept`; the new columns
+        of the other rows are zeros, not yet read)."""
         for layer, new in zip(self.cache.layers, sub.layers):
-            grow = width - layer.keys.shape[-2]
+            grow = width + 1 - layer.keys.shape[-2]
             if grow > 0:
                 pad = (*layer.keys.shape[:2], grow, layer.keys.shape[-1])
                 layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(pad)], dim=-2)
