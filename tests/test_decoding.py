@@ -175,6 +175,20 @@ def test_row_subsets_with_mixed_candidate_counts_stay_exact(llama_models):
             torch.testing.assert_close(got.values[r, :, :c][:, real], want.values[0], atol=1e-5, rtol=1e-4)
 
 
+def test_chosen_candidate_is_not_fed_again(models):
+    """The chosen candidate's key/values from the scoring forward become the verifier's next real column: with two
+    candidates at every step, one row reads its prompt once and then only its 2 candidate slots per step (no pending
+    token), and the output still equals the naive reference."""
+    tok, llm, ver = models
+    cfg = DecodeConfig(top_k=2, beta=4.0, max_new_tokens=8)
+    ids, attn = batch(tok, PROMPTS[2:3])
+    out = generate(llm, ids, attn, cfg, verifier=ver, tokenizer=tok)
+    st = out.stats[0]
+    assert out.tokens[0] == naive_decode(tok, llm, ver, PROMPTS[2], cfg)
+    assert st.scored_steps == st.steps == 8
+    assert st.verifier_tokens == int(attn.sum()) + 2 * st.steps
+
+
 def test_top_k_and_max_candidates_match_reference(models):
     tok, llm, ver = models
     for cfg in (
