@@ -6,11 +6,10 @@ read at the candidate's own position. The candidate columns are cropped from the
 cache only ever holds real tokens; the key/values of the candidate the row then chooses are kept as its next real
 column (:meth:`VerifierCache.accept`), so a row scored at consecutive steps feeds only its candidates.
 
-Only the rows that need scores (``|V_t| >= 2``) take part, split into as few forwards as pays
-(:meth:`VerifierCache.groups`: a rectangular batch pads every row to its widest row's pending tokens and candidate
-count, a forward has a fixed cost), each forward with as many candidate slots as the widest of its rows needs.
-The verifier reads a row's real tokens when that row is scored: the tokens it has not read yet ("pending": the
-prompt and the tokens of steps where the row had a single candidate) are fed in front of its candidates. Rows may therefore have read different numbers of columns (:attr:`VerifierCache.read`);
+Only the rows that need scores (``|V_t| >= 2``) take part in a forward, with as many candidate slots as the widest
+of them needs. The verifier reads a row's real tokens when that row is scored: the tokens it has not read yet
+("pending": the prompt and the tokens of steps where the row had a single candidate) are fed
+in front of its candidates. Rows may therefore have read different numbers of columns (:attr:`VerifierCache.read`);
 a sub-batch starts at the fewest columns any of its rows has read (re-reading, for the others, a few columns they
 already hold) and its new columns are written back into those rows of the shared cache. The first scoring pass
 takes every row, so that all prompts are read in one forward.
