@@ -73,14 +73,7 @@ class VerifierCache:
         verifier: a 1-label token-classification model (LLM2.md section 2).
         rows: rows of the working batch.
         device: where the row bookkeeping lives (the models' device).
-
-    Attributes:
-        forward_cost: the fixed cost of one verifier forward in token slots, which :meth:`groups` weighs against
-            padding: on a CPU a forward costs about as much as a handful of extra tokens (measured on the 0.5B model:
-            see the README's decode benchmark), on a GPU a forward is latency-bound and the rows stay together.
     """
-
-    FORWARD_COST = {"cpu": 8, "default": 1024}
 
     def __init__(self, verifier: "PreTrainedModel", rows: int, device: torch.device):
         self.fwd = CachedForward(verifier, full_attention=True)
@@ -88,8 +81,7 @@ class VerifierCache:
         self.vocab = verifier.get_input_embeddings().num_embeddings
         self.read = torch.zeros(rows, dtype=torch.long, device=device)
         self.prompts_read = False
-        self._candidates: list = []  # per forward of the last score(): (rows, width, candidate key/values per layer)
-        self.forward_cost = self.FORWARD_COST.get(torch.device(device).type, self.FORWARD_COST["default"])
+        self._candidates = None  # (rows, width, per-layer candidate key/values) of the last scoring forward
 
     @property
     def cache(self):
@@ -141,49 +133,8 @@ class VerifierCache:
         if not bool(need.any()):
             return None
         rows = torch.arange(seq.shape[0], device=seq.device)
-        width = seq.shape[1]
         if self.prompts_read:
             rows = rows[need]
-        groups = self.groups(width - self.read[rows], n_cand[rows]) if self.prompts_read else [list(range(len(rows)))]
-        scores = torch.zeros(cand_ids.shape, dtype=torch.float32, device=seq.device)
-        fed = torch.zeros_like(n_cand)
-        self._candidates = []
-        for g in groups:
-            self._forward(rows[torch.tensor(g, device=seq.device)], seq, attn, positions, next_pos, cand_ids, n_cand,
-                          scores, fed)
-        self.prompts_read = True
-        return scores, fed
-
-    def groups(self, pending: torch.Tensor, n_cand: torch.Tensor) -> list[list[int]]:
-        """Split the rows to score into forwards: indices into ``pending`` / ``n_cand`` (long ``[n]``: each row's
-        unread real tokens and candidate count), one list per verifier forward.
-
-        A forward pays, for each of its rows, its widest row's pending tokens plus its largest candidate count
-        (rectangular batch); a forward also has a fixed cost, :attr:`forward_cost` token slots. Rows sorted by
-        ``pending + n_cand`` are cut into the consecutive groups of least total cost (dynamic programming; one group
-        whenever the fixed cost outweighs the padding, as on a GPU).
-        """
-        p, k = pending.tolist(), n_cand.tolist()
-        order = sorted(range(len(p)), key=lambda i: (p[i] + k[i], p[i]))
-        n = len(order)
-        best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
-        for end in range(1, n + 1):
-            max_p = max_k = 0
-            for begin in range(end - 1, -1, -1):
-                max_p, max_k = max(max_p, p[order[begin]]), max(max_k, k[order[begin]])
-                cost = best[begin] + self.forward_cost + (end - begin) * (max_p + max_k)
-                if cost < best[end]:
-                    best[end], cut[end] = cost, begin
-        out, end = [], n
-        while end > 0:
-            out.append(sorted(order[cut[end] : end]))  # in row order: a group of every row uses the cache as is
-            end = cut[end]
-        return out[::-1]
-
-    def _forward(self, rows, seq, attn, positions, next_pos, cand_ids, n_cand, scores, fed) -> None:
-        """One verifier forward over the rows ``rows`` (long ``[g]``): their pending tokens, then their candidates;
-        fills their ``scores`` and ``fed``, writes their new columns to the cache, keeps their candidates' key/values
-        for :meth:`accept`."""
         k = int(n_cand[rows].max())
         start = int(self.read[rows].min())
         stored = self.cache.get_seq_length()
@@ -197,16 +148,20 @@ class VerifierCache:
             cache=cache,
         )
         # the candidates' key/values, kept so that the chosen one becomes the row's next real column (accept)
-        self._candidates.append((rows, width, [(layer.keys[:, :, -k:].clone(), layer.values[:, :, -k:].clone())
-                                               for layer in cache.layers]))
+        self._candidates = (rows, width, [(layer.keys[:, :, -k:].clone(), layer.values[:, :, -k:].clone())
+                                          for layer in cache.layers])
         # keep one column past the sequence for the chosen candidate (accept); until then it is not read
         if whole:
             cache.crop(-(k - 1))
         else:
             self._write_back(rows, start, width, cache)
         self.read[rows] = width
+        self.prompts_read = True
+        scores = torch.zeros(cand_ids.shape, dtype=torch.float32, device=seq.device)
         scores[rows, :k] = out[:, -k:, 0].float()
+        fed = torch.zeros_like(n_cand)
         fed[rows] = attn[rows, start:].sum(-1) + k
+        return scores, fed
 
     def accept(self, slot: torch.Tensor) -> None:
         """The token chosen from the last scored candidates joins the cache as the row's next real column.
@@ -219,14 +174,16 @@ class VerifierCache:
             slot: long ``[rows]``, the index into each working row's candidates of the token it chose; only the
                 rows of the last :meth:`score` forward are used (for each of them the slot is < its count).
         """
-        for rows, width, kv in self._candidates:
-            pick = slot[rows]
-            at = torch.arange(rows.numel(), device=pick.device)
-            for layer, (keys, values) in zip(self.cache.layers, kv):  # score() left the cache width + 1 columns
-                layer.keys[rows, :, width] = keys[at, :, pick]
-                layer.values[rows, :, width] = values[at, :, pick]
-            self.read[rows] = width + 1
-        self._candidates = []
+        if self._candidates is None:
+            return
+        rows, width, kv = self._candidates
+        self._candidates = None
+        pick = slot[rows]
+        at = torch.arange(rows.numel(), device=pick.device)
+        for layer, (keys, values) in zip(self.cache.layers, kv):  # score() left the cache width + 1 columns
+            layer.keys[rows, :, width] = keys[at, :, pick]
+            layer.values[rows, :, width] = values[at, :, pick]
+        self.read[rows] = width + 1
 
     def _sub_cache(self, rows: torch.Tensor, columns: int):
         """A new cache holding the first ``columns`` columns of the rows ``rows`` (a copy)."""

@@ -189,25 +189,6 @@ def test_chosen_candidate_is_not_fed_again(models):
     assert st.verifier_tokens == int(attn.sum()) + 2 * st.steps
 
 
-def test_rows_to_score_split_into_forwards_of_least_padding(models, monkeypatch):
-    """VerifierCache.groups weighs a forward's fixed cost against the padding of a rectangular batch; decoding with
-    every split (forward cost 0) still equals the naive reference token for token."""
-    from llm2_eval.scoring import VerifierCache
-
-    tok, llm, ver = models
-    vc = VerifierCache(ver, 4, torch.device("cpu"))
-    pending, n_cand = torch.tensor([0, 0, 9, 0]), torch.tensor([2, 2, 2, 5])
-    vc.forward_cost = 8  # one forward: 4 x (9 + 5) + 8 = 64 slots; [[0, 1, 3], [2]]: 3 x 5 + 8 + 11 + 8 = 42
-    assert vc.groups(pending, n_cand) == [[0, 1, 3], [2]]
-    vc.forward_cost = 1e9
-    assert vc.groups(pending, n_cand) == [[0, 1, 2, 3]]
-    monkeypatch.setattr(VerifierCache, "FORWARD_COST", {"cpu": 0, "default": 0})
-    cfg = DecodeConfig(alpha=0.3, beta=4.0, max_new_tokens=10)
-    out = generate(llm, *batch(tok, PROMPTS), cfg, verifier=ver, tokenizer=tok)
-    for p, got in zip(PROMPTS, out.tokens):
-        assert got == naive_decode(tok, llm, ver, p, cfg), p
-
-
 def test_top_k_and_max_candidates_match_reference(models):
     tok, llm, ver = models
     for cfg in (
