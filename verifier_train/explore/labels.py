@@ -42,7 +42,7 @@ builder:
   as often as they are drawn; ``--no-keep-duplicates`` writes each drawn token once.
 
 ``--gold self`` replaces the gold solution by the first of ``--self-samples`` sampled solutions that ends (EOS)
-with the right answer (:meth:`Explorer.self_solution`).
+with the right answer (:meth:`Explorer.self_solutions`).
 """
 
 from __future__ import annotations
@@ -214,10 +214,6 @@ class Explorer:
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
-
-    def self_solution(self, ex_id: Any, question: str, gold: str, check: Checker) -> str | None:
-        """``--gold self``: the first of k sampled solutions that reaches the gold answer, or None."""
-        return self.self_solutions([(ex_id, question, gold, check)])[0]
 
     def self_solutions(self, items: Sequence[tuple[Any, str, str, Checker]]) -> list[str | None]:
         """``--gold self`` for several questions at once: per ``(ex_id, question, gold, check)``, the first of its
