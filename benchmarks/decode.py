@@ -2,8 +2,9 @@
 
 Prints a table and a JSON object with generated tokens/s, the mean candidate-set size |V_t|, the share of
 steps where the verifier was skipped (|V_t| = 1) and the verifier's token forwards per generated token (prompt,
-pending tokens and candidate slots: its work, which sets its cost where the CPU is compute-bound). Every configuration generates exactly ``--new-tokens`` tokens
-per prompt (EOS ignored), so the numbers compare the same work.
+pending tokens and candidate slots: its work, which sets its cost where the CPU is compute-bound). Every
+configuration generates exactly ``--new-tokens`` tokens per prompt (EOS ignored), so the numbers compare the same
+work.
 
     python benchmarks/decode.py --model /path/to/llm [--verifier /path/to/verifier] --dtype bfloat16 \
         --prompts 16 --new-tokens 64 --batch-sizes 1,8,16 [--json out.json]

@@ -15,7 +15,8 @@ At every step ``t`` and for every sequence of the batch (:class:`_Decoding`, one
 6. The verifier's KV cache holds exactly the real sequence of every row: the candidates' key/values are cropped
    after each scoring forward except the chosen one's, which becomes the row's next real column (it attended to
    exactly what that token attends to), and real tokens the verifier has not read yet ("pending" tokens: the
-   prompt and tokens of steps where the row had ``|V_t| = 1``) are fed in front of the row's next candidates (:meth:`~_Decoding.append` for the sequences, :meth:`~_Decoding.finish` for stop strings / EOS).
+   prompt and tokens of steps where the row had ``|V_t| = 1``) are fed in front of the row's next candidates
+   (:meth:`~_Decoding.append` for the sequences, :meth:`~_Decoding.finish` for stop strings / EOS).
 
 ``beta == 0`` or no verifier is plain System-1 decoding over the full vocabulary (token for token the same as
 transformers' greedy ``generate``); the verifier is then never called.

@@ -8,8 +8,8 @@ column (:meth:`VerifierCache.accept`), so a row scored at consecutive steps feed
 
 Only the rows that need scores (``|V_t| >= 2``) take part in a forward, with as many candidate slots as the widest
 of them needs. The verifier reads a row's real tokens when that row is scored: the tokens it has not read yet
-("pending": the prompt and the tokens of steps where the row had a single candidate) are fed
-in front of its candidates. Rows may therefore have read different numbers of columns (:attr:`VerifierCache.read`);
+("pending": the prompt and the tokens of steps where the row had a single candidate) are fed in front of its
+candidates. Rows may therefore have read different numbers of columns (:attr:`VerifierCache.read`);
 a sub-batch starts at the fewest columns any of its rows has read (re-reading, for the others, a few columns they
 already hold) and its new columns are written back into those rows of the shared cache. The first scoring pass
 takes every row, so that all prompts are read in one forward.
