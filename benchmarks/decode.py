@@ -17,6 +17,11 @@ then noise, but the compute is the same as with a trained one). Prompts are the 
 read: for a GPU machine the real weights cannot reach). Random weights give near-uniform next-token distributions,
 so pin the candidate set with ``--top-k K``: every step then scores K candidates, more verifier work than a real
 model's alpha mask asks for (most of its steps have one plausible token and skip the verifier).
+
+``--prepack`` (CPU) prepacks the linear weights of the LLM and the verifier for oneDNN
+(:mod:`llm2_eval.cpu_kernels`, the ``cpu_prepack`` model arg) for the LLM2 rows; plain HF greedy is then timed
+twice, on a dense copy of the LLM (``hf greedy``, what ``--model hf`` runs) and on the prepacked one
+(``hf greedy prepacked``: the like-for-like baseline), and both ratios are printed.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=0, help="fixed candidate count instead of the alpha mask (0 = off)")
     ap.add_argument("--max-candidates", type=int, default=0)
     ap.add_argument("--random-weights", action="store_true", help="random weights with the model's config")
+    ap.add_argument("--prepack", action="store_true", help="prepack linear weights for oneDNN (CPU; see above)")
     ap.add_argument("--json", help="also write the JSON result here")
     args = ap.parse_args()
 
@@ -110,6 +116,13 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory(prefix="llm2-bench-")
         vpath = init_verifier(args.model, Path(tmp.name) / "verifier", dtype=args.dtype)
     ver = load_verifier(vpath, dtype=dtype, device=args.device)
+    dense = llm
+    if args.prepack:
+        from llm2_eval.cpu_kernels import prepack_linears
+
+        dense = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+        prepack_linears(llm)
+        prepack_linears(ver)
     prompts = load_prompts(tok, args.prompts)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     total = len(prompts) * args.new_tokens
@@ -120,16 +133,22 @@ def main() -> None:
     # warm-up (first calls pay one-off costs)
     run_llm2(llm, ver, tok, prompts[:2], 2, DecodeConfig(alpha=args.alpha, beta=args.beta, max_new_tokens=4))
     run_hf(llm, tok, prompts[:2], 2, 4)
+    if dense is not llm:
+        run_hf(dense, tok, prompts[:2], 2, 4)
 
     rows = []
 
     def show(row):  # print each configuration as soon as it is measured (long runs)
-        print(f"{row['config']:<20}{row['tokens_per_s']:>10.1f} tok/s {row['seconds']:>8.1f} s", flush=True)
+        print(f"{row['config']:<26}{row['tokens_per_s']:>10.1f} tok/s {row['seconds']:>8.1f} s", flush=True)
 
     for bs in sizes:
-        t = run_hf(llm, tok, prompts, bs, args.new_tokens)
+        t = run_hf(dense, tok, prompts, bs, args.new_tokens)
         rows.append({"config": f"hf greedy b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t})
         show(rows[-1])
+        if dense is not llm:
+            t = run_hf(llm, tok, prompts, bs, args.new_tokens)
+            rows.append({"config": f"hf greedy prepacked b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t})
+            show(rows[-1])
         t, _ = run_llm2(llm, None, tok, prompts, bs, plain)
         rows.append({"config": f"llm2 beta=0 b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t})
         show(rows[-1])
@@ -152,18 +171,22 @@ def main() -> None:
         )
     for bs in sizes:
         ratios[f"llm2 / hf greedy at b{bs}"] = by[f"llm2 b{bs}"]["tokens_per_s"] / by[f"hf greedy b{bs}"]["tokens_per_s"]
+        if args.prepack:
+            ratios[f"llm2 / hf greedy prepacked at b{bs}"] = (
+                by[f"llm2 b{bs}"]["tokens_per_s"] / by[f"hf greedy prepacked b{bs}"]["tokens_per_s"])
     result = {
         "model": args.model, "device": str(args.device), "dtype": args.dtype, "prompts": len(prompts),
         "new_tokens": args.new_tokens, "alpha": args.alpha, "top_k": args.top_k,
         "max_candidates": args.max_candidates, "beta": args.beta, "random_weights": args.random_weights,
+        "prepack": args.prepack,
         "gpu": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else None,
         "torch_threads": torch.get_num_threads(), "rows": rows, "ratios": ratios,
     }
-    print(f"{'config':<20}{'tok/s':>10}{'seconds':>10}{'|V_t|':>8}{'skipped':>9}{'ver tok/tok':>12}")
+    print(f"{'config':<26}{'tok/s':>10}{'seconds':>10}{'|V_t|':>8}{'skipped':>9}{'ver tok/tok':>12}")
     for r in rows:
         extra = (f"{r['mean_candidates']:>8.2f}{r['verifier_skipped_share']:>9.2f}{r['verifier_tokens_per_token']:>12.2f}"
                  if "mean_candidates" in r else "")
-        print(f"{r['config']:<20}{r['tokens_per_s']:>10.1f}{r['seconds']:>10.1f}{extra}")
+        print(f"{r['config']:<26}{r['tokens_per_s']:>10.1f}{r['seconds']:>10.1f}{extra}")
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     print(json.dumps(result))

@@ -52,6 +52,17 @@ def _opt_int(name: str, value: Any, minimum: int) -> int | None:
     return out
 
 
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no", "", "none"):
+        return False
+    raise ValueError(f"llm2 model arg {name}={value!r}: expected true or false")
+
+
 def _float(name: str, value: Any) -> float:
     try:
         return float(value)
@@ -111,6 +122,9 @@ class LLM2LM(HFLM):
       file is rewritten at start-up, stamped with a header line (run id, model args, tasks, start time;
       :mod:`llm2_eval.trace`) whose run id is on every line and in the results' ``config.llm2_run_id``; each
       line is flushed as it is produced.
+    - ``cpu_prepack`` (false): on a CPU, reorder the LLM's and the verifier's linear weights once into oneDNN's
+      blocked layout (:mod:`llm2_eval.cpu_kernels`): about 2x faster batched decoding; float32 (bfloat16 on
+      AVX512 CPUs); results equal to rounding, so a near-tie can pick another token than the default path.
 
     Sampling seeds: the k-th request with a given prompt gets the seed ``hash(seed, prompt tokens, k)``, so a
     sample does not depend on the batch size or on which other requests share its batch.
@@ -137,6 +151,7 @@ class LLM2LM(HFLM):
         seed: int | None = None,
         trace: str | None = None,
         device: str | None = None,
+        cpu_prepack: bool | str = False,
         **kwargs: Any,
     ) -> None:
         self.decode_defaults = DecodeConfig(
@@ -146,6 +161,7 @@ class LLM2LM(HFLM):
             max_candidates=_opt_int("max_candidates", max_candidates, 1),
         )
         seed_value = _opt_int("seed", seed, 0)
+        prepack = _bool("cpu_prepack", cpu_prepack)
         if verifier is not None and str(verifier).lower() in ("", "none", "null"):
             verifier = None
         if device in (None, "", "auto"):
@@ -180,6 +196,8 @@ class LLM2LM(HFLM):
                 raise ValueError(
                     f"verifier {verifier} has {rows} embedding rows for a {len(self.tokenizer)}-token tokenizer"
                 )
+        if prepack:
+            self._prepack(device)
         _warn_unapplied_processors(self.model)
         self._seed_base = seed_value if seed_value is not None else int(torch.randint(0, 2**62, ()).item())
         self._prompt_counts: dict[bytes, int] = {}
@@ -191,7 +209,8 @@ class LLM2LM(HFLM):
             path = trace_path_for_rank(trace, self.rank, self.world_size)  # one file per data-parallel rank
             self.trace_stamp = new_stamp(
                 {"pretrained": pretrained, "verifier": verifier, "alpha": alpha, "top_k": top_k, "beta": beta,
-                 "max_candidates": max_candidates, "seed": seed, "trace": trace, **kwargs,
+                 "max_candidates": max_candidates, "seed": seed, "trace": trace,
+                 "cpu_prepack": prepack, **kwargs,
                  "device": str(self.device)},  # where the run really ran (lm-eval may pass "cuda:0" on a CPU)
                 rank=self.rank, world_size=self.world_size,
             )
@@ -201,6 +220,19 @@ class LLM2LM(HFLM):
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self._eos_ids = sorted(int(t) for t in eos)
+
+    def _prepack(self, device: str) -> None:
+        from llm2_eval.cpu_kernels import prepack_linears
+
+        if not str(device).startswith("cpu"):
+            raise ValueError(f"llm2 model arg cpu_prepack=true needs device=cpu, not {device}")
+        try:
+            n = prepack_linears(self.model)
+            if self.verifier is not None:
+                n += prepack_linears(self.verifier)
+        except ValueError as err:
+            raise ValueError(f"llm2 model arg cpu_prepack=true: {err}") from None
+        log.info("llm2: %d linear layers prepacked for oneDNN (cpu_prepack)", n)
 
     def decode_config(self, gen_kwargs: dict[str, Any], max_new_tokens: int, stop: list[str]) -> DecodeConfig:
         """The :class:`DecodeConfig` of one request batch: model-arg defaults + the task's generation kwargs.

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 #: llm2's own model args (see :class:`llm2_eval.lm_eval_model.LLM2LM`)
-LLM2_ARGS = ("pretrained", "verifier", "alpha", "top_k", "beta", "max_candidates", "seed", "trace", "device")
+LLM2_ARGS = ("pretrained", "verifier", "alpha", "top_k", "beta", "max_candidates", "seed", "trace", "device",
+             "cpu_prepack")
 
 #: keywords of transformers' ``from_pretrained`` that HFLM passes on (beyond those in its signature)
 _FROM_PRETRAINED = (

@@ -1,0 +1,106 @@
+"""Prepacked linear layers for CPU inference: the LLM's and the verifier's ``nn.Linear`` weights reordered once
+into oneDNN's blocked layout, so each forward skips the per-call weight packing of a plain GEMM.
+
+Why: on a CPU, decoding multiplies a few rows (the batch, or a verifier's candidate slots) by every weight
+matrix. A plain ``F.linear`` repacks the whole weight on each call, which for a handful of rows costs more than
+the arithmetic: on a 2-core AVX2 machine a ``[16, 896] x [896, 4864]`` product takes 7.0 ms with ``F.linear``
+and 3.0 ms with a prepacked weight, and a 0.5B model's batch-16 decode step 887 -> 438 ms (``benchmarks/decode.py
+--prepack`` and the README have the measured decode numbers). The kernels are torch's own (oneDNN, the ops
+that torch's inductor uses for the same purpose); this module only swaps the modules.
+
+Results agree with ``F.linear`` to float32 rounding (a different summation order: logits differ by ~1e-4 on
+a 0.5B model), so greedy tokens can differ at exact near-ties; the default decoding path does not use it.
+
+    from llm2_eval.cpu_kernels import prepack_linears
+    prepack_linears(llm); prepack_linears(verifier)      # after loading, on CPU, for inference only
+
+In lm-eval: ``--model llm2 --model_args pretrained=...,verifier=...,cpu_prepack=true``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["PrepackedLinear", "prepack_linears", "prepack_supported"]
+
+
+def prepack_supported(dtype: torch.dtype) -> str | None:
+    """Why ``dtype`` weights cannot be prepacked on this machine, or ``None`` when they can.
+
+    float32 needs torch's oneDNN ops; bfloat16 also needs a CPU with AVX512 (BW/VL/DQ) or AVX-NE-CONVERT.
+    """
+    ops = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
+            and hasattr(ops, "_linear_pointwise")):
+        return "this torch build has no oneDNN linear ops"
+    if dtype == torch.float32:
+        return None
+    if dtype == torch.bfloat16:
+        return None if ops._is_mkldnn_bf16_supported() else "this CPU has no oneDNN bfloat16 support (AVX512 needed)"
+    return f"weights of dtype {dtype} (only float32 and bfloat16)"
+
+
+class PrepackedLinear(torch.nn.Module):
+    """``y = x W^T + b`` with ``W`` prepacked for oneDNN: a drop-in inference replacement of one ``nn.Linear``.
+
+    Args:
+        linear: the layer to replace (CPU, float32 or bfloat16). Its weight is copied into the packed layout;
+            when ``keep_weight`` the dense ``weight`` stays reachable as ``.weight`` (for tied output embeddings,
+            which the model's ``get_output_embeddings()`` users read), else it is dropped with the old module.
+        keep_weight: keep ``.weight`` (see above).
+
+    Shapes: input ``[..., in_features]`` -> output ``[..., out_features]``, in the weight's dtype.
+
+    The packed weight is a plain attribute, not a parameter or buffer: no gradients, not in ``state_dict``, not
+    moved by ``.to()``. Prepack after the model has its final device and dtype.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, keep_weight: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w = linear.weight.detach()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.weight = linear.weight if keep_weight else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output ``[..., out_features]`` for ``x`` ``[..., in_features]``."""
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def prepack_linears(model: torch.nn.Module) -> int:
+    """Replace every plain ``nn.Linear`` of ``model`` by a :class:`PrepackedLinear`, in place; returns how many.
+
+    Layers inside peft LoRA layers (``base_layer`` of a tuner layer, the LoRA matrices) stay as they are, so a
+    verifier that shares the LLM's backbone (:class:`llm2_eval.adapters.SharedBaseVerifier`) keeps working; the
+    model's output embedding keeps its dense ``.weight`` (tied to the input embedding in most small LLMs).
+
+    Raises:
+        ValueError: a weight that is not on the CPU, or a dtype this machine cannot prepack
+            (:func:`prepack_supported`), naming the layer.
+    """
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # peft is optional: without it there are no tuner layers to skip
+        BaseTunerLayer = ()  # noqa: N806
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    todo = []
+    for name, parent in model.named_modules():
+        if BaseTunerLayer and isinstance(parent, BaseTunerLayer):
+            continue
+        for child_name, child in parent.named_children():
+            if type(child) is not torch.nn.Linear or any(t in f"{name}.{child_name}" for t in (".lora_", "lora_")):
+                continue
+            where = f"{name}.{child_name}".lstrip(".")
+            if child.weight.device.type != "cpu":
+                raise ValueError(f"prepack: layer {where} is on {child.weight.device}; prepacking is for CPU models")
+            why = prepack_supported(child.weight.dtype)
+            if why is not None:
+                raise ValueError(f"prepack: layer {where}: {why}; load the model in float32 or leave prepacking off")
+            todo.append((parent, child_name, child))
+    for parent, child_name, child in todo:
+        setattr(parent, child_name, PrepackedLinear(child, keep_weight=child is out_emb))
+    return len(todo)

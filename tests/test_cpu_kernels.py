@@ -1,0 +1,93 @@
+"""Prepacked oneDNN linear layers (llm2_eval.cpu_kernels, the ``cpu_prepack`` model arg)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llm2_eval.cpu_kernels import PrepackedLinear, prepack_linears, prepack_supported
+from llm2_eval.decoding import DecodeConfig, generate
+from llm2_eval.verifier import load_verifier
+
+pytestmark = pytest.mark.skipif(prepack_supported(torch.float32) is not None,
+                                reason="this torch build has no oneDNN linear ops")
+
+
+def test_prepacked_linear_matches_f_linear_for_any_leading_shape():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(24, 40)
+    packed = PrepackedLinear(lin)
+    for shape in [(1, 24), (3, 5, 24), (2, 1, 7, 24)]:
+        x = torch.randn(shape)
+        assert torch.allclose(packed(x), lin(x), atol=1e-5, rtol=1e-5)
+        assert packed(x).shape == (*shape[:-1], 40)
+    assert packed.weight is None and "packed" not in dict(packed.named_buffers())
+
+
+def test_models_keep_their_outputs_and_output_embedding(tiny_llm, tiny_verifier):
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32).eval()
+    ver = load_verifier(tiny_verifier, dtype="float32")
+    ids = torch.randint(0, 300, (2, 11))
+    with torch.inference_mode():
+        want_logits, want_scores = llm(ids).logits, ver(ids).logits
+        n_llm, n_ver = prepack_linears(llm), prepack_linears(ver)
+        got_logits, got_scores = llm(ids).logits, ver(ids).logits
+    layers = llm.config.num_hidden_layers
+    assert n_llm == 7 * layers + 1 and n_ver == 7 * layers + 1  # q k v o gate up down per layer + head/score
+    assert not any(type(m) is torch.nn.Linear for m in llm.modules())
+    assert llm.get_output_embeddings().weight is not None  # readers of the (tied) output embedding still work
+    assert torch.allclose(got_logits, want_logits, atol=1e-4)
+    assert torch.allclose(got_scores, want_scores, atol=1e-4)
+    assert prepack_linears(llm) == 0  # idempotent: nothing left to pack
+
+
+def test_llm2_decoding_with_prepacked_models_matches_the_dense_path(tiny_llm, tiny_verifier):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    tok.padding_side = "left"
+    enc = tok(["how many apples", "she buys 12 eggs and"], return_tensors="pt", padding=True)
+    cfg = DecodeConfig(alpha=0.3, beta=4.0, max_new_tokens=12, eos_token_ids=())
+
+    def run(pack):
+        llm = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32).eval()
+        ver = load_verifier(tiny_verifier, dtype="float32")
+        if pack:
+            prepack_linears(llm), prepack_linears(ver)
+        out = generate(llm, enc.input_ids, enc.attention_mask, cfg, verifier=ver, tokenizer=tok)
+        return out.tokens, sum(s.flips for s in out.stats)
+
+    dense, packed = run(False), run(True)
+    assert packed == dense and dense[1] > 0  # the verifier changed decisions, and the same ones
+
+
+def test_refuses_what_it_cannot_pack_naming_the_layer():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4).to(torch.float16))
+    with pytest.raises(ValueError, match=r"layer 0: weights of dtype torch.float16"):
+        prepack_linears(model)
+    assert type(model[0]) is torch.nn.Linear  # nothing replaced
+
+
+@pytest.mark.skipif(prepack_supported(torch.bfloat16) is None, reason="this CPU prepacks bfloat16")
+def test_bfloat16_without_avx512_is_refused():
+    with pytest.raises(ValueError, match="bfloat16"):
+        prepack_linears(torch.nn.Sequential(torch.nn.Linear(4, 4).to(torch.bfloat16)))
+
+
+def test_lm_eval_model_arg(tiny_llm, tiny_verifier):
+    from lm_eval.api.registry import get_model
+
+    from test_lm_eval_model import PROMPTS, requests
+
+    def make(**args):
+        return get_model("llm2")(pretrained=str(tiny_llm), dtype="float32", batch_size=2, device="cpu",
+                                 verifier=str(tiny_verifier), beta=4.0, alpha=0.3, **args)
+
+    want = make().generate_until(requests(PROMPTS))
+    m = make(cpu_prepack="true")
+    assert any(isinstance(x, PrepackedLinear) for x in m.model.modules())
+    assert any(isinstance(x, PrepackedLinear) for x in m.verifier.modules())
+    assert m.generate_until(requests(PROMPTS)) == want
+    with pytest.raises(ValueError, match="cpu_prepack='maybe'"):
+        make(cpu_prepack="maybe")
