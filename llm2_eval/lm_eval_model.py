@@ -197,7 +197,7 @@ class LLM2LM(HFLM):
                     f"verifier {verifier} has {rows} embedding rows for a {len(self.tokenizer)}-token tokenizer"
                 )
         if prepack:
-            self._prepack(device)
+            self._prepack()
         _warn_unapplied_processors(self.model)
         self._seed_base = seed_value if seed_value is not None else int(torch.randint(0, 2**62, ()).item())
         self._prompt_counts: dict[bytes, int] = {}
@@ -221,11 +221,11 @@ class LLM2LM(HFLM):
             eos.add(self.tokenizer.eos_token_id)
         self._eos_ids = sorted(int(t) for t in eos)
 
-    def _prepack(self, device: str) -> None:
+    def _prepack(self) -> None:
         from llm2_eval.cpu_kernels import prepack_linears
 
-        if not str(device).startswith("cpu"):
-            raise ValueError(f"llm2 model arg cpu_prepack=true needs device=cpu, not {device}")
+        if self.device.type != "cpu":  # where HFLM put the model (lm-eval's default cuda:0 falls back to the CPU)
+            raise ValueError(f"llm2 model arg cpu_prepack=true needs a CPU model; this one is on {self.device}")
         try:
             n = prepack_linears(self.model)
             if self.verifier is not None:

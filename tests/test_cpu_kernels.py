@@ -80,8 +80,11 @@ def test_lm_eval_model_arg(tiny_llm, tiny_verifier):
 
     from test_lm_eval_model import PROMPTS, requests
 
+    # lm_eval's CLI passes device=cuda:0 by default; HFLM falls back to the CPU where there is no GPU
+    device = "cpu" if torch.cuda.is_available() else "cuda:0"
+
     def make(**args):
-        return get_model("llm2")(pretrained=str(tiny_llm), dtype="float32", batch_size=2, device="cpu",
+        return get_model("llm2")(pretrained=str(tiny_llm), dtype="float32", batch_size=2, device=device,
                                  verifier=str(tiny_verifier), beta=4.0, alpha=0.3, **args)
 
     want = make().generate_until(requests(PROMPTS))

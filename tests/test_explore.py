@@ -556,3 +556,15 @@ def test_prompt_task_uses_the_lm_eval_tasks_user_message(env, tmp_path):
     utils = __import__("importlib.util").util.module_from_spec(spec)
     spec.loader.exec_module(utils)
     assert utils.gsm8k_prompt({"question": QUESTIONS[0][0]}) == recs[0]["messages"][0]["content"]
+
+
+@pytest.mark.skipif(__import__("llm2_eval.cpu_kernels", fromlist=["x"]).prepack_supported(torch.float32) is not None,
+                    reason="this torch build has no oneDNN linear ops")
+def test_cpu_prepack_gives_the_same_records(env, controlled, tmp_path):
+    """``--cpu-prepack`` (llm2_eval.cpu_kernels) changes only the kernels: the controlled case's records again."""
+    cfg = _cfg(env, tmp_path / "out.jsonl", positions="sample:3", candidates=3, rollouts=3, limit=2,
+               gold_rollouts=True, cpu_prepack=True)
+    explore(cfg)
+    assert [_strip_timing(r) for r in _lines(cfg.output)] == [_strip_timing(r) for r in controlled.records]
+    with pytest.raises(ValueError, match="cpu_prepack: for the hf backend only"):
+        ExploreConfig(model="m", data="d", output="o", backend="vllm", cpu_prepack=True)

@@ -111,6 +111,8 @@ def _default(name: str) -> Any:
               help="hf: rollouts decoded together.")
 @click.option("--threads", type=int, default=_default("threads"), show_default=True,
               help="CPU threads for torch (0 = default; 1 on a busy shared CPU).")
+@click.option("--cpu-prepack/--no-cpu-prepack", default=False, show_default=True,
+              help="hf backend on CPU: oneDNN-prepacked linear weights (faster; float32).")
 @click.option("--tensor-parallel-size", type=int, default=_default("tensor_parallel_size"), show_default=True)
 @click.option("--vllm-arg", "vllm_args", multiple=True, help="KEY=VALUE passed to vllm.LLM (repeatable).")
 @click.option("--vllm-logprobs", type=int, default=_default("vllm_logprobs"), show_default=True)

@@ -65,13 +65,20 @@ def _device(spec: str) -> str:
     return spec
 
 
-def _load_hf(path: str, dtype: str, device: str):
+def _load_hf(path: str, dtype: str, device: str, prepack: bool = False):
     from transformers import AutoModelForCausalLM
 
     from llm2_eval.verifier import resolve_dtype
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
-    return model.to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(device).eval()
+    if prepack:  # llm2_eval.cpu_kernels: raises ValueError off the CPU or for a dtype it cannot pack
+        from llm2_eval.cpu_kernels import prepack_linears
+
+        try:
+            prepack_linears(model)
+        except ValueError as err:
+            raise ValueError(f"--cpu-prepack: {path}: {err}") from None
+    return model
 
 
 def _existing_settings(path: Path) -> dict | None:
@@ -166,7 +173,7 @@ def _build_engines(cfg: ExploreConfig, tokenizer: Any, engine: "RolloutEngine | 
                 logprobs_k=cfg.vllm_logprobs, threads=cfg.threads, engine_kwargs=cfg.vllm_args,
             )
         else:
-            model = _load_hf(cfg.model, cfg.dtype, device)
+            model = _load_hf(cfg.model, cfg.dtype, device, cfg.cpu_prepack)
             model_config, gen_config = model.config, getattr(model, "generation_config", None)
             engine = HFRolloutEngine(model, batch_rows=cfg.batch_rows)
     else:
@@ -180,7 +187,7 @@ def _build_engines(cfg: ExploreConfig, tokenizer: Any, engine: "RolloutEngine | 
 
         check_tokenizers_compatible(tokenizer, _load_tokenizer(cfg.contrast_model), llm_name="LLM",
                                     verifier_name="contrast model")
-        contrast = HFRolloutEngine(_load_hf(cfg.contrast_model, cfg.dtype, device))
+        contrast = HFRolloutEngine(_load_hf(cfg.contrast_model, cfg.dtype, device, cfg.cpu_prepack))
     # the engine's own EOS ids too: a vLLM engine holds no transformers model to read them from
     ends = end_token_ids(tokenizer, model_config, gen_config) | set(getattr(engine, "eos_token_ids", ()))
     return engine, contrast, ends
