@@ -94,3 +94,28 @@ def test_lm_eval_model_arg(tiny_llm, tiny_verifier):
     assert m.generate_until(requests(PROMPTS)) == want
     with pytest.raises(ValueError, match="cpu_prepack='maybe'"):
         make(cpu_prepack="maybe")
+
+
+def test_lora_layers_stay_dense_and_outputs_are_kept(tiny_llm):
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32).eval()
+    model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ids = torch.randint(0, 300, (1, 9))
+    with torch.inference_mode():
+        want = model(ids).logits
+        n = prepack_linears(model)
+        got = model(ids).logits
+    tuner = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    assert tuner and all(type(m.base_layer) is torch.nn.Linear for m in tuner)  # the adapters' layers untouched
+    assert n == 5 * model.config.num_hidden_layers + 1  # k o gate up down per layer + the head
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_lm_eval_refuses_a_dtype_it_cannot_pack_before_loading(tmp_path):
+    from lm_eval.api.registry import get_model
+
+    # the model directory does not even exist: the dtype is refused first
+    with pytest.raises(ValueError, match="cpu_prepack=true with dtype=float16"):
+        get_model("llm2")(pretrained=str(tmp_path / "none"), dtype="float16", cpu_prepack=True)
