@@ -209,9 +209,10 @@ class LLM2LM(HFLM):
         self._seed_base = seed_value if seed_value is not None else int(torch.randint(0, 2**62, ()).item())
         self._prompt_counts: dict[bytes, int] = {}
         self._trace = None
+        self._trace_resumable = None  # (path, header) of a same-settings trace: continued if lm-eval's cache is on
         self.trace_stamp: dict | None = None  # the trace's header (llm2_eval.trace); its run id is in the results
         if trace is not None and str(trace).lower() not in ("", "none", "null"):
-            from llm2_eval.trace import new_stamp, open_trace, trace_path_for_rank
+            from llm2_eval.trace import new_stamp, open_trace, read_header, same_settings, trace_path_for_rank
 
             path = trace_path_for_rank(trace, self.rank, self.world_size)  # one file per data-parallel rank
             self.trace_stamp = new_stamp(
@@ -221,7 +222,11 @@ class LLM2LM(HFLM):
                  "device": str(self.device)},  # where the run really ran (lm-eval may pass "cuda:0" on a CPU)
                 rank=self.rank, world_size=self.world_size,
             )
-            self._trace = open_trace(path, self.trace_stamp)
+            old = read_header(path)
+            if old is not None and same_settings(old, self.trace_stamp):
+                self._trace_resumable = (path, old)  # decided at first use (lm-eval sets its cache hook later)
+            else:
+                self._trace = open_trace(path, self.trace_stamp)
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos = set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
@@ -274,13 +279,16 @@ class LLM2LM(HFLM):
         ONE prefill of their prompt by the LLM and by the verifier (self-consistency without waste). A batch
         holds up to ``batch_size`` sequences, but the copies of one prompt are never split, so a batch may hold
         more rows when ``repeats > batch_size``. Prompts are encoded, truncated and their generations cut at the
-        stop strings exactly as HFLM does. With the ``trace`` model arg one JSON line per sequence is written.
+        stop strings exactly as HFLM does. With the ``trace`` model arg one JSON line per sequence is written
+        (a run resumed with lm-eval's ``--use_cache`` appends to the trace of the run it resumes).
 
         Returns:
             One generated string per request, in request order.
         """
         import json
         import time
+
+        self._open_trace()
 
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
         from rich.progress import Progress
@@ -366,10 +374,26 @@ class LLM2LM(HFLM):
             seeds += [_seed_for(base, real, first + k) for k in range(n)]
         return seeds
 
+    def _open_trace(self) -> None:
+        """Settle a trace left pending at start-up (same settings as the run that wrote it): continue it under
+        its run id when lm-eval's response cache is on (``--use_cache``: a resumed run), else rewrite it."""
+        if self._trace_resumable is None:
+            return
+        from llm2_eval.trace import continue_trace, open_trace
+
+        path, old = self._trace_resumable
+        self._trace_resumable = None
+        if getattr(self.cache_hook, "dbdict", None) is not None:
+            self._trace, self.trace_stamp = continue_trace(path), old
+            log.info("llm2: continuing trace %s of run %s (lm-eval's response cache is on)", path, old["run_id"])
+        else:
+            self._trace = open_trace(path, self.trace_stamp)
+
     def get_model_info(self) -> dict:
         """HFLM's model info (lm-eval writes it into the results' ``config``) plus, with ``trace=``, the trace's
         run id ``llm2_run_id`` and path ``llm2_trace``, so that ``llm2 report`` pairs results with their trace."""
         info = super().get_model_info()
+        self._open_trace()
         if self.trace_stamp is not None:
             info["llm2_run_id"] = self.trace_stamp["run_id"]
             info["llm2_trace"] = self._trace.name

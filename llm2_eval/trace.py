@@ -15,6 +15,11 @@ A run of ``lm_eval --model llm2 --model_args ...,trace=PATH.jsonl`` draws a run 
   ``get_model_info``).
 
 :func:`llm2_eval.report.runs.trace_lines_of_run` keeps the lines whose run id is the results' one.
+
+A run resumed with lm-eval's response cache (``lm_eval ... --use_cache DB``: the requests answered before come
+from the cache and never reach the model) continues the trace of the run it resumes: when the file's header has
+the same model args, tasks, rank and world size and a cache is in use, new lines are appended under the old run
+id (:func:`same_settings`, :func:`continue_trace`), so the trace covers every request of the resumed run.
 Standard library only (the report imports this module without torch).
 """
 
@@ -85,3 +90,37 @@ def open_trace(path: str | Path, stamp: Mapping[str, Any]) -> IO[str]:
     f.write(json.dumps(dict(stamp)) + "\n")
     f.flush()
     return f
+
+
+_SETTINGS = ("model_args", "tasks", "rank", "world_size")
+
+
+def read_header(path: str | Path) -> dict | None:
+    """The header (first line) of the trace at ``path``; None when there is no file or its first line is not a
+    trace header."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return first if isinstance(first, dict) and HEADER_KEY in first and "run_id" in first else None
+
+
+def same_settings(header: Mapping[str, Any], stamp: Mapping[str, Any]) -> bool:
+    """Whether an existing trace's ``header`` was written by a run with the settings of ``stamp`` (model args,
+    tasks, rank, world size): the condition for a resumed run to continue it."""
+    return all(header.get(k) == stamp.get(k) for k in _SETTINGS)
+
+
+def continue_trace(path: str | Path) -> IO[str]:
+    """Open the existing trace ``path`` for appending; a last line cut by a crash (no newline) is dropped first.
+
+    Raises:
+        OSError: the file cannot be opened.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+    return open(path, "a", encoding="utf-8")

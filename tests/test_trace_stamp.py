@@ -92,3 +92,47 @@ def test_stamp_records_the_device_the_run_used(tiny_llm, tmp_path):
                           trace=str(tmp_path / "t.jsonl"))
     header = json.loads((tmp_path / "t.jsonl").read_text().splitlines()[0])
     assert str(m.device) == "cpu" and header["model_args"]["device"] == "cpu"
+
+
+def test_a_run_resumed_with_lm_evals_cache_continues_its_trace(tiny_llm, tmp_path, monkeypatch):
+    """``lm_eval --use_cache DB`` answers the requests of an interrupted run from its cache: the resumed run
+    appends to that run's trace under its run id, so the trace covers every request once."""
+    from lm_eval.api.model import CachingLM
+
+    monkeypatch.setattr("sys.argv", ["lm_eval", "--model", "llm2", "--tasks", TASK, "--use_cache", "db"])
+    trace, db = tmp_path / "t.jsonl", str(tmp_path / "cache_rank0.db")
+
+    def make(**extra):
+        return get_model("llm2")(pretrained=str(tiny_llm), dtype="float32", batch_size=2, beta=0, trace=str(trace),
+                                 **extra)
+
+    first = make()
+    CachingLM(first, db).generate_until(_requests()[:1])  # interrupted after its first request
+    with open(trace, "a", encoding="utf-8") as f:
+        f.write('{"run_id": "cut by a cr')  # a line cut by the crash
+    second = make()
+    got = CachingLM(second, db).generate_until(_requests())  # the first from the cache, the second decoded
+    header, *lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    assert len(got) == 2 and header["run_id"] == first.trace_stamp["run_id"] == second.trace_stamp["run_id"]
+    assert [x["doc_id"] for x in lines] == [0, 1] and {x["run_id"] for x in lines} == {header["run_id"]}
+    assert second.get_model_info()["llm2_run_id"] == header["run_id"]
+
+    # the same settings without the cache, or other settings: a new run, the trace rewritten
+    third = make()
+    third.generate_until(_requests()[:1])
+    header3, *lines3 = [json.loads(x) for x in trace.read_text().splitlines()]
+    assert header3["run_id"] == third.trace_stamp["run_id"] != header["run_id"] and len(lines3) == 1
+    fourth = make(max_candidates=2)
+    assert json.loads(trace.read_text().splitlines()[0])["run_id"] == fourth.trace_stamp["run_id"]
+
+
+def test_report_counts_a_sequence_traced_twice_once():
+    from pathlib import Path
+
+    from llm2_eval.report.runs import TraceFile, trace_lines_of_run
+
+    lines = [{"run_id": "r", "task": TASK, "doc_id": 0, "repeat": 0, "llm_token_forwards": 5},
+             {"run_id": "r", "task": TASK, "doc_id": 1, "repeat": 0, "llm_token_forwards": 7},
+             {"run_id": "r", "task": TASK, "doc_id": 0, "repeat": 0, "llm_token_forwards": 6}]
+    got, note = trace_lines_of_run(TraceFile(Path("t"), [{"llm2_trace": 1, "run_id": "r"}], lines), "r")
+    assert sorted((x["doc_id"], x["llm_token_forwards"]) for x in got) == [(0, 6), (1, 7)] and note is None

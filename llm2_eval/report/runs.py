@@ -263,13 +263,20 @@ def _runs_of(trace: TraceFile) -> str:
     return ", ".join(runs[-3:]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
 
 
+def _last_per_sequence(lines: list[dict]) -> list[dict]:
+    """One line per (task, doc_id, repeat), the last one written: a run resumed with lm-eval's ``--use_cache``
+    continues its trace (:mod:`llm2_eval.trace`), and a sequence decoded again after a crash must count once."""
+    last = {(x.get("task"), x.get("doc_id"), x.get("repeat", 0)): x for x in lines}
+    return list(last.values())
+
+
 def trace_lines_of_run(trace: TraceFile, run_id: str | None) -> tuple[list[dict] | None, str | None]:
     """The lines of ``trace`` that the run with ``run_id`` (its results' ``config.llm2_run_id``) wrote.
 
     A run of ``lm_eval --model llm2 ... trace=PATH`` stamps its trace with a run id and writes the same id into
     its results (:mod:`llm2_eval.trace`), so a trace rewritten by a later run that shared the path is not
     mistaken for this run's. Results and trace from before stamping (neither has a run id) are used as they
-    are, with a warning.
+    are, with a warning. A sequence traced twice (a resumed run decoded it again) counts once: its last line.
 
     Returns:
         ``(lines, note)``: lines None means the trace does not belong to the run (the note says why, for the
@@ -280,6 +287,7 @@ def trace_lines_of_run(trace: TraceFile, run_id: str | None) -> tuple[list[dict]
         mine = [x for x in trace.lines if x.get("run_id") == run_id]
         if mine:
             others = len(trace.lines) - len(mine)
+            mine = _last_per_sequence(mine)
             return mine, (f"trace {path}: {others} lines of other runs ignored" if others else None)
         if trace.headers:
             return None, (f"trace {path} belongs to run {_runs_of(trace)}, not to this run ({run_id}): "
