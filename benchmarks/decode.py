@@ -18,8 +18,8 @@ read: for a GPU machine the real weights cannot reach). Random weights give near
 so pin the candidate set with ``--top-k K``: every step then scores K candidates, more verifier work than a real
 model's alpha mask asks for (most of its steps have one plausible token and skip the verifier).
 
-``--prepack`` (CPU) prepacks the linear weights of the LLM and the verifier for oneDNN
-(:mod:`llm2_eval.cpu_kernels`, the ``cpu_prepack`` model arg) for the LLM2 rows; plain HF greedy is then timed
+``--prepack`` (CPU) prepacks the linear weights of the LLM and the verifier for oneDNN and gives SDPA their grouped
+key/value heads as they are (:mod:`llm2_eval.cpu_kernels`, the ``cpu_prepack`` model arg) for the LLM2 rows; plain HF greedy is then timed
 twice, on a dense copy of the LLM (``hf greedy``, what ``--model hf`` runs) and on the prepacked one
 (``hf greedy prepacked``: the like-for-like baseline), and both ratios are printed.
 """
@@ -118,11 +118,12 @@ def main() -> None:
     ver = load_verifier(vpath, dtype=dtype, device=args.device)
     dense = llm
     if args.prepack:
-        from llm2_eval.cpu_kernels import prepack_linears
+        from llm2_eval.cpu_kernels import prepack_linears, use_gqa_attention
 
         dense = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
-        prepack_linears(llm)
-        prepack_linears(ver)
+        for m in (llm, ver):  # what the cpu_prepack model arg does
+            prepack_linears(m)
+            use_gqa_attention(m)
     prompts = load_prompts(tok, args.prompts)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     total = len(prompts) * args.new_tokens

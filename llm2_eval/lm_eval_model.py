@@ -119,12 +119,13 @@ class LLM2LM(HFLM):
     - ``trace`` (none): path of a JSON Lines file that receives, per generated sequence, the task, doc id, copy
       index, steps, mean candidate-set size, flips (steps where the verifier changed the LLM's choice), mean
       score margin ``max_v s(v) - s(v_llm)``, LLM and verifier token forwards, finish reason and seconds. The
-      file is rewritten at start-up, stamped with a header line (run id, model args, tasks, start time;
-      :mod:`llm2_eval.trace`) whose run id is on every line and in the results' ``config.llm2_run_id``; each
-      line is flushed as it is produced.
+      file is rewritten at start-up (a run resumed with lm-eval's ``--use_cache`` continues it), stamped with a
+      header line (run id, model args, tasks, start time; :mod:`llm2_eval.trace`) whose run id is on every line
+      and in the results' ``config.llm2_run_id``; each line is flushed as it is produced.
     - ``cpu_prepack`` (false): on a CPU, reorder the LLM's and the verifier's linear weights once into oneDNN's
-      blocked layout (:mod:`llm2_eval.cpu_kernels`): 1.3-1.6x faster batched decoding on a 2-core CPU; float32
-      (bfloat16 on AVX512 CPUs; another dtype is refused before loading); results equal to rounding, so a near-tie can pick another token than the default path.
+      blocked layout and let SDPA read grouped key/value heads without copying them (:mod:`llm2_eval.cpu_kernels`):
+      1.3-1.6x faster batched decoding on a 2-core CPU; float32 (bfloat16 on AVX512 CPUs; another dtype is
+      refused before loading); results equal to rounding, so a near-tie can pick another token than the default.
 
     Sampling seeds: the k-th request with a given prompt gets the seed ``hash(seed, prompt tokens, k)``, so a
     sample does not depend on the batch size or on which other requests share its batch.
@@ -234,7 +235,7 @@ class LLM2LM(HFLM):
         self._eos_ids = sorted(int(t) for t in eos)
 
     def _prepack(self) -> None:
-        from llm2_eval.cpu_kernels import prepack_linears
+        from llm2_eval.cpu_kernels import prepack_linears, use_gqa_attention
 
         if self.device.type != "cpu":  # where HFLM put the model (lm-eval's default cuda:0 falls back to the CPU)
             raise ValueError(f"llm2 model arg cpu_prepack=true needs a CPU model; this one is on {self.device}")
@@ -244,7 +245,10 @@ class LLM2LM(HFLM):
                 n += prepack_linears(self.verifier)
         except ValueError as err:
             raise ValueError(f"llm2 model arg cpu_prepack=true: {err}") from None
-        log.info("llm2: %d linear layers prepacked for oneDNN (cpu_prepack)", n)
+        for m in (self.model, self.verifier):
+            if m is not None:
+                use_gqa_attention(m)
+        log.info("llm2: %d linear layers prepacked for oneDNN, grouped-query SDPA (cpu_prepack)", n)
 
     def decode_config(self, gen_kwargs: dict[str, Any], max_new_tokens: int, stop: list[str]) -> DecodeConfig:
         """The :class:`DecodeConfig` of one request batch: model-arg defaults + the task's generation kwargs.

@@ -119,3 +119,28 @@ def test_lm_eval_refuses_a_dtype_it_cannot_pack_before_loading(tmp_path):
     # the model directory does not even exist: the dtype is refused first
     with pytest.raises(ValueError, match="cpu_prepack=true with dtype=float16"):
         get_model("llm2")(pretrained=str(tmp_path / "none"), dtype="float16", cpu_prepack=True)
+
+
+def test_grouped_query_attention_without_repeated_heads_is_exact(tiny_verifier):
+    from transformers import DynamicCache
+
+    from llm2_eval.cpu_kernels import GQA_ATTENTION, use_gqa_attention
+
+    ver = load_verifier(tiny_verifier, dtype="float32")  # sdpa; grouped key/value heads (4 query, 2 kv heads)
+    assert ver.config.num_key_value_heads < ver.config.num_attention_heads
+    b, s, q = 2, 9, 3
+    ids, new = torch.randint(0, 300, (b, s)), torch.randint(0, 300, (b, q))
+    mask = torch.zeros(b, 1, q, s + q)
+    mask[:, :, :, s:] = torch.where(torch.eye(q, dtype=torch.bool), 0.0, float("-inf"))  # candidates see themselves
+    pos = torch.arange(s, s + q)[None].expand(b, -1)
+
+    def scores():
+        cache = DynamicCache()
+        with torch.inference_mode():
+            ver(input_ids=ids, past_key_values=cache, use_cache=True)
+            return ver(input_ids=new, past_key_values=cache, use_cache=True, position_ids=pos, attention_mask=mask).logits
+
+    want = scores()
+    assert use_gqa_attention(ver) and ver.config._attn_implementation == GQA_ATTENTION
+    assert torch.allclose(scores(), want, atol=1e-6)
+    assert not use_gqa_attention(ver)  # no longer sdpa: left as it is
