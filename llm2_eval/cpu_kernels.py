@@ -26,6 +26,7 @@ In lm-eval: ``--model llm2 --model_args pretrained=...,verifier=...,cpu_prepack=
 from __future__ import annotations
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 __all__ = ["GQA_ATTENTION", "PrepackedLinear", "prepack_linears", "prepack_supported", "use_gqa_attention"]
 
@@ -101,7 +102,7 @@ def prepack_linears(model: torch.nn.Module) -> int:
         if BaseTunerLayer and isinstance(parent, BaseTunerLayer):
             continue
         for child_name, child in parent.named_children():
-            if type(child) is not torch.nn.Linear or any(t in f"{name}.{child_name}" for t in (".lora_", "lora_")):
+            if type(child) is not torch.nn.Linear or "lora_" in f"{name}.{child_name}":  # peft's LoRA matrices
                 continue
             where = f"{name}.{child_name}".lstrip(".")
             if child.weight.device.type != "cpu":
@@ -120,8 +121,6 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     are (``enable_gqa=True``) instead of repeating them. Shapes: query ``[batch, heads, q, head_dim]``, key and
     value ``[batch, kv_heads, k, head_dim]``, mask ``[batch, 1, q, k]``; returns ``([batch, q, heads, head_dim],
     None)`` as every transformers attention function."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if attention_mask is None or key.shape[1] == query.shape[1] or kwargs.get("position_bias") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
