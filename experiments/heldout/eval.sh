@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # One lm-eval run of the held-out experiment: eval.sh NAME TASK LIMIT BATCH EXTRA_MODEL_ARGS
-#   e.g. eval.sh dev_b1 gsm8k_llm2_dev 100 16 verifier=/work/exp/ver500,beta=1
+#   e.g. eval.sh dev_b1 gsm8k_llm2_dev 100 16 verifier=ver500,beta=1
 # Resumable: --use_cache keeps every finished request, and the trace continues (see the README's traces).
 set -euo pipefail
+. ./env.sh
 NAME=$1 TASK=$2 LIMIT=$3 BATCH=$4 EXTRA=$5
-M=${M:-$HOME/.cache/llm2-eval/models/qwen2.5-coder-0.5b-instruct}
 RUNS=${RUNS:-runs}
-export LLM2_DATA_DIR=${LLM2_DATA_DIR:-$(cd ../../.. && pwd)/shared/data}
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2
 mkdir -p "$RUNS/$NAME"
 lm_eval --model llm2 --model_args "pretrained=$M,dtype=bfloat16,cpu_prepack=true,trace=$RUNS/$NAME/trace.jsonl,$EXTRA" \
   --tasks "$TASK" --limit "$LIMIT" --apply_chat_template --batch_size "$BATCH" \

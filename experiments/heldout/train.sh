@@ -2,9 +2,8 @@
 # Verifier training on train500.jsonl: the positive control's recipe (zero head, head lr 50x, lr 5e-5), full
 # fine-tune in bf16 autocast, 10% of the records held out for pair accuracy. Resumable (--resume).
 set -euo pipefail
-M=${M:-$HOME/.cache/llm2-eval/models/qwen2.5-coder-0.5b-instruct}
-OUT=${OUT:-/work/exp/ver500}
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2
+. ./env.sh
+OUT=${OUT:-ver500}
 llm2 train-verifier --model "$M" --data train500.jsonl --output "$OUT" --lr 5e-5 --epochs 2 --global-batch 8 \
   --micro-batch 2 --eval-fraction 0.1 --eval-steps 11 --eval-on-start --logging-steps 2 --bf16 \
   --no-gradient-checkpointing --save-dtype bfloat16 --save-steps 11 --no-progress "$@"
