@@ -4,7 +4,8 @@ the adapter's base.
 An adapter directory (``llm2 train-verifier --lora --lora-save adapter``) holds peft's ``adapter_config.json``
 (task type ``TOKEN_CLS``, ``base_model_name_or_path``: the LLM or verifier checkpoint it was trained on) and
 ``adapter_model.safetensors`` (the LoRA matrices and, under ``modules_to_save``, the whole trained score head,
-LLM2.md section 2), next to the tokenizer, the training card and ``llm2_verifier.json`` (llm2's note that it wrote
+LLM2.md section 2), next to the tokenizer (optional: without one, the base's is used, :func:`tokenizer_source`),
+the training card and ``llm2_verifier.json`` (llm2's note that it wrote
 the directory: base model, head, one label): a few MB instead of a full copy.
 
 Two ways to load it (:func:`load_adapter_verifier`):
@@ -49,6 +50,32 @@ class AdapterError(ValueError):
 def is_adapter_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a local directory holding a PEFT ``adapter_config.json``."""
     return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+#: files any one of which means a directory carries its own tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def tokenizer_source(verifier: str | os.PathLike) -> str | None:
+    """Where to read a verifier's tokenizer from, to check it against the LLM's.
+
+    A checkpoint, a hub id or an adapter directory that holds tokenizer files is its own source. An adapter
+    directory without one (a bare PEFT adapter) was trained with its base's tokenizer, so its base
+    (``base_model_name_or_path``) is the source when that is a local directory.
+
+    Returns:
+        A path or hub id for ``AutoTokenizer.from_pretrained``, or None for an adapter without tokenizer files
+        whose base is not on this machine: it can only run on the LLM's own backbone (:func:`shares_base`),
+        so it uses the LLM's tokenizer and the embedding-row check is the one that applies.
+
+    Raises:
+        AdapterError: an adapter directory whose ``adapter_config.json`` cannot be read.
+    """
+    d = Path(verifier)
+    if not is_adapter_dir(d) or any((d / name).is_file() for name in TOKENIZER_FILES):
+        return str(verifier)
+    base = str(read_adapter_config(d)["base_model_name_or_path"])
+    return base if Path(base).is_dir() else None
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from llm2_eval.adapters import tokenizer_source
 from llm2_eval.decoding import DecodeConfig, generate
 from llm2_eval.model_args import check_model_args, check_verifier_first
 from llm2_eval.paths import check_model_path
@@ -195,10 +196,12 @@ class LLM2LM(HFLM):
 
             # an adapter directory whose base is this LLM shares its weights (llm2_eval.adapters)
             self.verifier = load_verifier(verifier, dtype=self.model.dtype, device=self.device, llm=self.model)
-            check_tokenizers_compatible(
-                self.tokenizer, AutoTokenizer.from_pretrained(str(verifier)),
-                llm_name=f"LLM ({pretrained})", verifier_name=f"verifier ({verifier})",
-            )
+            ver_tok = tokenizer_source(verifier)  # None: a bare adapter on this LLM's backbone uses its tokenizer
+            if ver_tok is not None:
+                check_tokenizers_compatible(
+                    self.tokenizer, AutoTokenizer.from_pretrained(ver_tok),
+                    llm_name=f"LLM ({pretrained})", verifier_name=f"verifier ({verifier})",
+                )
             rows = self.verifier.get_input_embeddings().num_embeddings
             if rows < len(self.tokenizer):
                 raise ValueError(

@@ -110,8 +110,13 @@ def check_verifier_first(pretrained: Any, verifier: str, kwargs: dict[str, Any])
     if not isinstance(llm_tok, (str, os.PathLike)):
         return  # a loaded model or tokenizer object: checked after loading
     trust = bool(kwargs.get("trust_remote_code", False))
+    from llm2_eval.adapters import tokenizer_source
+
+    ver_tok = tokenizer_source(verifier)
+    if ver_tok is None:
+        return  # an adapter without a tokenizer whose base is not here: it can only share the LLM's (on load)
     try:
-        ver_tokenizer = AutoTokenizer.from_pretrained(str(verifier), trust_remote_code=trust)
+        ver_tokenizer = AutoTokenizer.from_pretrained(ver_tok, trust_remote_code=trust)
         llm_tokenizer = AutoTokenizer.from_pretrained(str(llm_tok), trust_remote_code=trust)
     except (OSError, ValueError):
         return  # a tokenizer that does not load alone: the checks after loading report it

@@ -258,6 +258,38 @@ def test_lm_eval_model_loads_the_adapter_on_the_llm(tiny_llm, trained):
     assert any(s.flips > 0 for s in with_adapter.last_decode.stats)
 
 
+def test_adapter_without_tokenizer_uses_its_base_tokenizer(tiny_llm, trained, tmp_path):
+    """A bare PEFT adapter (no tokenizer files) is checked against its base's tokenizer, decodes as the adapter
+    with one, and is refused for an LLM with another vocabulary; with its base absent it relies on the LLM's."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.api.registry import get_model
+    from tiny_models import build_tokenizer
+
+    from llm2_eval.adapters import TOKENIZER_FILES, tokenizer_source
+    from llm2_eval.model_args import check_verifier_first
+    from llm2_eval.verifier import TokenizerMismatchError
+
+    bare = Path(shutil.copytree(trained["adapter"], tmp_path / "bare",
+                                ignore=shutil.ignore_patterns("checkpoints", "chat_template.jinja", *TOKENIZER_FILES)))
+    assert tokenizer_source(trained["adapter"]) == str(trained["adapter"])
+    assert tokenizer_source(bare) == str(tiny_llm)
+    reqs = [Instance(request_type="generate_until", doc={}, idx=0,
+                     arguments=("how many apples are left", {"until": ["\n\n"], "max_gen_toks": 12, "do_sample": False}))]
+    args = dict(pretrained=str(tiny_llm), dtype="float32", batch_size=1, beta=8.0, alpha=0.05)
+    assert get_model("llm2")(verifier=str(bare), **args).generate_until(reqs) == \
+        get_model("llm2")(verifier=str(trained["adapter"]), **args).generate_until(reqs)
+
+    other_llm = build_tiny_llm(tmp_path / "other", tokenizer=build_tokenizer(extra_token="<|x|>"))
+    with pytest.raises(TokenizerMismatchError, match="do not share a tokenizer vocabulary"):
+        check_verifier_first(str(other_llm), str(bare), {})
+
+    cfg_path = bare / "adapter_config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()),
+                                    "base_model_name_or_path": str(tmp_path / "moved")}))
+    assert tokenizer_source(bare) is None
+    check_verifier_first(str(other_llm), str(bare), {})  # nothing to compare before loading; the load decides
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 

@@ -82,7 +82,11 @@ def pairwise_loss(
 
 
 def eval_metrics(pred: Any) -> dict[str, float]:
-    """compute_metrics for the Trainer: predictions ``[N, P, 2]`` (s_gold, s_neg), labels ``[N, P]`` (1 = real)."""
+    """compute_metrics for the Trainer: predictions ``[N, P, 2]`` (s_gold, s_neg), labels ``[N, P]`` (1 = real).
+
+    Returns ``loss`` (mean paper Eq. 4 over the real pairs), ``pair_accuracy`` (share of real pairs with
+    ``s(gold) > s(neg)``, a tie counting one half, so an untrained zero head reads 0.5) and ``pairs``.
+    """
     import numpy as np
 
     scores = np.asarray(pred.predictions, dtype=np.float64)
@@ -93,4 +97,5 @@ def eval_metrics(pred: Any) -> dict[str, float]:
         return {"loss": float("nan"), "pair_accuracy": float("nan"), "pairs": 0}
     d = g - n
     loss = np.logaddexp(0.0, -d).mean()  # -log sigmoid(d)
-    return {"loss": float(loss), "pair_accuracy": float((d > 0).mean()), "pairs": int(g.size)}
+    return {"loss": float(loss), "pair_accuracy": float((d > 0).mean() + 0.5 * (d == 0).mean()),
+            "pairs": int(g.size)}
