@@ -423,10 +423,12 @@ def test_gold_self_keeps_first_correct_solution(env, tmp_path):
     assert not (tmp_path / "none.jsonl").read_text()
 
 
-def test_gold_self_batches_questions_with_the_same_records(env, tmp_path):
-    """--self-batch N samples N questions' solutions in one rollouts_many call (one vLLM batch); the records are
-    those of one question at a time (same seeds), and a bad line inside a batch, with on_error fail, is raised only
-    after the lines before it are written."""
+@pytest.mark.parametrize("label", ["absolute", "relative"])
+def test_gold_self_batches_questions_with_the_same_records(env, tmp_path, label):
+    """--self-batch N samples N questions' solutions in one rollouts_many call (one vLLM batch), then sends the
+    rollouts of all N solutions together, one call per phase (relative: q(gold), then the candidates); the records
+    are those of one question at a time (same seeds), and a bad line inside a batch, with on_error fail, is raised
+    only after the lines before it are written."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(env.llm).eval()
@@ -444,8 +446,8 @@ def test_gold_self_batches_questions_with_the_same_records(env, tmp_path):
     def even(text, gold, toks):  # a deterministic judge that accepts some samples and rejects others
         return len(toks) % 2 == 0
 
-    kw = dict(gold="self", self_samples=3, self_max_tokens=12, limit=3, checker=even, positions="sample:1",
-              rollouts=1, candidates=1)
+    kw = dict(gold="self", self_samples=3, self_max_tokens=12, limit=3, checker=even, positions="sample:2",
+              rollouts=2, candidates=2, label=label, min_gold_quality=0.0)
     one, many = Spy(model), Spy(model)
     s1 = explore(_cfg(env, tmp_path / "one.jsonl", self_batch=1, **kw), engine=one)
     s3 = explore(_cfg(env, tmp_path / "many.jsonl", self_batch=3, **kw), engine=many)
@@ -453,6 +455,11 @@ def test_gold_self_batches_questions_with_the_same_records(env, tmp_path):
         _strip_timing(r) for r in _lines(tmp_path / "many.jsonl")]
     assert s1["self_gold_failed_ids"] == s3["self_gold_failed_ids"] and s1["examples"] == s3["examples"] >= 1
     assert many.calls[0] == 3 and one.calls[:3] == [1, 1, 1]
+    phases = 2 if label == "relative" else 1
+    assert s3["rollouts"] == s1["rollouts"] > s1["self_samples"]
+    assert s3["examples"] >= 2
+    assert many.calls == [3] + [s3["examples"]] * phases  # every solution's rollouts in one call per phase
+    assert one.calls == [1] * (3 + phases * s1["examples"])  # one question at a time: a call per solution, phase
 
     good = Path(env.data).read_text().splitlines()
     bad = tmp_path / "bad.jsonl"

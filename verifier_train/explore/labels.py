@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Generator, Sequence
 
 from llm2_eval.answers import gsm8k_is_correct, math_is_correct
 from verifier_train.explore.config import Checker, ExploreConfig
@@ -59,7 +59,11 @@ from verifier_train.records import chat_token_ids, check_samples, response_start
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from verifier_train.rollouts import RolloutEngine
+    from verifier_train.rollouts import Rollout, RolloutEngine, RolloutRequest
+
+#: the work of one example in steps: it yields ``(token_ids, requests)`` rollout asks, receives each ask's rollouts
+#: (``list[list[Rollout]]``, one list per request) and returns its record (:meth:`Explorer.run_many` drives it)
+Steps = Generator["tuple[Sequence[int], list[RolloutRequest]]", "list[list[Rollout]]", dict]
 
 
 def default_checker(data_format: str) -> Checker:
@@ -264,10 +268,63 @@ class Explorer:
             BadExample: the conversation plus the rollout budget exceeds the model context.
             RuntimeError: an internally inconsistent triplet (a bug, never a user error).
         """
+        (got,) = self.run_many([(ex_id, lineno, question, solution, gold, check)])
+        if isinstance(got, BadExample):
+            raise got
+        return got
+
+    def run_many(self, items: Sequence[tuple], *, stop_at_bad: bool = False) -> "list[dict | BadExample | None]":
+        """Explore several examples together, ``(ex_id, lineno, question, solution, gold, check)`` each: their
+        rollouts go to the engine as ONE ``rollouts_many`` call per phase (the relative rule has two: q(gold),
+        then the candidates), so vLLM decodes every example's continuations as one batch (LLM2.md section 4:
+        rollouts are independent). Seeds are per (example, position, token, rollout), so the records do not depend
+        on which examples are explored together; ``seconds`` is the batch's wall time shared evenly.
+
+        Args:
+            items: the examples, in input order.
+            stop_at_bad: after the first example that is bad (``BadExample``, found before any rollout), explore
+                none of the later ones (their entries are None).
+
+        Returns:
+            Per item, its record, or the ``BadExample`` that rejected it, or None (not explored, ``stop_at_bad``).
+
+        Raises:
+            RuntimeError: an internally inconsistent triplet (a bug, never a user error).
+        """
+        t0 = time.perf_counter()
+        steps = [self._steps(*item) for item in items]
+        out: list[Any] = [None] * len(items)
+        asks: dict[int, tuple] = {}
+        for k, st in enumerate(steps):
+            self._advance(k, st, None, asks, out)
+            if stop_at_bad and isinstance(out[k], BadExample):
+                break
+        while asks:
+            keys = sorted(asks)
+            results = self.engine.rollouts_many([asks[k] for k in keys], self._params(self.cfg.max_rollout_tokens))
+            asks = {}
+            for k, res in zip(keys, results):
+                self._advance(k, steps[k], res, asks, out)
+        records = [r for r in out if isinstance(r, dict)]
+        for r in records:
+            r["seconds"] = round((time.perf_counter() - t0) / len(records), 3)
+        return out
+
+    @staticmethod
+    def _advance(k: int, steps: Steps, sent: Any, asks: dict, out: list) -> None:
+        """Run example ``k`` to its next rollout ask (kept in ``asks``) or to its end (its record in ``out``)."""
+        try:
+            asks[k] = steps.send(sent)
+        except StopIteration as done:
+            out[k] = done.value
+        except BadExample as err:
+            out[k] = err
+
+    def _steps(self, ex_id: Any, lineno: int, question: str, solution: str, gold: str, check: Checker) -> Steps:
+        """:meth:`run` as steps (see ``Steps``)."""
         import torch
 
-        t0 = time.perf_counter()
-        c0 = (self.c.rollouts, self.c.generated_tokens)
+        tally = {"rollouts": 0, "generated_tokens": 0}  # this example's share of the counters
         messages = [{"role": "user", "content": question}, {"role": "assistant", "content": solution}]
         ids = chat_token_ids(self.tok, messages)
         rs = response_start(self.tok, messages)
@@ -298,7 +355,7 @@ class Explorer:
                 sel = torch.tensor(keep, device=logits.device)
                 args = (record, ids, chosen, logits[sel], allowed[sel], ex_id)
                 if self.cfg.strategy == "rollout":
-                    self._rollout(*args, rs=rs, gold=gold, check=check)
+                    yield from self._rollout(*args, rs=rs, gold=gold, check=check, tally=tally)
                 else:
                     self._sample(*args)
         positions = record["positions"]
@@ -310,16 +367,17 @@ class Explorer:
         self.c.response_positions += record["response_positions"]
         self.c.candidate_positions += record["candidate_positions"]
         self.c.negatives += len(record["samples"])
-        record["rollouts"] = self.c.rollouts - c0[0]
-        record["generated_tokens"] = self.c.generated_tokens - c0[1]
-        record["seconds"] = round(time.perf_counter() - t0, 3)
+        record["rollouts"] = tally["rollouts"]
+        record["generated_tokens"] = tally["generated_tokens"]
+        record["seconds"] = 0.0  # set by run_many
         record["settings"] = self.settings
         return record
 
-    def _measure(self, jobs, ids, ex_id, *, rs, gold, check) -> dict:
+    def _measure(self, jobs, ids, ex_id, *, rs, gold, check, tally) -> Steps:
         """Quality (Eq. 5) of each ``(pos, token, is_gold)`` job: ``{job: (q, correct, rollouts, truncated)}``.
 
-        All rollouts of the jobs go to the engine in one call (they share the solution prefix)."""
+        All rollouts of the jobs are one ask (they share the solution prefix; :meth:`run_many` batches the asks of
+        several examples)."""
         from verifier_train.rollouts import RolloutRequest
 
         cfg = self.cfg
@@ -334,7 +392,7 @@ class Explorer:
             requests.append(RolloutRequest(prefix_len=t, continuation=[v], seeds=seeds))
             req_jobs.append(job)
         if requests:
-            results = self.engine.rollouts(ids, requests, self._params(cfg.max_rollout_tokens))
+            results = yield (ids, requests)
             for job, group in zip(req_jobs, results):
                 t, v, _ = job
                 head = list(ids[rs:t]) + [v]
@@ -344,9 +402,11 @@ class Explorer:
                 self.c.truncated += truncated
                 self.c.rollouts += len(group)
                 self.c.generated_tokens += sum(len(r.tokens) for r in group)
+                tally["rollouts"] += len(group)
+                tally["generated_tokens"] += sum(len(r.tokens) for r in group)
         return outcomes
 
-    def _rollout(self, record, ids, positions, logits, allowed, ex_id, *, rs, gold, check) -> None:
+    def _rollout(self, record, ids, positions, logits, allowed, ex_id, *, rs, gold, check, tally) -> Steps:
         cfg = self.cfg
         relative = cfg.label == "relative"
         cand_jobs: list[tuple[int, int, bool]] = []  # (pos, token, is_gold)
@@ -355,19 +415,19 @@ class Explorer:
             for v in candidate_draws(logits[i].cpu(), cset, cfg.candidates, derive_seed(cfg.seed, ex_id, t, "cand")):
                 cand_jobs.append((t, v, False))
         gold_jobs = [(t, int(ids[t]), True) for t in positions] if cfg.measures_gold else []
-        kw = dict(rs=rs, gold=gold, check=check)
+        kw = dict(rs=rs, gold=gold, check=check, tally=tally)
         if relative:
             # q(gold) first: positions where the gold continuation itself rarely reaches the answer cannot rank
             # their candidates, so their candidates are not rolled out at all
-            outcomes = self._measure(gold_jobs, ids, ex_id, **kw)
+            outcomes = yield from self._measure(gold_jobs, ids, ex_id, **kw)
             q_gold = {t: outcomes[(t, v, True)][0] for t, v, _ in gold_jobs}
             unjudged = sorted(t for t, q in q_gold.items() if q < cfg.min_gold_quality)
             record["unjudged_positions"] = unjudged
             self.c.unjudged_positions += len(unjudged)
             cand_jobs = [j for j in cand_jobs if j[0] not in set(unjudged)]
-            outcomes.update(self._measure(cand_jobs, ids, ex_id, **kw))
+            outcomes.update((yield from self._measure(cand_jobs, ids, ex_id, **kw)))
         else:
-            outcomes = self._measure(cand_jobs + gold_jobs, ids, ex_id, **kw)
+            outcomes = yield from self._measure(cand_jobs + gold_jobs, ids, ex_id, **kw)
             q_gold = {t: outcomes[(t, v, True)][0] for t, v, _ in gold_jobs}
         qualities, gold_q = [], []
         for job in cand_jobs + gold_jobs:

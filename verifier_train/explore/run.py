@@ -292,7 +292,8 @@ class _Run:
     def chunk(self, ex: Explorer, lines: list[tuple[int, str]]) -> list[tuple[int, dict | None]]:
         """Explore input lines ``(line number, text)``: per line explored, ``(line number, record or None)`` (None: a
         ``--gold self`` question without a correct sample). Bad lines fail or are skipped (:meth:`bad`); with
-        ``--gold self`` the solutions of all lines are sampled together first.
+        ``--gold self`` the solutions of all lines are sampled together first, and all lines' rollouts go to the
+        engine together (:meth:`Explorer.run_many`).
 
         Raises:
             ExploreInputError: a bad first line with ``on_error="fail"`` (a bad later line ends the chunk there and
@@ -310,19 +311,22 @@ class _Run:
         if self.cfg.gold == "self" and ready:
             found = ex.self_solutions([(i, q, g, c) for _, (i, q, _, g, c) in ready])
             ready = [(ln, (i, q, sol, g, c)) for (ln, (i, q, _, g, c)), sol in zip(ready, found)]
+        todo = [(ex_id, ln, q, sol, g, c) for ln, (ex_id, q, sol, g, c) in ready if sol is not None]
+        explored = iter(ex.run_many(todo, stop_at_bad=self.cfg.on_error == "fail"))  # one batch of rollouts
         out = []
-        for ln, (ex_id, question, solution, gold, check) in ready:
+        for ln, (ex_id, _, solution, _, _) in ready:
             if solution is None:
                 self.self_failed.append(ex_id)
                 out.append((ln, None))
                 continue
-            try:
-                out.append((ln, ex.run(ex_id, ln, question, solution, gold, check)))
-            except BadExample as err:
+            got = next(explored)
+            if isinstance(got, BadExample):
                 if out and self.cfg.on_error == "fail":
-                    self.deferred_error = (ln, str(err))  # an earlier line than any deferred in preparation
+                    self.deferred_error = (ln, str(got))  # an earlier line than any deferred in preparation
                     break
-                self.bad(ln, str(err))
+                self.bad(ln, str(got))
+                continue
+            out.append((ln, got))
         return out
 
 
