@@ -1,16 +1,19 @@
 """The exploration run: read the input, explore each example, append its record, keep a summary (``llm2 explore``).
 
-Output (LLM2.md section 5), one line per example, appended and fsynced as each example finishes::
+Output (LLM2.md section 5), one line per example, appended and fsynced as each chunk of examples finishes (one
+example, or the ``--self-batch`` questions of ``--gold self``, whose rollouts are batched)::
 
     {"id", "line", "messages", "samples": [[t, gold_id, v], ...], "gold_answer", "response_start", "positions",
      "response_positions", "candidate_positions",
      "qualities": [{"pos", "gold_id", "token", "text", "q", "correct", "rollouts", "truncated", "negative"}, ...],
      "gold_qualities": [...], "rollouts", "generated_tokens", "seconds", "settings": {...}}
 
+(``seconds``: the chunk's wall time shared evenly among its records.)
+
 (``--strategy sample`` writes ``"draws": [{"pos", "gold_id", "tokens", "set_size"}, ...]`` instead of qualities.)
 
 Re-running the same command resumes (examples already in the output are skipped; a truncated last line is
-repaired by :class:`~verifier_train.records.JsonlAppender`), so a killed run loses at most the example in
+repaired by :class:`~verifier_train.records.JsonlAppender`), so a killed run loses at most the chunk in
 progress; an output written with other settings or from another input (its path, size and sha256 are in the
 settings) is refused, and so is an output that is an input or a file that is not an exploration output. A
 ``--gold self`` question without a correct sample is not written, so a resumed run samples it again. A summary
