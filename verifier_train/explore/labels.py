@@ -367,6 +367,8 @@ class Explorer:
         self.c.response_positions += record["response_positions"]
         self.c.candidate_positions += record["candidate_positions"]
         self.c.negatives += len(record["samples"])
+        self.c.rollouts += tally["rollouts"]
+        self.c.generated_tokens += tally["generated_tokens"]
         record["rollouts"] = tally["rollouts"]
         record["generated_tokens"] = tally["generated_tokens"]
         record["seconds"] = 0.0  # set by run_many
@@ -400,8 +402,6 @@ class Explorer:
                 truncated = sum(r.finish_reason == "length" for r in group)
                 outcomes[job] = (correct / len(group), correct, len(group), truncated)
                 self.c.truncated += truncated
-                self.c.rollouts += len(group)
-                self.c.generated_tokens += sum(len(r.tokens) for r in group)
                 tally["rollouts"] += len(group)
                 tally["generated_tokens"] += sum(len(r.tokens) for r in group)
         return outcomes
