@@ -1,4 +1,4 @@
-"""The ``llm2`` command line: ``eval``, ``init-verifier``, ``explore``, ``train-verifier``, ``report``.
+"""The ``llm2`` command line: ``eval``, ``init-verifier``, ``explore``, ``train-verifier``, ``report``, ``decisions``.
 
 Sub-commands are imported lazily (``llm2 --help`` loads neither torch nor lm-eval); each lives next to the code it
 drives and is registered here by its import path.
@@ -18,6 +18,7 @@ _COMMANDS = {
     "explore": "verifier_train.explore:explore_command",
     "train-verifier": "verifier_train.train:train_command",
     "report": "llm2_eval.report:report_command",
+    "decisions": "verifier_train.decisions.cli:decisions_command",
 }
 
 _HELP = {
@@ -26,6 +27,7 @@ _HELP = {
     "explore": "Token quality exploration: make verifier training data.",
     "train-verifier": "Train a verifier with the pairwise loss.",
     "report": "Accuracy vs compute table and plot over lm-eval runs.",
+    "decisions": "Decision benchmark: build it (rollouts), score verifiers on it in minutes.",
 }
 
 

@@ -45,12 +45,15 @@ class RolloutParams:
         top_p: nucleus threshold in (0, 1].
         max_new_tokens: budget per rollout, in tokens.
         eos_token_ids: ids that end a rollout (kept in its tokens); empty = run to ``max_new_tokens``.
+        greedy: decode greedily (argmax; ``temperature`` and ``top_p`` are then unused and seeds change nothing):
+            the continuation LLM2 itself would write after a token when nothing else flips.
     """
 
     temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = 512
     eos_token_ids: tuple[int, ...] = ()
+    greedy: bool = False
 
     def __post_init__(self) -> None:
         if not float(self.temperature) > 0:
@@ -251,7 +254,7 @@ class HFRolloutEngine(RolloutEngine):
         t0 = time.perf_counter()
         cfg = DecodeConfig(
             beta=0.0,
-            do_sample=True,
+            do_sample=not params.greedy,
             temperature=float(params.temperature),
             top_p=float(params.top_p),
             max_new_tokens=int(params.max_new_tokens),

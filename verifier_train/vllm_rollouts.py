@@ -105,7 +105,7 @@ def build_vllm_requests(
                     "sampling": {
                         "n": 1,
                         "seed": int(seed) % (2**63),
-                        "temperature": float(params.temperature),
+                        "temperature": 0.0 if params.greedy else float(params.temperature),
                         "top_p": float(params.top_p),
                         "max_tokens": int(params.max_new_tokens),
                         "stop_token_ids": [int(t) for t in params.eos_token_ids],
