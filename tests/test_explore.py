@@ -606,6 +606,23 @@ def test_cli_runs_and_prints_summary(env, tmp_path):
     assert summary["examples"] == 1 and summary["rollouts"] == summary["candidates"]
 
 
+def test_cli_label_significant(env, tmp_path):
+    out = tmp_path / "sig.jsonl"
+    res = CliRunner().invoke(explore_command, [
+        "--model", env.llm, "--data", env.data, "--output", str(out), "--limit", "1", "--positions", "stride:6",
+        "--rollouts", "2", "--candidates", "1", "--max-rollout-tokens", "2", "--label", "significant",
+        "--significance", "0.2", "--min-gold-quality", "0", "--no-progress",
+    ])
+    assert res.exit_code == 0, res.output
+    (rec,) = _lines(out)
+    assert rec["settings"]["label"] == "significant" and rec["settings"]["significance"] == 0.2
+    assert rec["gold_qualities"] and all("p_worse" in q for q in rec["qualities"])
+    bad = CliRunner().invoke(explore_command, ["--model", env.llm, "--data", env.data, "--output",
+                                               str(tmp_path / "b.jsonl"), "--label", "significant",
+                                               "--significance", "0"])
+    assert bad.exit_code != 0 and "significance" in bad.output
+
+
 def test_positions_and_helpers():
     assert parse_positions("all") == ("all", 0.0)
     assert parse_positions("stride:4") == ("stride", 4.0)
