@@ -36,6 +36,7 @@ positions with ``q(gold) < --min-gold-quality`` are skipped as with the relative
 outcome of the m candidate rollouts could pass the test (at m = 4 and 0.05: every position whose gold token did not
 reach the answer in all 4 rollouts), listed in ``unjudged_positions`` too; each judged candidate's p-value is
 written as ``p_worse``.
+
 The answer is extracted from the whole response: gold prefix ``x_{start..t-1}`` + ``v`` + the rollout
 (:func:`default_checker`). A candidate that is itself an end-of-turn token stays a candidate here (unlike the
 sample strategy) and ends the response at once: its quality is that of the truncated response, without rollouts,
