@@ -538,10 +538,10 @@ def test_gold_self_keeps_first_correct_solution(env, tmp_path):
     assert not (tmp_path / "none.jsonl").read_text()
 
 
-@pytest.mark.parametrize("label", ["absolute", "relative"])
+@pytest.mark.parametrize("label", ["absolute", "relative", "significant"])
 def test_gold_self_batches_questions_with_the_same_records(env, tmp_path, label):
     """--self-batch N samples N questions' solutions in one rollouts_many call (one vLLM batch), then sends the
-    rollouts of all N solutions together, one call per phase (relative: q(gold), then the candidates); the records
+    rollouts of all N solutions together, one call per phase (relative, significant: q(gold), then the candidates); the records
     are those of one question at a time (same seeds), and a bad line inside a batch, with on_error fail, is raised
     only after the lines before it are written."""
     from transformers import AutoModelForCausalLM
@@ -563,6 +563,8 @@ def test_gold_self_batches_questions_with_the_same_records(env, tmp_path, label)
 
     kw = dict(gold="self", self_samples=3, self_max_tokens=12, limit=3, checker=even, positions="sample:2",
               rollouts=2, candidates=2, label=label, min_gold_quality=0.0)
+    if label == "significant":  # at 2 rollouts only p 1/6 (0/2 vs 2/2) or 1/2 (a one-rollout difference) are possible
+        kw["significance"] = 0.5
     one, many = Spy(model), Spy(model)
     s1 = explore(_cfg(env, tmp_path / "one.jsonl", self_batch=1, **kw), engine=one)
     s3 = explore(_cfg(env, tmp_path / "many.jsonl", self_batch=3, **kw), engine=many)
@@ -570,11 +572,17 @@ def test_gold_self_batches_questions_with_the_same_records(env, tmp_path, label)
         _strip_timing(r) for r in _lines(tmp_path / "many.jsonl")]
     assert s1["self_gold_failed_ids"] == s3["self_gold_failed_ids"] and s1["examples"] == s3["examples"] >= 1
     assert many.calls[0] == 3 and one.calls[:3] == [1, 1, 1]
-    phases = 2 if label == "relative" else 1
+    phases = 1 if label == "absolute" else 2
     assert s3["rollouts"] == s1["rollouts"] > s1["self_samples"]
     assert s3["examples"] >= 2
-    assert many.calls == [3] + [s3["examples"]] * phases  # every solution's rollouts in one call per phase
-    assert one.calls == [1] * (3 + phases * s1["examples"])  # one question at a time: a call per solution, phase
+    # a candidate phase only for the solutions with candidates left to roll out (significant: a position where no
+    # outcome could pass is not rolled out, so some solutions have none)
+    rolled = s3["examples"] if phases == 1 else sum(
+        any(q["rollouts"] for q in r["qualities"]) for r in _lines(tmp_path / "many.jsonl"))
+    assert rolled >= 1 and (label == "significant" or rolled == s3["examples"])
+    assert many.calls == [3, s3["examples"]] + [rolled] * (phases - 1)  # every solution's rollouts: one call a phase
+    # one question at a time: a call per solution and phase
+    assert one.calls == [1] * (3 + s1["examples"] + rolled * (phases - 1))
 
     good = Path(env.data).read_text().splitlines()
     bad = tmp_path / "bad.jsonl"
