@@ -254,6 +254,28 @@ def test_significant_rule_on_counts(env, tmp_path):
         _cfg(env, tmp_path / "x.jsonl", label="significant", significance=1.0)
 
 
+def test_relabel_script_counts(tmp_path):
+    """experiments/heldout/relabel.py on a hand-made record: the relative and significant verdicts of known counts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "relabel", Path(__file__).resolve().parents[1] / "experiments" / "heldout" / "relabel.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pairs = [(4, 3), (4, 0), (4, 1), (3, 0), (2, 1), (4, 4)]  # (gold correct, candidate correct), of 4 each
+    rec = {"id": 1, "qualities": [], "gold_qualities": []}
+    for t, (cg, cv) in enumerate(pairs):
+        rec["gold_qualities"].append({"pos": t, "q": cg / 4, "correct": cg, "rollouts": 4})
+        rec["qualities"].append({"pos": t, "q": cv / 4, "correct": cv, "rollouts": 4, "negative": cv < cg})
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(rec) + "\n")
+    got = mod.relabel(path, margin=0.25, levels=(0.05, 0.1))
+    assert got["judged_candidates"] == 6 and got["negatives_in_file"] == 5 and got["relative_margin_0.25"] == 5
+    assert got["relative_one_rollout_gap"] == 2
+    assert got["significant"]["0.05"] == {"negatives": 1, "also_relative": 1, "positions_still_rolled_out": 4}
+    assert got["significant"]["0.1"] == {"negatives": 3, "also_relative": 3, "positions_still_rolled_out": 5}
+
+
 def test_significant_labels_explore_with_the_test(env, controlled, tmp_path):
     """--label significant on a tiny model: the qualities are the absolute run's (same seeds), a candidate is a
     negative iff the brute-force one-sided p of its counts against the gold token's is <= the level, positions where
