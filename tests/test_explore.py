@@ -34,6 +34,8 @@ from verifier_train.explore import (
     shard_output_path,
     summary_path,
 )
+from verifier_train.explore.labels import is_negative, worse_than_gold_p
+from verifier_train.explore.significance import can_be_significant, fisher_less_p
 from verifier_train.records import check_samples, chat_token_ids, iter_records, response_start
 from verifier_train.rollouts import HFRolloutEngine
 
@@ -179,6 +181,141 @@ def test_relative_labels_rank_candidates_against_gold(env, controlled, tmp_path)
     assert "label" not in controlled.records[0]["settings"]  # the default rule writes the settings as before
     with pytest.raises(ValueError, match="margin"):
         _cfg(env, tmp_path / "x.jsonl", label="relative", margin=1.5)
+
+
+# ---------------------------------------------------------------------------------------- the significant rule
+
+
+def _brute_less_p(a, na, b, nb):
+    """P(#successes in the first na of na + nb rollouts <= a) when every placement of the a + b successes is equally
+    likely (H0 of Fisher's test), by enumerating the placements: independent of the closed form."""
+    from fractions import Fraction
+    from itertools import combinations
+
+    total, k = na + nb, a + b
+    hits = [sum(i < na for i in c) <= a for c in combinations(range(total), k)]
+    return Fraction(sum(hits), len(hits))
+
+
+def test_fisher_less_p_known_values():
+    """Hand-computed tails, a brute-force enumeration, the two-tail identity and SciPy where available."""
+    assert fisher_less_p(0, 4, 4, 4) == pytest.approx(1 / 70)  # C(8,4) = 70: only one table this extreme
+    assert fisher_less_p(1, 4, 4, 4) == pytest.approx(5 / 70)  # C(5,1) C(3,3) / 70
+    assert fisher_less_p(0, 4, 3, 4) == pytest.approx(5 / 70)  # C(3,0) C(5,4) / 70
+    assert fisher_less_p(0, 3, 3, 3) == pytest.approx(1 / 20)
+    assert fisher_less_p(0, 16, 16, 16) == pytest.approx(1 / 601080390)
+    assert fisher_less_p(3, 4, 4, 4) == 0.5  # one failed rollout of 4: never significant
+    for m in range(1, 17):  # a one-rollout difference at equal m: p = 1/2 exactly
+        for c in range(m):
+            assert fisher_less_p(c, m, c + 1, m) == 0.5
+    assert fisher_less_p(4, 4, 0, 4) == 1.0 and fisher_less_p(2, 4, 2, 4) > 0.5
+    assert fisher_less_p(0, 0, 3, 4) == fisher_less_p(1, 4, 0, 0) == 1.0  # an empty group: no evidence
+    for na in range(1, 5):
+        for nb in range(1, 5):
+            for a in range(na + 1):
+                for b in range(nb + 1):
+                    p = fisher_less_p(a, na, b, nb)
+                    assert p == pytest.approx(float(_brute_less_p(a, na, b, nb)), abs=1e-12), (a, na, b, nb)
+                    # P(X <= a) + P(X >= a) = 1 + P(X = a); the reverse test's p is P(X >= a)
+                    point = _brute_less_p(a, na, b, nb) - (_brute_less_p(a - 1, na, b + 1, nb) if a else 0)
+                    assert p + fisher_less_p(b, nb, a, na) == pytest.approx(1 + float(point), abs=1e-12)
+    with pytest.raises(ValueError, match="correct"):
+        fisher_less_p(5, 4, 0, 4)
+    stats = pytest.importorskip("scipy.stats")
+    for a, na, b, nb in [(0, 4, 4, 4), (2, 6, 5, 6), (3, 16, 12, 16), (11, 16, 16, 16), (1, 3, 7, 9)]:
+        want = stats.fisher_exact([[a, na - a], [b, nb - b]], alternative="less").pvalue
+        assert fisher_less_p(a, na, b, nb) == pytest.approx(want, rel=1e-9)
+
+
+def test_significant_rule_on_counts(env, tmp_path):
+    """One failed rollout of 4 against 4/4 is a relative-rule negative (margin 0.25) but not a significant one; 0/16
+    vs 16/16 is; at m = 4 and 0.05 only 0/4 vs 4/4 is; known outcomes (end-of-turn, 0 rollouts) compare exactly."""
+    sig = _cfg(env, tmp_path / "s.jsonl", label="significant")
+    rel = _cfg(env, tmp_path / "r.jsonl", label="relative", margin=0.25)
+
+    def neg(cfg, cand, gold):
+        return is_negative(cand[0] / max(cand[1], 1), gold[0] / max(gold[1], 1), cfg, counts=cand, gold_counts=gold)
+
+    assert neg(rel, (3, 4), (4, 4)) and not neg(sig, (3, 4), (4, 4))
+    assert neg(sig, (0, 16), (16, 16)) and neg(sig, (11, 16), (16, 16)) and not neg(sig, (12, 16), (16, 16))
+    four = [(cv, cg) for cv in range(5) for cg in range(5) if neg(sig, (cv, 4), (cg, 4))]
+    assert four == [(0, 4)]
+    loose = _cfg(env, tmp_path / "l.jsonl", label="significant", significance=0.1)
+    assert sorted((cv, cg) for cv in range(5) for cg in range(5) if neg(loose, (cv, 4), (cg, 4))) == [
+        (0, 3), (0, 4), (1, 4)]
+    assert neg(sig, (0, 0), (1, 4)) and not neg(sig, (1, 0), (4, 4)) and not neg(sig, (0, 0), (0, 4))
+    assert neg(sig, (3, 4), (1, 0)) and not neg(sig, (4, 4), (1, 0)) and neg(sig, (0, 0), (1, 0))
+    assert worse_than_gold_p((0, 4), (4, 4)) == pytest.approx(1 / 70)
+    assert not can_be_significant(3, 4, 4, 0.05) and can_be_significant(4, 4, 4, 0.05)
+    assert can_be_significant(3, 4, 4, 0.1) and not can_be_significant(2, 4, 4, 0.1)
+    with pytest.raises(ValueError, match="counts"):
+        is_negative(0.0, 1.0, sig)
+    with pytest.raises(ValueError, match="significance"):
+        _cfg(env, tmp_path / "x.jsonl", label="significant", significance=1.0)
+
+
+def test_relabel_script_counts(tmp_path):
+    """experiments/heldout/relabel.py on a hand-made record: the relative and significant verdicts of known counts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "relabel", Path(__file__).resolve().parents[1] / "experiments" / "heldout" / "relabel.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pairs = [(4, 3), (4, 0), (4, 1), (3, 0), (2, 1), (4, 4)]  # (gold correct, candidate correct), of 4 each
+    rec = {"id": 1, "qualities": [], "gold_qualities": []}
+    for t, (cg, cv) in enumerate(pairs):
+        rec["gold_qualities"].append({"pos": t, "q": cg / 4, "correct": cg, "rollouts": 4})
+        rec["qualities"].append({"pos": t, "q": cv / 4, "correct": cv, "rollouts": 4, "negative": cv < cg})
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(rec) + "\n")
+    got = mod.relabel(path, margin=0.25, levels=(0.05, 0.1))
+    assert got["judged_candidates"] == 6 and got["negatives_in_file"] == 5 and got["relative_margin_0.25"] == 5
+    assert got["relative_one_rollout_gap"] == 2
+    assert got["significant"]["0.05"] == {"negatives": 1, "also_relative": 1, "positions_still_rolled_out": 4}
+    assert got["significant"]["0.1"] == {"negatives": 3, "also_relative": 3, "positions_still_rolled_out": 5}
+
+
+def test_significant_labels_explore_with_the_test(env, controlled, tmp_path):
+    """--label significant on a tiny model: the qualities are the absolute run's (same seeds), a candidate is a
+    negative iff the brute-force one-sided p of its counts against the gold token's is <= the level, positions where
+    no candidate outcome could pass are not rolled out, and the settings name the rule and its level (a resume with
+    another level is refused)."""
+    level = 0.3  # at m = 3: a difference of 2+ rollouts passes (p 0.2 or 0.05), one never does (p 0.5)
+    cfg = _cfg(env, tmp_path / "sig.jsonl", positions="sample:3", candidates=3, rollouts=3, limit=2,
+               label="significant", significance=level, min_gold_quality=0.0)
+    summary = explore(cfg)
+    records = _lines(cfg.output)
+    absolute = {(r["id"], q["pos"], q["token"]): q["q"] for r in controlled.records
+                for q in r["qualities"] + r["gold_qualities"]}
+    judged, negatives, unjudged = 0, 0, 0
+    for rec in records:
+        gold = {q["pos"]: (q["correct"], q["rollouts"]) for q in rec["gold_qualities"]}
+        assert sorted(gold) == rec["positions"]
+        hopeless = sorted(t for t, (c, m) in gold.items() if min(_brute_less_p(0, 3, c, m), 1) > level)
+        assert rec["unjudged_positions"] == hopeless
+        unjudged += len(hopeless)
+        ids = chat_token_ids(env.tok, rec["messages"])
+        expected = []
+        for q in rec["qualities"]:
+            assert q["pos"] not in hopeless and q["rollouts"] == 3
+            assert q["q"] == absolute[(rec["id"], q["pos"], q["token"])]
+            p = _brute_less_p(q["correct"], 3, *gold[q["pos"]])
+            assert q["p_worse"] == pytest.approx(float(p)) and q["negative"] == (p <= level)
+            if q["negative"]:
+                expected.append([q["pos"], ids[q["pos"]], q["token"]])
+            judged += 1
+        assert rec["samples"] == expected
+        negatives += len(expected)
+    assert unjudged > 0 and judged > negatives > 0, "the stub should skip a position and give both labels"
+    assert summary["unjudged_positions"] == unjudged and summary["negatives"] == negatives
+    assert summary["rollouts"] == 3 * (summary["positions"] + summary["candidates"])
+    settings = records[0]["settings"]
+    assert settings["label"] == "significant" and settings["significance"] == level
+    assert "tau" not in settings and "margin" not in settings
+    with pytest.raises(ValueError, match="significance"):
+        explore(_cfg(env, tmp_path / "sig.jsonl", positions="sample:3", candidates=3, rollouts=3, limit=2,
+                     label="significant", significance=0.05, min_gold_quality=0.0))
 
 
 def test_candidates_are_plausible_draws(env, controlled):
@@ -423,10 +560,10 @@ def test_gold_self_keeps_first_correct_solution(env, tmp_path):
     assert not (tmp_path / "none.jsonl").read_text()
 
 
-@pytest.mark.parametrize("label", ["absolute", "relative"])
+@pytest.mark.parametrize("label", ["absolute", "relative", "significant"])
 def test_gold_self_batches_questions_with_the_same_records(env, tmp_path, label):
     """--self-batch N samples N questions' solutions in one rollouts_many call (one vLLM batch), then sends the
-    rollouts of all N solutions together, one call per phase (relative: q(gold), then the candidates); the records
+    rollouts of all N solutions together, one call per phase (relative, significant: q(gold), then the candidates); the records
     are those of one question at a time (same seeds), and a bad line inside a batch, with on_error fail, is raised
     only after the lines before it are written."""
     from transformers import AutoModelForCausalLM
@@ -448,6 +585,8 @@ def test_gold_self_batches_questions_with_the_same_records(env, tmp_path, label)
 
     kw = dict(gold="self", self_samples=3, self_max_tokens=12, limit=3, checker=even, positions="sample:2",
               rollouts=2, candidates=2, label=label, min_gold_quality=0.0)
+    if label == "significant":  # at 2 rollouts only p 1/6 (0/2 vs 2/2) or 1/2 (a one-rollout difference) are possible
+        kw["significance"] = 0.5
     one, many = Spy(model), Spy(model)
     s1 = explore(_cfg(env, tmp_path / "one.jsonl", self_batch=1, **kw), engine=one)
     s3 = explore(_cfg(env, tmp_path / "many.jsonl", self_batch=3, **kw), engine=many)
@@ -455,11 +594,17 @@ def test_gold_self_batches_questions_with_the_same_records(env, tmp_path, label)
         _strip_timing(r) for r in _lines(tmp_path / "many.jsonl")]
     assert s1["self_gold_failed_ids"] == s3["self_gold_failed_ids"] and s1["examples"] == s3["examples"] >= 1
     assert many.calls[0] == 3 and one.calls[:3] == [1, 1, 1]
-    phases = 2 if label == "relative" else 1
+    phases = 1 if label == "absolute" else 2
     assert s3["rollouts"] == s1["rollouts"] > s1["self_samples"]
     assert s3["examples"] >= 2
-    assert many.calls == [3] + [s3["examples"]] * phases  # every solution's rollouts in one call per phase
-    assert one.calls == [1] * (3 + phases * s1["examples"])  # one question at a time: a call per solution, phase
+    # a candidate phase only for the solutions with candidates left to roll out (significant: a position where no
+    # outcome could pass is not rolled out, so some solutions have none)
+    rolled = s3["examples"] if phases == 1 else sum(
+        any(q["rollouts"] for q in r["qualities"]) for r in _lines(tmp_path / "many.jsonl"))
+    assert rolled >= 1 and (label == "significant" or rolled == s3["examples"])
+    assert many.calls == [3, s3["examples"]] + [rolled] * (phases - 1)  # every solution's rollouts: one call a phase
+    # one question at a time: a call per solution and phase
+    assert one.calls == [1] * (3 + s1["examples"] + rolled * (phases - 1))
 
     good = Path(env.data).read_text().splitlines()
     bad = tmp_path / "bad.jsonl"
@@ -489,6 +634,23 @@ def test_cli_runs_and_prints_summary(env, tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.splitlines()[0])
     assert summary["examples"] == 1 and summary["rollouts"] == summary["candidates"]
+
+
+def test_cli_label_significant(env, tmp_path):
+    out = tmp_path / "sig.jsonl"
+    res = CliRunner().invoke(explore_command, [
+        "--model", env.llm, "--data", env.data, "--output", str(out), "--limit", "1", "--positions", "stride:6",
+        "--rollouts", "2", "--candidates", "1", "--max-rollout-tokens", "2", "--label", "significant",
+        "--significance", "0.2", "--min-gold-quality", "0", "--no-progress",
+    ])
+    assert res.exit_code == 0, res.output
+    (rec,) = _lines(out)
+    assert rec["settings"]["label"] == "significant" and rec["settings"]["significance"] == 0.2
+    assert rec["gold_qualities"] and all("p_worse" in q for q in rec["qualities"])
+    bad = CliRunner().invoke(explore_command, ["--model", env.llm, "--data", env.data, "--output",
+                                               str(tmp_path / "b.jsonl"), "--label", "significant",
+                                               "--significance", "0"])
+    assert bad.exit_code != 0 and "significance" in bad.output
 
 
 def test_positions_and_helpers():

@@ -76,14 +76,20 @@ def _default(name: str) -> Any:
 @click.option("--candidates", type=int, default=_default("candidates"), show_default=True, help="n per position.")
 @click.option("--rollouts", type=int, default=_default("rollouts"), show_default=True, help="m per candidate.")
 @click.option("--label", type=click.Choice(LABEL_RULES), default=_default("label"), show_default=True,
-              help="absolute: negative iff q(v) < tau (Eq. 6); relative: negative iff q(v) <= q(gold) - margin.")
+              help="absolute: negative iff q(v) < tau (Eq. 6); relative: negative iff q(v) <= q(gold) - margin; "
+              "significant: negative iff a one-sided Fisher exact test on the rollout counts says q(v) < q(gold) at "
+              "--significance.")
 @click.option("--tau", type=float, default=_default("tau"), show_default=True, help="Negative iff q < tau (Eq. 6).")
 @click.option("--margin", type=float, default=_default("margin"), show_default=True,
               help="relative: how far below q(gold) a negative's quality must be.")
+@click.option("--significance", type=float, default=_default("significance"), show_default=True,
+              help="significant: level of the one-sided test (negative iff p <= this; a one-rollout difference never "
+              "is, and at 4 rollouts only 0/4 vs 4/4 passes 0.05).")
 @click.option("--min-gold-quality", type=float, default=_default("min_gold_quality"), show_default=True,
-              help="relative: positions with q(gold) below this are not judged (their candidates are not rolled out).")
+              help="relative, significant: positions with q(gold) below this are not judged (their candidates are not "
+              "rolled out).")
 @click.option("--gold-rollouts/--no-gold-rollouts", default=_default("gold_rollouts"), show_default=True,
-              help="Also measure q(gold) (always on with --label relative).")
+              help="Also measure q(gold) (always on with --label relative or significant).")
 @click.option("--temperature", type=float, default=None,
               help="Rollout temperature (default 0.7) / sample-strategy temperature (default 1.0).")
 @click.option("--top-p", type=float, default=_default("top_p"), show_default=True)

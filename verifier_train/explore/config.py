@@ -23,13 +23,14 @@ BACKENDS = ("hf", "vllm")
 SAMPLE_MODES = ("base", "uniform", "contrast", "expert")
 FORMATS = ("auto", "gsm8k", "math")
 GOLD_SOURCES = ("dataset", "self")
-LABEL_RULES = ("absolute", "relative")
+LABEL_RULES = ("absolute", "relative", "significant")
 PROMPT_STYLES = ("question", "task")
 
 # Settings that change the output; a resumed run must use the same ones (see ExploreConfig.settings()).
 _RESULT_KEYS = (
     "model", "strategy", "backend", "dtype", "data_format", "prompt", "chat_template", "gold", "self_samples", "self_max_tokens", "positions",
-    "include_eot", "alpha", "top_k", "candidates", "rollouts", "label", "tau", "margin", "min_gold_quality",
+    "include_eot", "alpha", "top_k", "candidates", "rollouts", "label", "tau", "margin", "significance",
+    "min_gold_quality",
     "gold_rollouts", "temperature", "top_p",
     "max_rollout_tokens", "mode", "contrast_model", "gamma", "num_samples", "keep_duplicates", "seed",
 )
@@ -71,11 +72,17 @@ class ExploreConfig:
         rollouts: m, rollouts per candidate (Eq. 5).
         label: the label rule (:func:`~verifier_train.explore.labels.is_negative`): ``"absolute"`` (paper Eq. 6,
             negative iff ``q(v) < tau``) or ``"relative"`` (negative iff ``q(v) <= q(gold) - margin``; measures
-            ``q(gold)`` with the same m rollouts and skips positions where ``q(gold) < min_gold_quality``).
+            ``q(gold)`` with the same m rollouts and skips positions where ``q(gold) < min_gold_quality``) or
+            ``"significant"`` (negative iff a one-sided Fisher exact test on the rollout counts says ``q(v) <
+            q(gold)`` at level ``significance``; skips the same positions, and those where no outcome of m candidate
+            rollouts could pass; :mod:`~verifier_train.explore.significance`).
         tau: quality threshold of Eq. 6 (absolute rule).
         margin: how much lower than ``q(gold)`` a negative's quality must be (relative rule).
-        min_gold_quality: positions whose ``q(gold)`` is below this are not judged (relative rule).
-        gold_rollouts: also measure ``q(gold)`` with m rollouts per explored position (always with ``relative``).
+        significance: level of the one-sided test (significant rule): a negative iff its p-value is ``<=`` this,
+            in (0, 1); 0.05 by default.
+        min_gold_quality: positions whose ``q(gold)`` is below this are not judged (relative and significant rules).
+        gold_rollouts: also measure ``q(gold)`` with m rollouts per explored position (always with ``relative`` and
+            ``significant``).
         temperature: rollout (and self-sampling) temperature, default 0.7 (the paper is silent; a common
             self-consistency setting); for ``strategy="sample"`` the temperature of the negative-sampling
             distribution, default 1.0. ``None`` = that strategy's default.
@@ -138,6 +145,7 @@ class ExploreConfig:
     label: str = "absolute"
     tau: float = 0.5
     margin: float = 0.25
+    significance: float = 0.05
     min_gold_quality: float = 0.25
     gold_rollouts: bool = False
     temperature: float | None = None
@@ -192,6 +200,8 @@ class ExploreConfig:
         for name in ("tau", "margin", "min_gold_quality"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be in [0, 1]")
+        if not 0.0 < float(self.significance) < 1.0:
+            raise ValueError(f"significance={self.significance!r}: must be in (0, 1)")
         if self.temperature is not None and not float(self.temperature) > 0:
             raise ValueError(f"temperature={self.temperature!r}: must be > 0")
         if not 0.0 < float(self.top_p) <= 1.0:
@@ -215,8 +225,9 @@ class ExploreConfig:
 
     @property
     def measures_gold(self) -> bool:
-        """Whether rollouts also measure ``q(gold)`` (``--gold-rollouts``, always for the relative rule)."""
-        return bool(self.gold_rollouts) or self.label == "relative"
+        """Whether rollouts also measure ``q(gold)`` (``--gold-rollouts``, always for the relative and significant
+        rules)."""
+        return bool(self.gold_rollouts) or self.label in ("relative", "significant")
 
     def settings(self) -> dict[str, Any]:
         """The settings that determine the output (written on every line; a resumed run must match them), with
@@ -229,11 +240,14 @@ class ExploreConfig:
             for k in ("mode", "contrast_model", "gamma", "num_samples", "keep_duplicates"):
                 d.pop(k)
             d["gold_rollouts"] = self.measures_gold
-            # the default rule is written as before (so outputs of earlier versions still resume)
-            for k in ("label", "margin", "min_gold_quality") if self.label == "absolute" else ("tau",):
+            # each rule writes only its own keys; the default and the relative rule are written as before (so
+            # outputs of earlier versions still resume)
+            unused = {"absolute": ("label", "margin", "significance", "min_gold_quality"),
+                      "relative": ("tau", "significance"), "significant": ("tau", "margin")}[self.label]
+            for k in unused:
                 d.pop(k)
         else:
-            for k in ("candidates", "rollouts", "label", "tau", "margin", "min_gold_quality", "gold_rollouts",
+            for k in ("candidates", "rollouts", "label", "tau", "margin", "significance", "min_gold_quality", "gold_rollouts",
                       "top_p", "max_rollout_tokens"):
                 d.pop(k)
             if self.mode != "contrast":

@@ -22,6 +22,21 @@ and skips the positions where ``q(gold) < --min-gold-quality`` (their candidates
 judged where the gold continuation itself rarely reaches the answer; listed as ``unjudged_positions``). With a
 weak model the absolute rule labels nearly every candidate negative (q(gold) itself is often below tau); ranking
 against the gold token keeps only candidates that are clearly worse (:func:`is_negative`).
+
+``--label significant`` judges the same comparison with the rollout counts as they are, so that sampling error
+cannot make a negative (with m = 4 the standard error of q is ~0.2-0.25, the size of the margin, and one failed
+rollout, q 0.75 vs 1.0, is a relative-rule negative):
+
+    v is a negative  <=>  p <= --significance (default 0.05),
+    p = one-sided Fisher exact p-value of q(v) < q(gold) from correct_v of m and correct_gold of m
+        (:func:`worse_than_gold_p`, :mod:`verifier_train.explore.significance`)
+
+A difference of one rollout never passes (p = 1/2), and at m = 4 and 0.05 only 0/4 vs 4/4 does (p = 1/70). The
+positions with ``q(gold) < --min-gold-quality`` are skipped as with the relative rule, and so are those where no
+outcome of the m candidate rollouts could pass the test (at m = 4 and 0.05: every position whose gold token did not
+reach the answer in all 4 rollouts), listed in ``unjudged_positions`` too; each judged candidate's p-value is
+written as ``p_worse``.
+
 The answer is extracted from the whole response: gold prefix ``x_{start..t-1}`` + ``v`` + the rollout
 (:func:`default_checker`). A candidate that is itself an end-of-turn token stays a candidate here (unlike the
 sample strategy) and ends the response at once: its quality is that of the truncated response, without rollouts,
@@ -54,6 +69,7 @@ from typing import TYPE_CHECKING, Any, Generator, Sequence
 from llm2_eval.answers import gsm8k_is_correct, math_is_correct
 from verifier_train.explore.config import Checker, ExploreConfig
 from verifier_train.explore.inputs import BadExample, derive_seed, response_positions, rollout_seed, select_positions
+from verifier_train.explore.significance import can_be_significant, fisher_less_p
 from verifier_train.records import chat_token_ids, check_samples, response_start
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,21 +88,70 @@ def default_checker(data_format: str) -> Checker:
     return lambda text, gold, tokens: fn(text, gold)
 
 
-def is_negative(q: float, q_gold: float | None, cfg: ExploreConfig) -> bool:
+def is_negative(
+    q: float,
+    q_gold: float | None,
+    cfg: ExploreConfig,
+    *,
+    counts: tuple[int, int] | None = None,
+    gold_counts: tuple[int, int] | None = None,
+) -> bool:
     """The label rule: whether candidate ``v`` with quality ``q = q(v)`` is a negative (LLM2.md section 4 step 5).
 
     ``absolute`` (paper Eq. 6): ``q(v) < tau``. ``relative``: ``q(v) <= q(gold) - margin`` (the candidate's
     continuations reach the answer clearly less often than the gold token's, measured with the same rollout
     budget; value estimates rank more reliably than they score, as rStar-Math, PQM and PAV found).
+    ``significant``: the one-sided test of :func:`worse_than_gold_p` on the rollout counts gives ``p <=
+    significance`` (q(v) < q(gold) beyond sampling error; a difference of one rollout never is).
+
+    Args:
+        q: q(v), the share of the candidate's rollouts that reach the answer (Eq. 5), in [0, 1].
+        q_gold: q(gold), the same for the gold token (``relative``), else may be None.
+        cfg: the settings (``label``, ``tau``, ``margin``, ``significance``).
+        counts: ``(correct, rollouts)`` of the candidate (``significant``).
+        gold_counts: ``(correct, rollouts)`` of the gold token (``significant``).
 
     Raises:
-        ValueError: ``relative`` without ``q_gold``.
+        ValueError: ``relative`` without ``q_gold``; ``significant`` without both counts.
     """
     if cfg.label == "absolute":
         return q < cfg.tau
+    if cfg.label == "significant":
+        if counts is None or gold_counts is None:
+            raise ValueError("the significant label rule needs the rollout counts of the candidate and the gold token")
+        return worse_than_gold_p(counts, gold_counts) <= cfg.significance
     if q_gold is None:
         raise ValueError("the relative label rule needs q(gold)")
     return q <= q_gold - cfg.margin + 1e-9
+
+
+def worse_than_gold_p(counts: tuple[int, int], gold_counts: tuple[int, int]) -> float:
+    """p-value of "q(v) < q(gold)" from ``(correct, rollouts)`` counts: one-sided Fisher exact test
+    (:func:`~verifier_train.explore.significance.fisher_less_p`; formula, sources and why Fisher there).
+
+    A count with 0 rollouts is an outcome known exactly, ``correct`` in {0, 1} (an end-of-turn token: the response
+    ends there and is right or wrong, no sampling); against it the test is the exact binomial tail at that known
+    rate, which is 0 or 1: a known failure (0) is worse than a gold token with at least one success, and a
+    candidate with at least one failed rollout is worse than a known success of the gold token (1); two known
+    outcomes compare as they are.
+
+    Returns:
+        The p-value in [0, 1] (no unit): small means the candidate reaches the answer less often than the gold token.
+
+    Raises:
+        ValueError: impossible counts (more correct than rollouts; a known outcome not 0 or 1).
+    """
+    (cv, mv), (cg, mg) = (tuple(int(x) for x in c) for c in (counts, gold_counts))
+    for c, m in ((cv, mv), (cg, mg)):
+        if m < 0 or c < 0 or c > max(m, 1):
+            raise ValueError(f"counts {c} of {m}: need 0 <= correct <= rollouts (or 0/1 with 0 rollouts)")
+    if mv == 0 and mg == 0:
+        return 0.0 if cv < cg else 1.0
+    if mv == 0:  # q(v) known: H0 q(gold) <= q(v); P(X_gold >= cg) under q(gold) = q(v)
+        return 0.0 if cv == 0 and cg > 0 else 1.0
+    if mg == 0:  # q(gold) known: H0 q(v) >= q(gold); P(X_v <= cv) under q(v) = q(gold)
+        return 0.0 if cg == 1 and cv < mv else 1.0
+    return fisher_less_p(cv, mv, cg, mg)
 
 
 def candidate_draws(
@@ -408,7 +473,7 @@ class Explorer:
 
     def _rollout(self, record, ids, positions, logits, allowed, ex_id, *, rs, gold, check, tally) -> Steps:
         cfg = self.cfg
-        relative = cfg.label == "relative"
+        against_gold = cfg.label in ("relative", "significant")
         cand_jobs: list[tuple[int, int, bool]] = []  # (pos, token, is_gold)
         for i, t in enumerate(positions):
             cset = allowed[i].nonzero().flatten().cpu()
@@ -416,12 +481,15 @@ class Explorer:
                 cand_jobs.append((t, v, False))
         gold_jobs = [(t, int(ids[t]), True) for t in positions] if cfg.measures_gold else []
         kw = dict(rs=rs, gold=gold, check=check, tally=tally)
-        if relative:
+        if against_gold:
             # q(gold) first: positions where the gold continuation itself rarely reaches the answer cannot rank
             # their candidates, so their candidates are not rolled out at all
             outcomes = yield from self._measure(gold_jobs, ids, ex_id, **kw)
             q_gold = {t: outcomes[(t, v, True)][0] for t, v, _ in gold_jobs}
             unjudged = sorted(t for t, q in q_gold.items() if q < cfg.min_gold_quality)
+            if cfg.label == "significant":  # nor where no outcome of m candidate rollouts could be significant
+                hopeless = {t for t, v, _ in gold_jobs if not self._can_judge(*outcomes[(t, v, True)][1:3])}
+                unjudged = sorted(set(unjudged) | hopeless)
             record["unjudged_positions"] = unjudged
             self.c.unjudged_positions += len(unjudged)
             cand_jobs = [j for j in cand_jobs if j[0] not in set(unjudged)]
@@ -429,6 +497,7 @@ class Explorer:
         else:
             outcomes = yield from self._measure(cand_jobs + gold_jobs, ids, ex_id, **kw)
             q_gold = {t: outcomes[(t, v, True)][0] for t, v, _ in gold_jobs}
+        gold_counts = {t: outcomes[(t, v, True)][1:3] for t, v, _ in gold_jobs}
         qualities, gold_q = [], []
         for job in cand_jobs + gold_jobs:
             t, v, is_gold = job
@@ -440,7 +509,10 @@ class Explorer:
                 self.c.gold_q_sum += q
                 self.c.gold_q_n += 1
                 continue
-            entry["negative"] = is_negative(q, q_gold.get(t), cfg)
+            if cfg.label == "significant":
+                entry["p_worse"] = worse_than_gold_p((correct, n_roll), gold_counts[t])
+            entry["negative"] = is_negative(q, q_gold.get(t), cfg, counts=(correct, n_roll),
+                                            gold_counts=gold_counts.get(t))
             qualities.append(entry)
             self.c.candidates += 1
             self.c.q_sum += q
@@ -449,6 +521,13 @@ class Explorer:
         record["qualities"] = qualities
         if gold_jobs:
             record["gold_qualities"] = gold_q
+
+    def _can_judge(self, gold_correct: int, gold_rollouts: int) -> bool:
+        """``--label significant``: whether a candidate measured with ``--rollouts`` m could come out significantly
+        worse than a gold token with these counts (0 rollouts: a known outcome, see :func:`worse_than_gold_p`)."""
+        if gold_rollouts == 0:
+            return gold_correct == 1
+        return can_be_significant(gold_correct, gold_rollouts, self.cfg.rollouts, self.cfg.significance)
 
     def _sample(self, record, ids, positions, logits, allowed, ex_id) -> None:
         import torch

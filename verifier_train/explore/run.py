@@ -8,6 +8,9 @@ example, or the ``--self-batch`` questions of ``--gold self``, whose rollouts ar
      "qualities": [{"pos", "gold_id", "token", "text", "q", "correct", "rollouts", "truncated", "negative"}, ...],
      "gold_qualities": [...], "rollouts", "generated_tokens", "seconds", "settings": {...}}
 
+(``--label relative`` and ``significant`` add ``"unjudged_positions"``; ``significant`` adds each candidate's
+one-sided p-value ``"p_worse"`` to its quality entry.)
+
 (``seconds``: the chunk's wall time shared evenly among its records.)
 
 (``--strategy sample`` writes ``"draws": [{"pos", "gold_id", "tokens", "set_size"}, ...]`` instead of qualities.)
@@ -367,7 +370,8 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
         (``file:line: reason``), ``self_gold_failed``,
         ``response_positions`` (assistant tokens), ``candidate_positions`` (those with a plausible non-gold
         token), ``positions`` (explored), ``candidates`` (tried), ``negatives`` (kept), ``negative_rate``, ``mean_q``,
-        ``mean_gold_q``, ``unjudged_positions`` (relative rule: q(gold) below ``min_gold_quality``), ``rollouts``,
+        ``mean_gold_q``, ``unjudged_positions`` (relative and significant rules: q(gold) below ``min_gold_quality``;
+        significant: also no candidate outcome could pass the test), ``rollouts``,
         ``truncated_rollouts`` (hit ``max_rollout_tokens``: no final answer, so
         they count as failures), ``generated_tokens``, ``wall_seconds``, ``examples_per_s``,
         ``rollouts_per_s``, ``tokens_per_s``, ``output``, ``settings``.
