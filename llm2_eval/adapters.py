@@ -61,7 +61,8 @@ def tokenizer_source(verifier: str | os.PathLike) -> str | None:
 
     A checkpoint, a hub id or an adapter directory that holds tokenizer files is its own source. An adapter
     directory without one (a bare PEFT adapter) was trained with its base's tokenizer, so its base
-    (``base_model_name_or_path``) is the source when that is a local directory.
+    (``base_model_name_or_path``) is the source when that is a local directory; likewise a head verifier
+    (:mod:`llm2_eval.head_verifier`) and its ``base_model``.
 
     Returns:
         A path or hub id for ``AutoTokenizer.from_pretrained``, or None for an adapter without tokenizer files
@@ -70,11 +71,15 @@ def tokenizer_source(verifier: str | os.PathLike) -> str | None:
 
     Raises:
         AdapterError: an adapter directory whose ``adapter_config.json`` cannot be read.
+        HeadVerifierError: a head directory whose marker cannot be read.
     """
+    from llm2_eval.head_verifier import is_head_dir, read_head_config
+
     d = Path(verifier)
-    if not is_adapter_dir(d) or any((d / name).is_file() for name in TOKENIZER_FILES):
+    head = is_head_dir(d)
+    if not (head or is_adapter_dir(d)) or any((d / name).is_file() for name in TOKENIZER_FILES):
         return str(verifier)
-    base = str(read_adapter_config(d)["base_model_name_or_path"])
+    base = str(read_head_config(d)["base_model"] if head else read_adapter_config(d)["base_model_name_or_path"])
     return base if Path(base).is_dir() else None
 
 

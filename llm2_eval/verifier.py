@@ -201,7 +201,8 @@ def load_verifier(
 
     Args:
         path: verifier directory (format above), a PEFT adapter directory (``llm2 train-verifier --lora
-            --lora-save adapter``, :mod:`llm2_eval.adapters`), or an already loaded token-classification model.
+            --lora-save adapter``, :mod:`llm2_eval.adapters`), a head-verifier directory (``--trainable head``,
+            :mod:`llm2_eval.head_verifier`), or an already loaded token-classification model.
         dtype: weight dtype (see :func:`resolve_dtype`); default the checkpoint's.
         device: where to put it; default CPU.
         attn_implementation: ``"sdpa"`` or ``"eager"``; decoding passes 4-D attention masks, which
@@ -225,7 +226,10 @@ def load_verifier(
         if not Path(path).exists() and not _looks_like_hub_id(str(path)):
             raise FileNotFoundError(f"verifier checkpoint not found: {path}")
         from llm2_eval.adapters import is_adapter_dir, load_adapter_verifier
+        from llm2_eval.head_verifier import is_head_dir, load_head_verifier
 
+        if is_head_dir(path):
+            return load_head_verifier(path, llm=llm, dtype=dtype, device=device)
         if is_adapter_dir(path):
             return load_adapter_verifier(path, llm=llm, dtype=dtype, device=device,
                                          attn_implementation=attn_implementation)

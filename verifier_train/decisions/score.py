@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 from llm2_eval.jsonl import iter_jsonl
 from llm2_eval.report.stats import wilson_interval
 from verifier_train.decisions.build import KIND, DecisionsError
+from verifier_train.explore.significance import fisher_two_sided
 
 #: level of the two-sided Fisher test that makes a candidate pair "significantly different"
 SIGNIFICANCE = 0.05
@@ -68,29 +69,6 @@ def load_benchmark(path: str | Path) -> Benchmark:
     if bench is None or not bench.points:
         raise DecisionsError(f"{p}: holds no decision point yet (build it first)")
     return bench
-
-
-def fisher_two_sided(a: int, m1: int, b: int, m2: int) -> float:
-    """Two-sided Fisher exact test p-value of ``a`` of ``m1`` vs ``b`` of ``m2`` successes (Fisher 1922).
-
-    Conditional on the ``a + b`` successes, ``a`` is hypergeometric; the p-value sums the probabilities of every
-    table no more likely than the observed one (relative tolerance 1e-7). Example: 16/16 vs 8/16 gives 0.0024,
-    4/4 vs 0/4 gives 0.029, 4/4 vs 3/4 gives 1.0.
-
-    Raises:
-        ValueError: counts outside ``0 <= a <= m1``, ``0 <= b <= m2``.
-    """
-    if not (0 <= a <= m1 and 0 <= b <= m2):
-        raise ValueError(f"Fisher test needs 0 <= a <= m1 and 0 <= b <= m2 (got {a}/{m1}, {b}/{m2})")
-    k, n = a + b, m1 + m2
-    denom = math.comb(n, m1)
-
-    def prob(x: int) -> float:
-        return math.comb(k, x) * math.comb(n - k, m1 - x) / denom
-
-    observed = prob(a)
-    lo, hi = max(0, k - m2), min(k, m1)
-    return min(1.0, sum(pr for pr in (prob(x) for x in range(lo, hi + 1)) if pr <= observed * (1 + 1e-7)))
 
 
 def _q(c: dict[str, Any]) -> float:

@@ -51,7 +51,8 @@ def _default(name: str) -> Any:
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Input JSON Lines (GSM8K or MATH format).")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="Output JSON Lines (appended; resumable).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=_default("strategy"), show_default=True,
-              help="rollout: paper Eq. 5-6; sample: released code, no rollouts.")
+              help="rollout: paper Eq. 5-6; sample: released code, no rollouts; outcome: the model's own "
+              "samples with their outcome, for --objective outcome (needs --gold self).")
 @click.option("--backend", type=click.Choice(BACKENDS), default=_default("backend"), show_default=True)
 @click.option("--format", "data_format", type=click.Choice(FORMATS), default=_default("data_format"), show_default=True)
 @click.option("--prompt", type=click.Choice(PROMPT_STYLES), default=_default("prompt"), show_default=True,

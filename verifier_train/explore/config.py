@@ -18,7 +18,7 @@ from verifier_train.explore.inputs import input_identity, parse_positions
 #: candidate; the sampled solution for ``--gold self``).
 Checker = Callable[[str, str, Sequence[int]], bool]
 
-STRATEGIES = ("rollout", "sample")
+STRATEGIES = ("rollout", "sample", "outcome")
 BACKENDS = ("hf", "vllm")
 SAMPLE_MODES = ("base", "uniform", "contrast", "expert")
 FORMATS = ("auto", "gsm8k", "math")
@@ -212,6 +212,8 @@ class ExploreConfig:
         self.shard = (i, n)
         if self.strategy == "sample" and self.mode in ("contrast", "expert") and not self.contrast_model:
             raise ValueError(f"mode {self.mode!r} needs a second model (--contrast-model)")
+        if self.strategy == "outcome" and self.gold != "self":
+            raise ValueError("strategy outcome samples the model's own solutions: pass --gold self")
         if self.strategy != "sample" and self.contrast_model:
             raise ValueError("contrast_model: only --strategy sample uses a second model")
         parse_positions(self.positions)
@@ -221,7 +223,7 @@ class ExploreConfig:
         """The temperature in effect (the field, or the strategy's default)."""
         if self.temperature is not None:
             return float(self.temperature)
-        return self.ROLLOUT_TEMPERATURE if self.strategy == "rollout" else self.SAMPLE_TEMPERATURE
+        return self.SAMPLE_TEMPERATURE if self.strategy == "sample" else self.ROLLOUT_TEMPERATURE
 
     @property
     def measures_gold(self) -> bool:
@@ -245,6 +247,11 @@ class ExploreConfig:
             unused = {"absolute": ("label", "margin", "significance", "min_gold_quality"),
                       "relative": ("tau", "significance"), "significant": ("tau", "margin")}[self.label]
             for k in unused:
+                d.pop(k)
+        elif self.strategy == "outcome":  # samples only: no positions, candidates, rollouts or label rule
+            for k in ("positions", "include_eot", "alpha", "top_k", "candidates", "rollouts", "label", "tau", "margin",
+                      "significance", "min_gold_quality", "gold_rollouts", "max_rollout_tokens", "mode",
+                      "contrast_model", "gamma", "num_samples", "keep_duplicates"):
                 d.pop(k)
         else:
             for k in ("candidates", "rollouts", "label", "tau", "margin", "significance", "min_gold_quality", "gold_rollouts",

@@ -63,7 +63,7 @@ with the right answer (:meth:`Explorer.self_solutions`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generator, Sequence
 
 from llm2_eval.answers import gsm8k_is_correct, math_is_correct
@@ -251,6 +251,8 @@ class Counters:
     gold_q_n: int = 0
     unjudged_positions: int = 0
     self_samples: int = 0
+    outcome_right: int = 0
+    outcome_mix: dict = field(default_factory=lambda: {"all right": 0, "all wrong": 0, "mixed": 0})
 
 
 class Explorer:
@@ -275,7 +277,8 @@ class Explorer:
         from verifier_train.rollouts import RolloutParams
 
         return RolloutParams(
-            temperature=self.cfg.resolved_temperature if self.cfg.strategy == "rollout" else ExploreConfig.ROLLOUT_TEMPERATURE,
+            temperature=(self.cfg.resolved_temperature if self.cfg.strategy in ("rollout", "outcome")
+                         else ExploreConfig.ROLLOUT_TEMPERATURE),
             top_p=self.cfg.top_p,
             max_new_tokens=max_new,
             eos_token_ids=tuple(sorted(self.end_ids)),

@@ -254,6 +254,8 @@ class _Run:
             "skipped": len(self.skipped), "skipped_lines": self.skipped,
             "self_gold_failed": len(self.self_failed), "self_gold_failed_ids": self.self_failed,
             "self_samples": c.self_samples,
+            "outcome_right": c.outcome_right if cfg.strategy == "outcome" else None,
+            "outcome_mix": dict(c.outcome_mix) if cfg.strategy == "outcome" else None,
             "response_positions": c.response_positions, "candidate_positions": c.candidate_positions,
             "positions": c.positions, "candidates": c.candidates, "negatives": c.negatives,
             "negative_rate": c.negatives / c.candidates if c.candidates else None,
@@ -314,6 +316,11 @@ class _Run:
                     self.deferred_error = (ln, str(err))
                     break
                 self.bad(ln, str(err))
+        if self.cfg.strategy == "outcome":
+            from verifier_train.explore.outcome import outcome_records
+
+            recs = outcome_records(ex, [(i, ln, q, g, c) for ln, (i, q, _, g, c) in ready]) if ready else []
+            return [(ln, r) for (ln, _), r in zip(ready, recs)]
         if self.cfg.gold == "self" and ready:
             found = ex.self_solutions([(i, q, g, c) for _, (i, q, _, g, c) in ready])
             ready = [(ln, (i, q, sol, g, c)) for (ln, (i, q, _, g, c)), sol in zip(ready, found)]
@@ -466,8 +473,10 @@ class _Progress:
         self.bar.update(self.task, advance=1, rates=rates)
         if self.log_lines:
             self.console.print(
-                f"[{s['examples']}/{todo}] id={record['id']} positions={len(record['positions'])} "
-                f"negatives={len(record['samples'])} rollouts={record['rollouts']} "
+                f"[{s['examples']}/{todo}] id={record['id']} " + (
+                    f"right={record['right']}/{len(record['outcomes'])} " if "outcomes" in record else
+                    f"positions={len(record['positions'])} negatives={len(record['samples'])} ")
+                + f"rollouts={record['rollouts']} "
                 f"{record['seconds']:.1f}s | {rates}",
                 highlight=False,
                 soft_wrap=True,

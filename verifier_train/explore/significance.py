@@ -69,3 +69,26 @@ def can_be_significant(correct_b: int, n_b: int, n_a: int, level: float) -> bool
     could: with m = 4 at level 0.05 that is every position whose gold token reached the answer in fewer than 4 of
     its 4 rollouts)."""
     return any(fisher_less_p(x, n_a, correct_b, n_b) <= level for x in range(int(n_a) + 1))
+
+
+def fisher_two_sided(a: int, m1: int, b: int, m2: int) -> float:
+    """Two-sided Fisher exact test p-value of ``a`` of ``m1`` vs ``b`` of ``m2`` successes (Fisher 1922).
+
+    Conditional on the ``a + b`` successes, ``a`` is hypergeometric; the p-value sums the probabilities of every
+    table no more likely than the observed one (relative tolerance 1e-7). Example: 16/16 vs 8/16 gives 0.0024,
+    4/4 vs 0/4 gives 0.029, 4/4 vs 3/4 gives 1.0.
+
+    Raises:
+        ValueError: counts outside ``0 <= a <= m1``, ``0 <= b <= m2``.
+    """
+    if not (0 <= a <= m1 and 0 <= b <= m2):
+        raise ValueError(f"Fisher test needs 0 <= a <= m1 and 0 <= b <= m2 (got {a}/{m1}, {b}/{m2})")
+    k, n = a + b, m1 + m2
+    denom = comb(n, m1)
+
+    def prob(x: int) -> float:
+        return comb(k, x) * comb(n - k, m1 - x) / denom
+
+    observed = prob(a)
+    lo, hi = max(0, k - m2), min(k, m1)
+    return min(1.0, sum(pr for pr in (prob(x) for x in range(lo, hi + 1)) if pr <= observed * (1 + 1e-7)))

@@ -71,6 +71,21 @@ class TrainConfig:
     lora_alpha: int = _opt(32, "LoRA alpha.")
     lora_dropout: float = _opt(0.0, "LoRA dropout.")
     lora_target: str = _opt("all-linear", "LoRA target modules: 'all-linear' or comma-separated module names.")
+    trainable: str = _opt("full", "What trains: 'full' (all weights), 'lora' (as --lora) or 'head' (a score head on the "
+                          "frozen LLM's cached hidden states: a few kB, trained in minutes; verifier_train/train/head.py).",
+                          choices=("full", "lora", "head"))
+    objective: str = _opt("pairwise", "'pairwise' (paper Eq. 4, triplet files) or 'outcome' (BCE of every response "
+                          "token's score against its sample's outcome, files of llm2 explore --strategy outcome; "
+                          "with --trainable head).", choices=("pairwise", "outcome"))
+    head: str = _opt("linear", "--trainable head: the head, 'linear' or 'mlp' (one GELU layer of --head-hidden).",
+                     choices=("linear", "mlp"))
+    head_hidden: int = _opt(256, "--head mlp: its hidden size.")
+    head_dropout: float = _opt(0.0, "--trainable head: dropout on the hidden state the head reads, while training.")
+    head_batch: int = _opt(4096, "--trainable head: tokens (outcome) or pairs (pairwise) per optimizer step.")
+    balance: bool = _opt(False, "--objective outcome: give the right and the wrong samples of a question equal weight.",
+                         flag="--balance/--no-balance")
+    feature_cache: str | None = _opt(None, "--trainable head: where cached hidden states live (default "
+                                     "~/.cache/llm2-eval/features; reused by runs with the same model and data).")
     save_steps: int = _opt(500, "Save a resumable checkpoint under <output>/checkpoints every N optimizer steps.")
     save_total_limit: int | None = _opt(2, "Keep at most this many intermediate checkpoints (0 = all).")
     resume: bool = _opt(False, "Continue from the last checkpoint in <output>/checkpoints (fresh start if none).",
@@ -131,6 +146,19 @@ class TrainConfig:
             raise ValueError(f"eval_fraction={self.eval_fraction}: must be in [0, 1)")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+        if self.trainable not in ("full", "lora", "head"):
+            raise ValueError(f"trainable={self.trainable!r}: use full, lora or head")
+        if self.objective not in ("pairwise", "outcome"):
+            raise ValueError(f"objective={self.objective!r}: use pairwise or outcome")
+        if self.trainable == "lora":
+            self.lora = True
+        if self.trainable == "head" and (self.lora or self.init_from):
+            raise ValueError("--trainable head trains a head on the frozen LLM (--model): no --lora, no --init-from")
+        if self.objective == "outcome" and self.trainable != "head":
+            raise ValueError("--objective outcome trains with --trainable head (full and LoRA outcome training are "
+                             "not implemented yet)")
+        if int(self.head_batch) < 1 or int(self.head_hidden) < 1 or not 0.0 <= float(self.head_dropout) < 1.0:
+            raise ValueError("head_batch and head_hidden must be >= 1 and head_dropout in [0, 1)")
         if self.max_steps <= 0 and not self.epochs > 0:
             raise ValueError(f"epochs={self.epochs}: must be > 0 (or set max_steps)")
 

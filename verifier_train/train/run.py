@@ -161,6 +161,11 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     config.check()
+    if config.trainable == "head":
+        from verifier_train.train.head_run import train_head
+
+        out_dir, steps, metrics, card = train_head(config)
+        return TrainResult(output_dir=out_dir, global_step=steps, metrics=metrics, card=card)
     if config.init_from:
         check_model_path(config.init_from, "--init-from")
     else:
