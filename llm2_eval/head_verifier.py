@@ -106,6 +106,10 @@ class HeadVerifier(torch.nn.Module):
         self.config = llm.config
         self.head_config = dict(config or {})
         self.name_or_path = str(self.head_config.get("path", "head verifier"))
+        import inspect
+
+        params = inspect.signature(self.backbone.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -123,15 +127,16 @@ class HeadVerifier(torch.nn.Module):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
                 use_cache=None, **kwargs):
-        """Scores ``s(x_<t, x_t)`` read at every position: ``logits [batch, seq, 1]`` (float32), with the KV
-        cache as ``past_key_values`` of the output when ``use_cache``."""
+        """Scores ``s(x_<t, x_t)`` read at every position: ``logits [batch, seq, 1]`` (float32); a given KV cache
+        (``cache`` / ``past_key_values``, the verifier's own) grows in place."""
         from transformers.modeling_outputs import TokenClassifierOutput
 
         kv = cache if cache is not None else past_key_values
+        if kv is not None:
+            kwargs[self._cache_kw] = kv  # the cache object is updated in place
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=kv, use_cache=use_cache, **kwargs)
-        scores = self.head(out.last_hidden_state).float()
-        return TokenClassifierOutput(logits=scores, past_key_values=getattr(out, "past_key_values", None))
+                            use_cache=use_cache, **kwargs)
+        return TokenClassifierOutput(logits=self.head(out.last_hidden_state).float())
 
 
 def read_head_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -166,6 +166,21 @@ def reversed_preference():
         module.pair_scores = original
 
 
+def flipped_outcomes(src: str | Path, dst: str | Path) -> Path:
+    """A copy of an outcome file (``llm2 explore --strategy outcome``) with every outcome reversed (right <-> wrong):
+    the reversed control of the outcome-label learning check."""
+    import json
+
+    with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as g:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                for o in rec.get("outcomes", []):
+                    o["correct"] = 1 - int(o["correct"])
+                g.write(json.dumps(rec) + "\n")
+    return Path(dst)
+
+
 @dataclass
 class CheckConfig:
     """Settings of :func:`run_learning_check` (what the test and ``benchmarks/learning.py`` run).
@@ -178,6 +193,11 @@ class CheckConfig:
         rollouts, candidates, tau: exploration settings (paper Eq. 5-6).
         lr, epochs, global_batch: verifier training.
         reversed_control: also train and decode a verifier with the preference reversed.
+        labels: ``"rollout"`` (rollout triplets, pairwise loss, full verifier) or ``"outcome"`` (``--strategy
+            outcome`` samples, ``--objective outcome`` on a ``--trainable head`` verifier: the LLM's own frozen
+            backbone; the reversed control trains on flipped outcomes).
+        outcome_samples: samples per training problem (``labels="outcome"``).
+        head, head_epochs, head_lr: the head of ``labels="outcome"``.
     """
 
     train_problems: int = 600
@@ -191,6 +211,11 @@ class CheckConfig:
     epochs: float = 20.0
     global_batch: int = 16
     reversed_control: bool = True
+    labels: str = "rollout"
+    outcome_samples: int = 4
+    head: str = "mlp"
+    head_epochs: float = 30.0
+    head_lr: float = 3e-3
     world: World = field(default_factory=World)
     llm: LLMTraining = field(default_factory=LLMTraining)
 
@@ -236,12 +261,20 @@ def run_learning_check(workdir: str | Path, cfg: CheckConfig | None = None, log:
     write_jsonl(work / "test.jsonl", test)
 
     t = time.perf_counter()
-    triplets = work / "triplets.jsonl"
-    summary = explore(ExploreConfig(
-        model=str(llm_dir), data=str(work / "train.jsonl"), output=str(triplets), strategy="rollout",
-        positions="all", alpha=cfg.alpha, candidates=cfg.candidates, rollouts=cfg.rollouts, tau=cfg.tau,
-        max_rollout_tokens=32, dtype="float32", device="cpu", batch_rows=64, progress=False,
-    ))
+    triplets = work / ("outcomes.jsonl" if cfg.labels == "outcome" else "triplets.jsonl")
+    if cfg.labels == "outcome":
+        summary = explore(ExploreConfig(
+            model=str(llm_dir), data=str(work / "train.jsonl"), output=str(triplets), strategy="outcome", gold="self",
+            self_samples=cfg.outcome_samples, self_max_tokens=32, self_batch=64, dtype="float32", device="cpu",
+            batch_rows=64, progress=False,
+        ))
+        summary.update(negatives=summary["self_samples"] - summary["outcome_right"], candidates=summary["self_samples"])
+    else:
+        summary = explore(ExploreConfig(
+            model=str(llm_dir), data=str(work / "train.jsonl"), output=str(triplets), strategy="rollout",
+            positions="all", alpha=cfg.alpha, candidates=cfg.candidates, rollouts=cfg.rollouts, tau=cfg.tau,
+            max_rollout_tokens=32, dtype="float32", device="cpu", batch_rows=64, progress=False,
+        ))
     seconds["explore"] = time.perf_counter() - t
     say(f"explored {summary['examples']} problems: {summary['negatives']} negatives of {summary['candidates']} "
         f"candidates ({seconds['explore']:.1f} s)")
@@ -259,20 +292,30 @@ def run_learning_check(workdir: str | Path, cfg: CheckConfig | None = None, log:
     for name, reverse in variants:
         out = work / f"verifier_{name}"
         t = time.perf_counter()
-        tc = TrainConfig(
-            model=str(llm_dir), data=[str(triplets)], output=str(out), lr=cfg.lr, epochs=cfg.epochs,
-            global_batch=cfg.global_batch, micro_batch=cfg.global_batch, bf16=False, gradient_checkpointing=False,
-            eval_fraction=0.1, eval_steps=10_000, logging_steps=10_000, warmup_ratio=0.1, max_length=512,
-            progress=False, overwrite=True, save_steps=10_000,
-        )
-        with reversed_preference() if reverse else nullcontext():
+        if cfg.labels == "outcome":
+            data = flipped_outcomes(triplets, work / "outcomes_reversed.jsonl") if reverse else triplets
+            tc = TrainConfig(
+                model=str(llm_dir), data=[str(data)], output=str(out), trainable="head", objective="outcome",
+                head=cfg.head, epochs=cfg.head_epochs, head_lr=cfg.head_lr, head_batch=512, bf16=False,
+                eval_fraction=0.1, eval_steps=10_000, progress=False, overwrite=True, feature_cache=str(work / "features"),
+            )
             trained = train_verifier(tc)
+            acc = trained.metrics.get("eval_end_accuracy")
+        else:
+            tc = TrainConfig(
+                model=str(llm_dir), data=[str(triplets)], output=str(out), lr=cfg.lr, epochs=cfg.epochs,
+                global_batch=cfg.global_batch, micro_batch=cfg.global_batch, bf16=False, gradient_checkpointing=False,
+                eval_fraction=0.1, eval_steps=10_000, logging_steps=10_000, warmup_ratio=0.1, max_length=512,
+                progress=False, overwrite=True, save_steps=10_000,
+            )
+            with reversed_preference() if reverse else nullcontext():
+                trained = train_verifier(tc)
+            acc = trained.metrics.get("eval_pair_accuracy")
         seconds[f"train_{name}"] = time.perf_counter() - t
-        acc = trained.metrics.get("eval_pair_accuracy")
-        if reverse and acc is not None:  # the trainer saw swapped scores: back to s(gold) > s(neg)
+        if reverse and acc is not None:  # the trainer saw swapped roles: back to the right preference
             acc = 1.0 - acc
         result[("reversed_" if reverse else "") + "heldout_pair_accuracy"] = acc
-        verifier = load_verifier(out, dtype=torch.float32).eval()
+        verifier = load_verifier(out, dtype=torch.float32, llm=llm).eval()
         t = time.perf_counter()
         result[name] = decode_problems(llm, tok, test, verifier=verifier, beta=cfg.beta, alpha=cfg.alpha)
         seconds[f"decode_{name}"] = time.perf_counter() - t

@@ -99,7 +99,7 @@ def outcome_sequences(paths: Sequence[str], tokenizer: Any) -> list[dict[str, An
 # ---------------------------------------------------------------- features
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def outcome_features(llm: Any, seqs: Sequence[dict[str, Any]], batch_tokens: int = 8192,
                      progress: Any = None) -> dict[str, torch.Tensor]:
     """Last hidden states (after the final norm) at the response tokens of ``seqs``, one forward per batch.
@@ -134,7 +134,7 @@ def outcome_features(llm: Any, seqs: Sequence[dict[str, Any]], batch_tokens: int
     return {"h": torch.cat(hs), "label": label, "seq": seq}
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def pair_features(llm: Any, examples: Sequence[Any], batch: int = 4) -> dict[str, torch.Tensor]:
     """Hidden states of the gold and negative token of every packed pair (:class:`PackedExample`s), read where the
     pairwise loss reads scores (:func:`verifier_train.train.loss.pair_scores`).
@@ -226,7 +226,7 @@ def fit_head(head: torch.nn.Module, loss_fn: Any, n: int, *, epochs: float, lr: 
         opt.step()
         sched.step()
         if log and (step % 50 == 0 or step == steps):
-            rec = {"step": step, "loss": round(float(loss), 5), "lr": sched.get_last_lr()[0]}
+            rec = {"step": step, "loss": round(float(loss.detach()), 5), "lr": sched.get_last_lr()[0]}
             if eval_fn and (step == steps or (eval_every and step % eval_every == 0)):
                 head.eval()
                 rec.update(eval_fn())

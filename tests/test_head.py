@@ -1,0 +1,163 @@
+"""Outcome labels (``llm2 explore --strategy outcome``) and head verifiers (``llm2 train-verifier --trainable head``).
+
+Tiny random models, CPU, float32. The head trains on cached hidden states; the tests hold that path against the same
+loss computed through the model (a :class:`~llm2_eval.head_verifier.HeadVerifier` forward), check the cache's reuse
+and invalidation, and load the result as ``verifier=`` for decoding.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm2_eval.head_verifier import HeadVerifier, ScoreHead, is_head_dir, load_head_verifier
+from llm2_eval.verifier import load_verifier
+from verifier_train.explore import ExploreConfig, explore
+from verifier_train.train import TrainConfig, train_verifier
+from verifier_train.train.head import outcome_features, outcome_sequences, outcome_weights, pair_features
+
+
+@pytest.fixture()
+def questions(tmp_path):
+    rows = [{"question": f"Sam has {i} apples and gets 5 more", "answer": f"{i} + 5\n#### {i + 5}"} for i in range(6)]
+    p = tmp_path / "q.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def _outcomes(tmp_path, tiny_llm, questions, **kw):
+    out = tmp_path / "outcomes.jsonl"
+    # stub checker: a sample is right when its first token is even (a coin flip per sample, deterministic per seed)
+    summary = explore(ExploreConfig(model=str(tiny_llm), data=str(questions), output=str(out), strategy="outcome",
+                                    gold="self", self_samples=4, self_max_tokens=12, dtype="float32", progress=False,
+                                    checker=lambda text, gold, toks: len(text) % 2 == 0, **kw))
+    return out, summary
+
+
+def test_outcome_strategy_records_every_sample_with_its_outcome(tmp_path, tiny_llm, questions):
+    out, summary = _outcomes(tmp_path, tiny_llm, questions)
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == 6 and summary["self_samples"] == 24
+    assert sum(r["right"] for r in recs) == summary["outcome_right"]
+    assert sum(summary["outcome_mix"].values()) == 6
+    for r in recs:
+        assert r["samples"] == [] and r["messages"][0]["role"] == "user" and len(r["outcomes"]) == 4
+        for o in r["outcomes"]:
+            assert o["correct"] == int(len(o["response"]) % 2 == 0 and o["finish"] == "eos" and bool(o["response"]))
+    # resumable: a second run writes nothing new; the samples are those --gold self draws (same seeds)
+    again = explore(ExploreConfig(model=str(tiny_llm), data=str(questions), output=str(out), strategy="outcome",
+                                  gold="self", self_samples=4, self_max_tokens=12, dtype="float32", progress=False,
+                                  checker=lambda text, gold, toks: len(text) % 2 == 0))
+    assert again["resumed"] == 6 and again["examples"] == 0
+    with pytest.raises(ValueError, match="--gold self"):
+        ExploreConfig(model="m", data="d", output="o", strategy="outcome")
+
+
+def test_outcome_weights_give_each_sample_and_side_equal_weight():
+    seq = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])  # sample 0 has 4 tokens, samples 1 and 2 two each
+    labels = torch.tensor([1.0, 0.0, 0.0])
+    w = outcome_weights(seq, labels, ["q", "q", "q"], balance=False)
+    per = torch.zeros(3).index_add_(0, seq, w)
+    assert torch.allclose(per, per[0].expand(3)) and w.mean().item() == pytest.approx(1.0)
+    wb = outcome_weights(seq, labels, ["q", "q", "q"], balance=True)
+    perb = torch.zeros(3).index_add_(0, seq, wb)
+    assert perb[0].item() == pytest.approx(perb[1].item() + perb[2].item())  # one right vs two wrong: equal sides
+
+
+def test_cached_outcome_loss_and_head_gradients_equal_the_loss_through_the_model(tmp_path, tiny_llm, questions):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = _outcomes(tmp_path, tiny_llm, questions)
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32).eval()
+    seqs = outcome_sequences([str(out)], tok)
+    feats = outcome_features(llm, seqs, batch_tokens=64)  # several padded batches
+    torch.manual_seed(0)
+    head = ScoreHead(llm.config.hidden_size, "mlp", 8)
+    w = outcome_weights(feats["seq"], torch.tensor([s["label"] for s in seqs]), [s["group"] for s in seqs], True)
+    cached = F.binary_cross_entropy_with_logits(head(feats["h"]).squeeze(-1), feats["label"], weight=w)
+    g_cached = torch.autograd.grad(cached, list(head.parameters()))
+    ver = HeadVerifier(llm, head)
+    scores = torch.cat([ver(input_ids=torch.tensor([s["ids"]])).logits[0, s["start"]: s["end"], 0] for s in seqs])
+    through = F.binary_cross_entropy_with_logits(scores, feats["label"], weight=w)
+    g_through = torch.autograd.grad(through, list(head.parameters()))
+    assert torch.allclose(cached, through, atol=1e-5)
+    for a, b in zip(g_cached, g_through):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert len(feats["h"]) == sum(s["end"] - s["start"] for s in seqs)
+    assert all(s["ids"][s["end"] - 1] == tok.eos_token_id for s in seqs if s["end"] < len(s["ids"]) + 1)
+
+
+def test_cached_pair_features_give_the_scores_of_the_packed_forward(tiny_llm, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from verifier_train.packing import PackedCollator, pack_solution
+    from verifier_train.train.loss import pair_scores
+
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32).eval()
+    ex = [pack_solution(list(range(5, 25)), [[3, 8, 40], [7, 12, 41], [7, 12, 42]]),
+          pack_solution(list(range(30, 42)), [[10, 40, 7]])]
+    torch.manual_seed(1)
+    head = ScoreHead(llm.config.hidden_size)
+    torch.nn.init.normal_(head.linear.weight)
+    f = pair_features(llm, ex, batch=1)
+    sg, sn = pair_scores(HeadVerifier(llm, head), PackedCollator()(ex))
+    assert torch.allclose(head(f["h_gold"]).squeeze(-1), torch.cat([sg[0, :3], sg[1, :1]]), atol=1e-5)
+    assert torch.allclose(head(f["h_neg"]).squeeze(-1), torch.cat([sn[0, :3], sn[1, :1]]), atol=1e-5)
+
+
+def test_train_head_saves_a_small_verifier_reuses_and_invalidates_the_cache(tmp_path, tiny_llm, questions):
+    out, _ = _outcomes(tmp_path, tiny_llm, questions)
+    cache = tmp_path / "cache"
+
+    def run(data, dest):
+        return train_verifier(TrainConfig(model=str(tiny_llm), data=[str(data)], output=str(dest), trainable="head",
+                                          objective="outcome", epochs=2, head_batch=32, bf16=False, progress=False,
+                                          feature_cache=str(cache), eval_fraction=0.34))
+
+    first = run(out, tmp_path / "v1")
+    assert first.card["reused_cache"] is False and is_head_dir(tmp_path / "v1")
+    assert sum(p.stat().st_size for p in (tmp_path / "v1").iterdir()) < 50_000
+    assert run(out, tmp_path / "v2").card["reused_cache"] is True
+    changed = tmp_path / "changed.jsonl"
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    recs[0]["outcomes"][0]["correct"] = 1 - recs[0]["outcomes"][0]["correct"]
+    changed.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert run(changed, tmp_path / "v3").card["reused_cache"] is False
+    assert len(list(cache.iterdir())) == 2
+    assert "eval_bce" in first.metrics and first.card["eval_questions"] == 2
+
+
+def test_head_verifier_loads_on_the_llm_backbone_and_decodes(tmp_path, tiny_llm, questions):
+    from transformers import AutoModelForCausalLM
+
+    from llm2_eval.decoding import DecodeConfig, generate
+
+    out, _ = _outcomes(tmp_path, tiny_llm, questions)
+    train_verifier(TrainConfig(model=str(tiny_llm), data=[str(out)], output=str(tmp_path / "v"), trainable="head",
+                               objective="outcome", epochs=3, head_batch=16, bf16=False, progress=False,
+                               feature_cache=str(tmp_path / "cache"), eval_fraction=0.0))
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32).eval()
+    ver = load_verifier(tmp_path / "v", llm=llm)
+    assert isinstance(ver, HeadVerifier) and ver.backbone is llm.model  # shared, not copied
+    ids = torch.tensor([[5, 6, 7, 8]])
+    cfg0 = DecodeConfig(beta=0.0, max_new_tokens=6)
+    plain = generate(llm, ids, torch.ones_like(ids), cfg0).tokens
+    assert generate(llm, ids, torch.ones_like(ids), cfg0, verifier=ver).tokens == plain  # beta 0 = greedy
+    got = generate(llm, ids, torch.ones_like(ids), DecodeConfig(beta=2.0, max_new_tokens=6), verifier=ver)
+    assert len(got.tokens[0]) >= 1
+    own = load_head_verifier(tmp_path / "v")  # without the LLM: its own copy of the base
+    assert own.backbone is not llm.model
+    assert torch.allclose(own(input_ids=ids).logits, ver(input_ids=ids).logits, atol=1e-5)
+
+
+def test_outcome_objective_needs_a_head_and_outcome_files(tmp_path, tiny_llm, questions):
+    with pytest.raises(ValueError, match="--trainable head"):
+        TrainConfig(model=str(tiny_llm), data=["x"], output=str(tmp_path / "v"), objective="outcome").check()
+    with pytest.raises(ValueError, match="not an outcome record"):
+        train_verifier(TrainConfig(model=str(tiny_llm), data=[str(questions)], output=str(tmp_path / "v"),
+                                   trainable="head", objective="outcome", bf16=False, progress=False,
+                                   feature_cache=str(tmp_path / "c")))
