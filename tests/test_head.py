@@ -154,10 +154,35 @@ def test_head_verifier_loads_on_the_llm_backbone_and_decodes(tmp_path, tiny_llm,
     assert torch.allclose(own(input_ids=ids).logits, ver(input_ids=ids).logits, atol=1e-5)
 
 
-def test_outcome_objective_needs_a_head_and_outcome_files(tmp_path, tiny_llm, questions):
-    with pytest.raises(ValueError, match="--trainable head"):
-        TrainConfig(model=str(tiny_llm), data=["x"], output=str(tmp_path / "v"), objective="outcome").check()
+def test_outcome_objective_needs_outcome_files(tmp_path, tiny_llm, questions):
     with pytest.raises(ValueError, match="not an outcome record"):
         train_verifier(TrainConfig(model=str(tiny_llm), data=[str(questions)], output=str(tmp_path / "v"),
                                    trainable="head", objective="outcome", bf16=False, progress=False,
                                    feature_cache=str(tmp_path / "c")))
+
+
+def test_outcome_loss_weighs_each_sample_once_whatever_its_length():
+    from types import SimpleNamespace
+
+    from verifier_train.train.outcome import OutcomeCollator, outcome_loss
+
+    class Fixed(torch.nn.Module):  # scores 0 everywhere: BCE log 2 per token
+        def forward(self, input_ids=None, attention_mask=None):
+            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, 1))
+
+    batch = OutcomeCollator()([{"ids": [1] * 10, "start": 2, "end": 10, "label": 1.0},
+                               {"ids": [1] * 4, "start": 3, "end": 4, "label": 0.0}])
+    total, _ = outcome_loss(Fixed(), batch)
+    assert total.item() == pytest.approx(2 * torch.log(torch.tensor(2.0)).item())
+    assert batch["outcome_mask"].sum().item() == 9 and batch["attention_mask"][1].sum().item() == 4
+
+
+def test_full_verifier_trains_on_outcome_labels(tmp_path, tiny_llm, questions):
+    out, _ = _outcomes(tmp_path, tiny_llm, questions)
+    res = train_verifier(TrainConfig(model=str(tiny_llm), data=[str(out)], output=str(tmp_path / "v"),
+                                     objective="outcome", epochs=2, global_batch=4, micro_batch=2, bf16=False,
+                                     gradient_checkpointing=False, progress=False, eval_fraction=0.34, lr=1e-3))
+    assert res.card["objective"] == "outcome" and res.card["train"]["samples"] == 16
+    assert res.card["eval"]["samples"] == 8 and "eval_loss" in res.metrics
+    ver = load_verifier(tmp_path / "v", dtype=torch.float32)
+    assert ver(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, 1)

@@ -2,7 +2,8 @@
 right decision is known, and must lose when the verifier's preference is reversed (verifier_train/synthetic.py,
 verifier_train/learning_check.py).
 
-One run of the whole loop (about 2-3 minutes on 2 CPU cores) is shared by the assertions below.
+One run of the whole loop per label source (rollout triplets, then outcome labels; about 2-3 and 4-5 minutes on 2
+CPU cores) is shared by the assertions below.
 """
 
 from __future__ import annotations
@@ -16,8 +17,19 @@ from verifier_train.synthetic import World, build_tokenizer, flawed_solution, ma
 
 
 @pytest.fixture(scope="module")
-def check(tmp_path_factory):
-    return run_learning_check(tmp_path_factory.mktemp("learning"), CheckConfig())
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("learning")  # the flawed LLM is trained once, for both label sources
+
+
+@pytest.fixture(scope="module")
+def check(workdir):
+    return run_learning_check(workdir, CheckConfig())
+
+
+@pytest.fixture(scope="module")
+def outcome_check(workdir, check):
+    # outcome labels (llm2 explore --strategy outcome, --objective outcome): 8 samples per problem, full verifier
+    return run_learning_check(workdir, CheckConfig(labels="outcome"))
 
 
 def test_problems_are_gsm8k_shaped_and_deterministic():
@@ -80,3 +92,13 @@ def test_reversed_preference_ends_below_greedy(check):
     assert check["reversed_heldout_pair_accuracy"] < 0.5
     assert check["reversed"]["accuracy"] < check["greedy"]["accuracy"]
     assert check["reversed"]["flips_breaking"] > check["reversed"]["flips_fixing"]
+
+
+def test_llm2_with_outcome_labels_beats_greedy_by_20_points(outcome_check):
+    assert outcome_check["greedy"]["accuracy"] <= 0.3
+    assert outcome_check["llm2"]["accuracy"] >= outcome_check["greedy"]["accuracy"] + 0.20
+    assert outcome_check["llm2"]["flips_fixing"] > outcome_check["llm2"]["flips_breaking"]
+
+
+def test_reversed_outcomes_end_below_greedy(outcome_check):
+    assert outcome_check["reversed"]["accuracy"] < outcome_check["greedy"]["accuracy"]

@@ -194,10 +194,10 @@ class CheckConfig:
         lr, epochs, global_batch: verifier training.
         reversed_control: also train and decode a verifier with the preference reversed.
         labels: ``"rollout"`` (rollout triplets, pairwise loss, full verifier) or ``"outcome"`` (``--strategy
-            outcome`` samples, ``--objective outcome`` on a ``--trainable head`` verifier: the LLM's own frozen
-            backbone; the reversed control trains on flipped outcomes).
+            outcome`` samples, ``--objective outcome``; the reversed control trains on flipped outcomes).
         outcome_samples: samples per training problem (``labels="outcome"``).
-        head, head_epochs, head_lr: the head of ``labels="outcome"``.
+        outcome_trainable: ``"full"`` (lr, global_batch x 4 samples, ``outcome_epochs``) or ``"head"`` (the LLM's
+            own frozen backbone + ``head``, ``head_epochs``, ``head_lr``).
     """
 
     train_problems: int = 600
@@ -212,7 +212,10 @@ class CheckConfig:
     global_batch: int = 16
     reversed_control: bool = True
     labels: str = "rollout"
-    outcome_samples: int = 4
+    outcome_samples: int = 8
+    outcome_trainable: str = "full"
+    outcome_epochs: float = 20.0
+    outcome_beta: float = 8.0
     head: str = "mlp"
     head_epochs: float = 30.0
     head_lr: float = 3e-3
@@ -294,13 +297,23 @@ def run_learning_check(workdir: str | Path, cfg: CheckConfig | None = None, log:
         t = time.perf_counter()
         if cfg.labels == "outcome":
             data = flipped_outcomes(triplets, work / "outcomes_reversed.jsonl") if reverse else triplets
-            tc = TrainConfig(
-                model=str(llm_dir), data=[str(data)], output=str(out), trainable="head", objective="outcome",
-                head=cfg.head, epochs=cfg.head_epochs, head_lr=cfg.head_lr, head_batch=512, bf16=False,
-                eval_fraction=0.1, eval_steps=10_000, progress=False, overwrite=True, feature_cache=str(work / "features"),
-            )
+            if cfg.outcome_trainable == "head":
+                tc = TrainConfig(
+                    model=str(llm_dir), data=[str(data)], output=str(out), trainable="head", objective="outcome",
+                    head=cfg.head, epochs=cfg.head_epochs, head_lr=cfg.head_lr, head_batch=512, bf16=False,
+                    eval_fraction=0.1, eval_steps=10_000, progress=False, overwrite=True,
+                    feature_cache=str(work / "features"),
+                )
+            else:
+                tc = TrainConfig(
+                    model=str(llm_dir), data=[str(data)], output=str(out), objective="outcome", lr=cfg.lr,
+                    epochs=cfg.outcome_epochs, global_batch=cfg.global_batch * 4, micro_batch=cfg.global_batch * 4,
+                    bf16=False, gradient_checkpointing=False, eval_fraction=0.1, eval_steps=10_000,
+                    logging_steps=10_000, warmup_ratio=0.1, max_length=512, progress=False, overwrite=True,
+                    save_steps=10_000,
+                )
             trained = train_verifier(tc)
-            acc = trained.metrics.get("eval_end_accuracy")
+            acc = trained.metrics.get("eval_end_accuracy")  # head runs only; the full run reports eval_loss
         else:
             tc = TrainConfig(
                 model=str(llm_dir), data=[str(triplets)], output=str(out), lr=cfg.lr, epochs=cfg.epochs,
@@ -317,7 +330,8 @@ def run_learning_check(workdir: str | Path, cfg: CheckConfig | None = None, log:
         result[("reversed_" if reverse else "") + "heldout_pair_accuracy"] = acc
         verifier = load_verifier(out, dtype=torch.float32, llm=llm).eval()
         t = time.perf_counter()
-        result[name] = decode_problems(llm, tok, test, verifier=verifier, beta=cfg.beta, alpha=cfg.alpha)
+        beta = cfg.outcome_beta if cfg.labels == "outcome" else cfg.beta
+        result[name] = decode_problems(llm, tok, test, verifier=verifier, beta=beta, alpha=cfg.alpha)
         seconds[f"decode_{name}"] = time.perf_counter() - t
         say(f"{name}: accuracy {result[name].accuracy:.3f}, held-out pair accuracy {acc}, "
             f"flips {result[name].flips} (fixing {result[name].flips_fixing}, breaking {result[name].flips_breaking})")

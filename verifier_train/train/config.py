@@ -75,8 +75,7 @@ class TrainConfig:
                           "frozen LLM's cached hidden states: a few kB, trained in minutes; verifier_train/train/head.py).",
                           choices=("full", "lora", "head"))
     objective: str = _opt("pairwise", "'pairwise' (paper Eq. 4, triplet files) or 'outcome' (BCE of every response "
-                          "token's score against its sample's outcome, files of llm2 explore --strategy outcome; "
-                          "with --trainable head).", choices=("pairwise", "outcome"))
+                          "token's score against its sample's outcome, files of llm2 explore --strategy outcome).", choices=("pairwise", "outcome"))
     head: str = _opt("linear", "--trainable head: the head, 'linear' or 'mlp' (one GELU layer of --head-hidden).",
                      choices=("linear", "mlp"))
     head_hidden: int = _opt(256, "--head mlp: its hidden size.")
@@ -154,9 +153,6 @@ class TrainConfig:
             self.lora = True
         if self.trainable == "head" and (self.lora or self.init_from):
             raise ValueError("--trainable head trains a head on the frozen LLM (--model): no --lora, no --init-from")
-        if self.objective == "outcome" and self.trainable != "head":
-            raise ValueError("--objective outcome trains with --trainable head (full and LoRA outcome training are "
-                             "not implemented yet)")
         if int(self.head_batch) < 1 or int(self.head_hidden) < 1 or not 0.0 <= float(self.head_dropout) < 1.0:
             raise ValueError("head_batch and head_hidden must be >= 1 and head_dropout in [0, 1)")
         if self.max_steps <= 0 and not self.epochs > 0:

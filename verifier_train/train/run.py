@@ -40,6 +40,7 @@ from verifier_train.train.checkpoints import (
 from verifier_train.train.config import CHECKPOINTS, TRAIN_LOG, TRAINING_CARD, TrainConfig
 from verifier_train.train.data import PackedDataset, load_pair_data
 from verifier_train.train.loss import eval_metrics
+from verifier_train.train.outcome import OutcomeCollator, load_outcome_data
 from verifier_train.train.resume import check_output, check_resume, write_run_settings
 from verifier_train.train.trainer import JsonLogCallback, RichProgressCallback, VerifierTrainer
 
@@ -209,10 +210,15 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     template = use_chat_template(tokenizer, config.chat_template)
     # validate the data before loading the weights: a bad line fails fast, even for a large model
     vocab = getattr(AutoConfig.from_pretrained(str(src)), "vocab_size", None) or len(tokenizer)
-    data = load_pair_data(
-        config.data, tokenizer, vocab_size=int(vocab), max_length=config.max_length, on_error=config.on_error,
-        eval_fraction=config.eval_fraction, seed=config.seed,
-    )
+    outcome = config.objective == "outcome"
+    if outcome:
+        data = load_outcome_data(config.data, tokenizer, max_length=config.max_length,
+                                 eval_fraction=config.eval_fraction, seed=config.seed)
+    else:
+        data = load_pair_data(
+            config.data, tokenizer, vocab_size=int(vocab), max_length=config.max_length, on_error=config.on_error,
+            eval_fraction=config.eval_fraction, seed=config.seed,
+        )
     model = load_model(config)
     args = training_args(config, ckpt_dir, bool(data.eval), bf16)
     per_step = args.train_batch_size * max(args.world_size, 1)
@@ -226,11 +232,11 @@ def train_verifier(config: TrainConfig) -> TrainResult:
 
     if main_proc:
         for fs in data.files:
-            console.print(
+            console.print(json.dumps(fs.summary()) if outcome else (
                 f"{fs.path}: {fs.records} records, {fs.kept_pairs}/{fs.pairs} pairs kept "
                 f"({fs.dropped_pairs} dropped by max_length {config.max_length}), {len(fs.skipped)} records skipped, "
                 f"{fs.empty_records} without pairs"
-            )
+            ))
         console.print(
             f"train: {len(data.train)} solutions / {data.train_pairs} pairs; held out: {len(data.eval)} / "
             f"{data.eval_pairs}; global batch {config.global_batch} = {config.micro_batch} x {world} x "
@@ -247,9 +253,10 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         args=args,
         train_dataset=PackedDataset(data.train),
         eval_dataset=PackedDataset(data.eval) if data.eval else None,
-        data_collator=PackedCollator(pad_token_id=pad_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        data_collator=OutcomeCollator(pad_token_id=pad_id) if outcome else
+        PackedCollator(pad_token_id=pad_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         processing_class=tokenizer,
-        compute_metrics=eval_metrics,
+        compute_metrics=None if outcome else eval_metrics,
         callbacks=[JsonLogCallback(out / TRAIN_LOG)]
         + ([RichProgressCallback()] if config.progress and main_proc else []),
     )
@@ -261,7 +268,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics: dict[str, Any] = dict(train_out.metrics)
     if data.eval:
-        last = [h for h in trainer.state.log_history if "eval_pair_accuracy" in h]
+        last = [h for h in trainer.state.log_history if ("eval_loss" if outcome else "eval_pair_accuracy") in h]
         if last and last[-1].get("step") == trainer.state.global_step:  # the schedule just evaluated
             metrics.update({k: v for k, v in last[-1].items() if k.startswith("eval_")})
         else:
@@ -270,13 +277,15 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     save_final(trainer, config, out, tokenizer, console)
     card = {
         "kind": "llm2-verifier",
-        "paper": "LLM2 (Yang et al., NAACL 2025), Eq. 4 pairwise loss",
+        "paper": "LLM2 (Yang et al., NAACL 2025), " + ("outcome supervision (OVM, Yu et al. 2023)" if outcome
+                                                      else "Eq. 4 pairwise loss"),
         "base_model": config.model,
         "init_from": config.init_from,
         "chat_template": template or "the tokenizer's own",
         "data": [fs.summary() for fs in data.files],
-        "train": {"solutions": len(data.train), "pairs": data.train_pairs},
-        "eval": {"solutions": len(data.eval), "pairs": data.eval_pairs},
+        "objective": config.objective,
+        "train": {"solutions": len(data.train), ("samples" if outcome else "pairs"): data.train_pairs},
+        "eval": {"solutions": len(data.eval), ("samples" if outcome else "pairs"): data.eval_pairs},
         "settings": {
             **dataclasses.asdict(config),
             "bf16": bf16,

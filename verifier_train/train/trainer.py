@@ -18,6 +18,7 @@ from transformers import Trainer, TrainerCallback
 
 from llm2_eval.verifier import head_name
 from verifier_train.records import JsonlAppender
+from verifier_train.train.outcome import outcome_loss
 from verifier_train.train.loss import LOSS_NORMALIZATIONS, pair_scores, pairwise_loss
 
 
@@ -82,7 +83,9 @@ class VerifierTrainer(Trainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):  # noqa: D102
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.loss_normalization == "official":  # the loss is a mean over the step's micro-batches
+        if batch_samples and "outcome_target" in batch_samples[0]:  # outcome objective: a mean over samples
+            n = sum(len(b["outcome_target"]) for b in batch_samples)
+        elif self.loss_normalization == "official":  # the loss is a mean over the step's micro-batches
             n = len(batch_samples)
         else:  # a mean over the step's real pairs
             n = sum(int(b["pair_mask"].sum()) for b in batch_samples)
@@ -92,6 +95,13 @@ class VerifierTrainer(Trainer):
         return batch_samples, n[0].clamp(min=1.0)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
+        if "outcome_target" in inputs:  # --objective outcome (verifier_train/train/outcome.py)
+            total, scores = outcome_loss(model, inputs)
+            if num_items_in_batch is not None and model.training:
+                loss = total / num_items_in_batch * self.accelerator.num_processes
+            else:
+                loss = total / max(len(inputs["outcome_target"]), 1)
+            return (loss, {"scores": scores}) if return_outputs else loss
         s_gold, s_neg = pair_scores(model, inputs, self.attn_dtype(model))
         mask = inputs["pair_mask"]
         official = self.loss_normalization == "official"
@@ -111,6 +121,10 @@ class VerifierTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: D102
         inputs = self._prepare_inputs(inputs)
+        if "outcome_target" in inputs:  # held-out BCE only (eval_loss)
+            with torch.no_grad():
+                total, _ = outcome_loss(model, inputs)
+            return total / max(len(inputs["outcome_target"]), 1), None, None
         with torch.no_grad():
             s_gold, s_neg = pair_scores(model, inputs, self.attn_dtype(model))
         return None, torch.stack([s_gold, s_neg], dim=-1), inputs["pair_mask"].long()

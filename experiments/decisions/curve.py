@@ -1,0 +1,127 @@
+"""Learning curves on the decision benchmark: for each recipe and data size, train a verifier, score it on
+dev100.jsonl, append one row to curve.jsonl (resumable: rows already there are skipped), then plot curve.png.
+
+    python curve.py --recipes outcome-linear,outcome-mlp,sample-head --sizes 125,250,500
+
+A recipe is a label source + a trainable part:
+- outcome-linear / outcome-mlp: train_outcome.jsonl (llm2 explore --strategy outcome), --objective outcome,
+  --trainable head with a linear / MLP head;
+- sample-head: ../heldout/train500.jsonl (sample-strategy negatives on self-gold solutions), pairwise, head;
+- divergence-head: pairs at the first token where a right and a wrong sample of a question part ways
+  (from train_outcome.jsonl), pairwise, head.
+Size = questions (the first N records of the file). CPU seconds per row = feature extraction + fitting (+ the
+label generation's share: the exploration summaries' seconds per question x N, added in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODEL = os.environ.get("M", str(Path("~/.cache/llm2-eval/models/qwen2.5-coder-0.5b-instruct").expanduser()))
+SOURCES = {
+    "outcome": HERE / "train_outcome.jsonl",
+    "sample": HERE.parent / "heldout" / "train500.jsonl",
+    "divergence": HERE / "train_outcome.jsonl",
+}
+
+
+def first_records(src: Path, n: int, dst: Path) -> Path:
+    lines = [x for x in src.read_text(encoding="utf-8").splitlines() if x.strip()][:n]
+    dst.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return dst
+
+
+def divergence_pairs(src: Path, dst: Path, tokenizer) -> Path:
+    """Triplet records from outcome records: for each question, each (right, wrong) sample pair, the first response
+    token where they differ gives [pos, right token, wrong token] in the right sample's tokens."""
+    sys.path.insert(0, str(HERE.parent.parent))
+    from verifier_train.records import chat_token_ids
+
+    out = []
+    for line in src.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        right = [o for o in rec["outcomes"] if o["correct"] and o["response"]]
+        wrong = [o for o in rec["outcomes"] if not o["correct"] and o["response"]]
+        for r in right:
+            msgs = rec["messages"] + [{"role": "assistant", "content": r["response"]}]
+            ids = chat_token_ids(tokenizer, msgs)
+            start = len(chat_token_ids(tokenizer, rec["messages"], add_generation_prompt=True))
+            samples = set()
+            for w in wrong:
+                wids = chat_token_ids(tokenizer, rec["messages"] + [{"role": "assistant", "content": w["response"]}])
+                k = next((i for i in range(start, min(len(ids), len(wids))) if ids[i] != wids[i]), None)
+                if k is not None:
+                    samples.add((k, ids[k], wids[k]))
+            if samples:
+                out.append({"id": f"{rec['id']}/{len(out)}", "messages": msgs, "samples": sorted(map(list, samples))})
+    dst.write_text("".join(json.dumps(r) + "\n" for r in out), encoding="utf-8")
+    return dst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--recipes", default="outcome-linear,outcome-mlp,sample-head")
+    ap.add_argument("--sizes", default="125,250,500")
+    ap.add_argument("--betas", default="0.25,0.5,1,2,4,8")
+    ap.add_argument("--benchmark", default=str(HERE / "dev100.jsonl"))
+    ap.add_argument("--epochs", type=float, default=10.0)
+    args = ap.parse_args()
+    sys.path.insert(0, str(HERE.parent.parent))
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm2_eval.verifier import load_verifier
+    from verifier_train.decisions.score import evaluate, load_benchmark, verifier_scores_on
+    from verifier_train.train import TrainConfig, train_verifier
+
+    bench = load_benchmark(args.benchmark)
+    betas = [float(b) for b in args.betas.split(",")]
+    rows_path = HERE / "curve.jsonl"
+    done = {(r["recipe"], r["size"]) for r in map(json.loads, rows_path.read_text().splitlines())} \
+        if rows_path.exists() else set()
+    work = HERE / "work"
+    work.mkdir(exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(MODEL)
+    llm = None
+    for recipe in args.recipes.split(","):
+        source, part = recipe.split("-", 1)
+        for n in map(int, args.sizes.split(",")):
+            if (recipe, n) in done:
+                continue
+            data = first_records(SOURCES[source], n, work / f"{source}{n}.jsonl")
+            if source == "divergence":
+                data = divergence_pairs(data, work / f"divergence{n}.pairs.jsonl", tok)
+            objective = "outcome" if source == "outcome" else "pairwise"
+            head = "mlp" if part == "mlp" else "linear"
+            out = work / f"ver_{recipe}_{n}"
+            t0 = time.time()
+            res = train_verifier(TrainConfig(
+                model=MODEL, data=[str(data)], output=str(out), trainable="head", objective=objective, head=head,
+                head_hidden=256, head_dropout=0.1 if head == "mlp" else 0.0, epochs=args.epochs, head_lr=1e-3,
+                eval_fraction=0.1, eval_steps=10**9, progress=False, overwrite=True, balance=objective == "outcome",
+            ))
+            train_s = time.time() - t0
+            if llm is None:
+                llm = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.bfloat16).eval()
+            t0 = time.time()
+            ver = load_verifier(out, llm=llm)
+            rep = evaluate(bench, verifier_scores_on(bench, ver), betas)
+            row = {"recipe": recipe, "size": n, "train_seconds": round(train_s, 1),
+                   "score_seconds": round(time.time() - t0, 1), "reused_cache": res.card.get("reused_cache"),
+                   "train_metrics": res.metrics, "all": rep["all"], "matter": rep["matter"]}
+            with rows_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            best = rep["all"]["betas"][rep["all"]["best_beta"]]["gain"]
+            print(f"{recipe} {n}: best beta {rep['all']['best_beta']} gain {100 * best['mean']:+.2f} "
+                  f"[{100 * best['ci95'][0]:+.1f}, {100 * best['ci95'][1]:+.1f}] pair acc "
+                  f"{rep['matter']['pairs']['accuracy']} ({train_s:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
