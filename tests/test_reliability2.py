@@ -82,3 +82,77 @@ def test_trace_rewrites_an_llm2_trace_and_an_empty_file(tiny_llm, tmp_path):
     first.generate_until(_requests(1))
     second = _llm2(pretrained=str(tiny_llm), beta=0, trace=str(trace), max_candidates=2)
     assert json.loads(trace.read_text().splitlines()[0])["run_id"] == second.trace_stamp["run_id"]
+
+
+# ------------------------------------------------- 3. a trace is continued only by a run with the same requests
+
+
+def test_a_run_with_other_gen_kwargs_or_limit_does_not_continue_the_trace(tiny_llm, tmp_path, monkeypatch):
+    from lm_eval.api.model import CachingLM
+
+    from llm2_eval.trace import request_options
+
+    trace, db = tmp_path / "t.jsonl", str(tmp_path / "cache_rank0.db")
+    base = ["lm_eval", "--model", "llm2", "--tasks", "toy", "--use_cache", str(tmp_path / "cache")]
+    monkeypatch.setattr("sys.argv", base + ["--gen_kwargs", "max_gen_toks=4"])
+    first = _llm2(pretrained=str(tiny_llm), beta=0, trace=str(trace))
+    CachingLM(first, db).generate_until(_requests(1))
+    for extra in (["--gen_kwargs", "max_gen_toks=8"], ["--gen_kwargs", "max_gen_toks=4", "--limit", "1"]):
+        monkeypatch.setattr("sys.argv", base + extra)
+        other = _llm2(pretrained=str(tiny_llm), beta=0, trace=str(trace))
+        CachingLM(other, db).generate_until(_requests(2, max_gen_toks=8))
+        header = json.loads(trace.read_text().splitlines()[0])
+        assert header["run_id"] == other.trace_stamp["run_id"] != first.trace_stamp["run_id"]
+    assert request_options(["lm_eval", "-L", "0.5", "--gen_kwargs", "a=1", "b=2", "--apply_chat_template"]) == {
+        "--limit": "0.5", "--gen_kwargs": "a=1 b=2", "--apply_chat_template": True}
+
+
+# ----------------------------------------------------- 8. a response cache answers only for its own model args
+
+
+def test_a_response_cache_of_other_model_args_is_refused(tiny_llm, tiny_verifier, tmp_path, monkeypatch, caplog):
+    from lm_eval.api.model import CachingLM
+    from sqlitedict import SqliteDict
+
+    monkeypatch.setattr("sys.argv", ["lm_eval", "--model", "llm2"])
+    db = str(tmp_path / "c_rank0.db")
+    greedy = _llm2(pretrained=str(tiny_llm), beta=0)
+    CachingLM(greedy, db).generate_until(_requests(1))
+    before = snapshot(tmp_path)
+    other = _llm2(pretrained=str(tiny_llm), beta=1.0, verifier=str(tiny_verifier))
+    with pytest.raises(ValueError, match=r"holds the answers of other model args \(beta: cache 0, now 1.0; verifier"):
+        CachingLM(other, db)
+    assert snapshot(tmp_path) == before
+    same = _llm2(pretrained=str(tiny_llm), beta=0, trace=str(tmp_path / "t.jsonl"))  # trace= changes no answer
+    assert len(CachingLM(same, db).generate_until(_requests(2))) == 2
+    old = str(tmp_path / "old_rank0.db")  # a cache of another model (or an earlier version): a warning
+    with SqliteDict(old, autocommit=True) as d:
+        d["abc"] = "x"
+    CachingLM(_llm2(pretrained=str(tiny_llm)), old)
+    assert "holds answers but no llm2 model args" in caplog.text
+
+
+# --------------------------------------------------------------- 9. an unwritable --output_path, before decoding
+
+
+def test_an_output_path_where_nothing_can_be_written_is_refused_before_loading(tiny_llm, tmp_path, monkeypatch):
+    import os
+
+    from lm_eval.models.huggingface import HFLM
+
+    (tmp_path / "notes.md").write_text("my notes")
+    monkeypatch.setattr(HFLM, "__init__", _no_load)
+    before = snapshot(tmp_path)
+    monkeypatch.setattr("sys.argv", ["lm_eval", "--model", "llm2", "--output_path", str(tmp_path / "notes.md" / "r")])
+    with pytest.raises(ValueError, match="notes.md is a file, not a directory"):
+        _llm2(pretrained=str(tiny_llm))
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes anywhere: the permission check is what is tested
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == ro else access(p, mode))
+    before = snapshot(tmp_path)
+    monkeypatch.setattr("sys.argv", ["lm_eval", "-o", str(ro / "results")])
+    with pytest.raises(ValueError, match="ro is not writable"):
+        _llm2(pretrained=str(tiny_llm))
+    assert snapshot(tmp_path) == before
