@@ -156,3 +156,26 @@ def test_an_output_path_where_nothing_can_be_written_is_refused_before_loading(t
     with pytest.raises(ValueError, match="ro is not writable"):
         _llm2(pretrained=str(tiny_llm))
     assert snapshot(tmp_path) == before
+
+
+# ------------------------------------------------ 2. explore never appends to a one-line file without a newline
+
+
+def test_explore_refuses_a_one_line_file_without_final_newline(tiny_llm, tmp_path):
+    from click.testing import CliRunner
+
+    from test_reliability import QUESTIONS, _explore_args, _gsm8k, one_line_error
+    from verifier_train.explore import explore_command
+
+    data = _gsm8k(tmp_path / "q.jsonl", QUESTIONS[:1])
+    (tmp_path / "notes.md").write_text("my notes")
+    (tmp_path / "obj.json").write_text('{"a": 1}')
+    (tmp_path / "cut.jsonl").write_text('{"id": 0, "messages": [{"role": "us')  # a first record cut by a crash
+    before = snapshot(tmp_path)
+    for name in ("notes.md", "obj.json"):
+        res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, data, tmp_path / name))
+        assert "is not an llm2 explore output" in one_line_error(res)
+    assert snapshot(tmp_path) == before
+    res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, data, tmp_path / "cut.jsonl"))
+    assert res.exit_code == 0, res.output
+    assert "settings" in json.loads((tmp_path / "cut.jsonl").read_text())  # the fragment dropped, one record

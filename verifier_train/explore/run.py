@@ -44,7 +44,7 @@ from verifier_train.explore.inputs import (
     summary_path,
 )
 from verifier_train.explore.labels import Counters, Explorer, default_checker
-from verifier_train.records import JsonlAppender, use_chat_template
+from verifier_train.records import JsonlAppender, _is_json_object, use_chat_template
 
 if TYPE_CHECKING:  # pragma: no cover
     from verifier_train.rollouts import RolloutEngine
@@ -97,7 +97,11 @@ def _existing_settings(path: Path) -> dict | None:
     for _, obj in iter_jsonl(path, on_error="skip"):
         if isinstance(obj.get("settings"), dict):
             return obj["settings"]
-    if any(line.strip() for line in path.read_bytes().split(b"\n")[:-1]):  # a complete line, and no record
+    *complete, fragment = path.read_bytes().split(b"\n")
+    # a complete line and no record, or an unterminated last line that is not the start of a record cut by a crash
+    # (records begin with their id) or is a whole JSON object (kept, and appended to, on resume)
+    if any(line.strip() for line in complete) or (fragment.strip() and (
+            not fragment.lstrip().startswith(b'{"id": ') or _is_json_object(fragment))):
         raise ValueError(f"--output {path}: the file exists and is not an llm2 explore output (no line has "
                          "'settings'); choose a new --output")
     return None
