@@ -12,7 +12,7 @@ import pytest
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 
-from test_reliability import snapshot
+from test_reliability import snapshot, triplets  # noqa: F401 (a fixture)
 
 PROMPTS = ["how many apples are left", "she buys 12 eggs"]
 
@@ -179,3 +179,56 @@ def test_explore_refuses_a_one_line_file_without_final_newline(tiny_llm, tmp_pat
     res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, data, tmp_path / "cut.jsonl"))
     assert res.exit_code == 0, res.output
     assert "settings" in json.loads((tmp_path / "cut.jsonl").read_text())  # the fragment dropped, one record
+
+
+# ------------------------------------------------- 4. one writer per file; repeated data is named, not hidden
+
+
+def test_an_output_or_trace_being_written_is_refused(tiny_llm, tmp_path):
+    import fcntl
+
+    from click.testing import CliRunner
+
+    from llm2_eval.paths import FileLockedError
+    from test_reliability import QUESTIONS, _explore_args, _gsm8k, one_line_error
+    from verifier_train.explore import explore_command
+    from verifier_train.records import JsonlAppender
+
+    data = _gsm8k(tmp_path / "q.jsonl", QUESTIONS[:1])
+    out = tmp_path / "out.jsonl"
+    assert CliRunner().invoke(explore_command, _explore_args(tiny_llm, data, out, "--limit", "0")).exit_code == 0
+    trace = tmp_path / "t.jsonl"
+    first = _llm2(pretrained=str(tiny_llm), beta=0, trace=str(trace))
+    first.generate_until(_requests(1))
+    first._trace.close()  # its run is over
+    with open(out, "ab") as other, open(trace, "ab") as other_trace:  # another writer (its own open file)
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(other_trace, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        before = snapshot(tmp_path)
+        res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, data, out))
+        assert f"--output {out} is being written by another process" in one_line_error(res)
+        with pytest.raises(FileLockedError, match="is being written by another process"):
+            JsonlAppender(out)
+        with pytest.raises(FileLockedError, match=f"trace={trace} is being written by another process"):
+            _llm2(pretrained=str(tiny_llm), beta=0, trace=str(trace), max_candidates=2)
+        assert snapshot(tmp_path) == before
+
+
+def test_repeated_records_and_data_files_are_named(tiny_llm, triplets, tmp_path):
+    from transformers import AutoTokenizer
+
+    from verifier_train.train.data import load_pair_data
+
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    assert load_pair_data([triplets], tok).warnings == []
+    twice = tmp_path / "twice.jsonl"  # every record written twice (two writers on one output)
+    twice.write_text(triplets.read_text() * 2)
+    copy = tmp_path / "copy.jsonl"
+    shutil.copy(triplets, copy)
+    w = load_pair_data([twice], tok).warnings
+    assert w == [f"--data {twice}: 12 of its 24 records repeat an earlier record (same messages and samples) and are "
+                 "trained on again (two writers on one output?)"]
+    w = load_pair_data([triplets, copy], tok).warnings
+    assert w[0] == f"--data {copy} is given twice (also as {triplets}): its records are trained on twice"
+    with pytest.raises(ValueError, match=r"all 36 pairs of 12 records dropped by --max-length 4"):
+        load_pair_data([triplets], tok, max_length=4)

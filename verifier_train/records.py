@@ -206,27 +206,33 @@ class JsonlAppender:
     newline added) when it holds a complete JSON object, and cut off otherwise (an invalid fragment; its size is
     :attr:`dropped_bytes`). It collects the value of ``key`` of every complete line so callers can skip finished
     work. Each :meth:`write` appends one line, flushes and fsyncs, so a killed run loses at most the item in
-    progress.
+    progress. The file is locked (``flock``) from before the repair until :meth:`close`: a second writer is
+    refused (:class:`llm2_eval.paths.FileLockedError`) and the file left as it was.
 
     Args:
         path: output file (created with its parent directory if missing).
         key: the field that identifies an item (e.g. ``"id"``); lines without it are kept but not indexed.
+        name: how the file is named in a refusal (default: its path).
 
     Attributes:
         dropped_bytes: bytes of an invalid last-line fragment cut on open (0 when none).
         completed_last_line: whether a valid last line without newline was kept (its newline added) on open.
     """
 
-    def __init__(self, path: str | os.PathLike, key: str = "id"):
+    def __init__(self, path: str | os.PathLike, key: str = "id", name: str | None = None):
+        from llm2_eval.paths import lock_for_writing
+
         self.path = Path(path)
         self.key = key
         self.done: set[Any] = set()
         self.dropped_bytes = 0
         self.completed_last_line = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            self._repair_and_index()
+        existed = self.path.exists()
         self._f = self.path.open("a", encoding="utf-8")
+        lock_for_writing(self._f, name or str(self.path))  # before the repair: another process may be writing it
+        if existed:
+            self._repair_and_index()
 
     def _repair_and_index(self) -> None:
         data = self.path.read_bytes()

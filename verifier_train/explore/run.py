@@ -126,6 +126,20 @@ def _check_paths(cfg: ExploreConfig, out_path: Path, sum_path: Path) -> None:
     check_not_an_input(sum_path, inputs, option="the summary")
 
 
+def _check_unlocked(out_path: Path) -> None:
+    """Refuse an existing output that another process is writing (it holds the lock), without changing it.
+
+    Raises:
+        llm2_eval.paths.FileLockedError: naming ``--output``.
+    """
+    from llm2_eval.paths import lock_for_writing
+
+    if out_path.is_file():
+        f = out_path.open("rb")
+        lock_for_writing(f, f"--output {out_path}")
+        f.close()
+
+
 def _check_resume(out_path: Path, old: dict | None, new: dict, warnings: list[str]) -> None:
     """Refuse to resume an output written with other settings or from another input (by content); an output
     of an earlier version, without the input's identity, resumes with a warning appended to ``warnings``.
@@ -400,10 +414,11 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
 
         for w in run.warnings:
             Console(stderr=True).print(f"[yellow]{w}[/yellow]", highlight=False, soft_wrap=True)
+    _check_unlocked(out_path)  # before the models load; JsonlAppender takes the lock for good
     tokenizer = _load_tokenizer(cfg.model, cfg.chat_template)
     engine, contrast, ends = _build_engines(cfg, tokenizer, engine)
     ex = Explorer(cfg, tokenizer, engine, contrast, ends)
-    appender = JsonlAppender(out_path, key="id")
+    appender = JsonlAppender(out_path, key="id", name=f"--output {out_path}")
     run.dropped_bytes = appender.dropped_bytes
     run.resume(appender)
     try:

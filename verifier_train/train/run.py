@@ -220,6 +220,8 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     world = max(args.world_size, 1)
 
     if main_proc:
+        for w in data.warnings:
+            console.print(f"[yellow]{w}[/yellow]", soft_wrap=True, highlight=False)
         for fs in data.files:
             console.print(
                 f"{fs.path}: {fs.records} records, {fs.kept_pairs}/{fs.pairs} pairs kept "
@@ -245,7 +247,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         data_collator=PackedCollator(pad_token_id=pad_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         processing_class=tokenizer,
         compute_metrics=eval_metrics,
-        callbacks=[JsonLogCallback(out / TRAIN_LOG)]
+        callbacks=[log_callback := JsonLogCallback(out / TRAIN_LOG)]
         + ([RichProgressCallback()] if config.progress and main_proc else []),
     )
     trainer.remove_callback(PrinterCallback)
@@ -261,6 +263,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
             metrics.update({k: v for k, v in last[-1].items() if k.startswith("eval_")})
         else:
             metrics.update(trainer.evaluate())
+    log_callback.on_train_end(None, None, None)  # the log's lock is released (evaluate() may have reopened it)
 
     save_final(trainer, config, out, tokenizer, console)
     card = {
@@ -270,6 +273,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         "init_from": config.init_from,
         "chat_template": template or "the tokenizer's own",
         "data": [fs.summary() for fs in data.files],
+        "data_warnings": data.warnings,
         "train": {"solutions": len(data.train), "pairs": data.train_pairs},
         "eval": {"solutions": len(data.eval), "pairs": data.eval_pairs},
         "settings": {
