@@ -232,3 +232,31 @@ def test_repeated_records_and_data_files_are_named(tiny_llm, triplets, tmp_path)
     assert w[0] == f"--data {copy} is given twice (also as {triplets}): its records are trained on twice"
     with pytest.raises(ValueError, match=r"all 36 pairs of 12 records dropped by --max-length 4"):
         load_pair_data([triplets], tok, max_length=4)
+
+
+# ------------------------------------------------------------------------- 5. non-finite verifier scores
+
+
+def test_a_verifier_with_non_finite_weights_or_scores_is_refused(tiny_llm, tiny_verifier, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from llm2_eval.decoding import NonFiniteScoreError
+
+    bad = tmp_path / "bad_verifier"
+    shutil.copytree(tiny_verifier, bad)
+    weights = load_file(bad / "model.safetensors")
+    name = sorted(k for k in weights if k.endswith("q_proj.weight"))[0]
+    weights[name][0, 0] = float("nan")
+    save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"the weight .*{name.split('.', 1)[1]} holds NaN or infinite values"):
+        _llm2(pretrained=str(tiny_llm), verifier=str(bad), beta=1.0)
+
+    trace = tmp_path / "t.jsonl"
+    m = _llm2(pretrained=str(tiny_llm), verifier=str(tiny_verifier), beta=1.0, trace=str(trace))
+    with torch.no_grad():  # scores that overflow at run time
+        m.verifier.score.weight.fill_(float("inf"))
+    with pytest.raises(NonFiniteScoreError, match="the verifier's scores are not finite"):
+        m.generate_until(_requests(1, max_gen_toks=8))
+    for line in trace.read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} written into the trace"))
