@@ -12,7 +12,7 @@ import pytest
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 
-from test_reliability import snapshot, triplets  # noqa: F401 (a fixture)
+from test_reliability import snapshot, trained_run, triplets  # noqa: F401 (fixtures)
 
 PROMPTS = ["how many apples are left", "she buys 12 eggs"]
 
@@ -260,3 +260,92 @@ def test_a_verifier_with_non_finite_weights_or_scores_is_refused(tiny_llm, tiny_
         m.generate_until(_requests(1, max_gen_toks=8))
     for line in trace.read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} written into the trace"))
+
+
+# -------------------------------- 6, 7, 12. the final verifier: swapped in whole, resumable after a kill, new files
+
+
+def _top_files(d: Path) -> dict[str, str]:
+    import hashlib
+
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in d.iterdir() if f.is_file()}
+
+
+def test_a_kill_during_the_final_save_leaves_the_old_verifier_whole(tiny_llm, triplets, tmp_path, monkeypatch):
+    from test_reliability import _train_cfg
+    from verifier_train.train import train_verifier
+
+    out = tmp_path / "verifier"
+    train_verifier(_train_cfg(tiny_llm, triplets, out, max_steps=1))
+    before = _top_files(out)
+
+    def killed(directory, dtype):  # the final save dies half-way (after the weights are written)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("verifier_train.train.checkpoints.cast_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_verifier(_train_cfg(tiny_llm, triplets, out, max_steps=2, resume=True, save_dtype="bfloat16"))
+    after = _top_files(out)
+    for name in ("model.safetensors", "config.json", "training_card.json"):
+        assert after[name] == before[name], name
+    monkeypatch.undo()
+    res = train_verifier(_train_cfg(tiny_llm, triplets, out, max_steps=2, resume=True))  # resumes, then saves
+    assert res.global_step == 2 and not (out / ".llm2-final.partial").exists()
+    assert json.loads((out / "training_card.json").read_text())["global_step"] == 2
+
+
+def test_resume_after_a_final_save_cut_by_a_kill(tiny_llm, triplets, trained_run, tmp_path):
+    from click.testing import CliRunner
+
+    from test_reliability import _train_args
+    from verifier_train.train import train_command
+
+    out = tmp_path / "verifier"
+    shutil.copytree(trained_run, out)
+    for name in ("config.json", "model.safetensors"):  # as an earlier version's in-place save left them
+        f = out / name
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    args = _train_args(tiny_llm, triplets, out, "--resume", "--max-steps", "3", "--lr", "0.001", "--warmup-ratio", "0")
+    res = CliRunner().invoke(train_command, args)
+    assert res.exit_code == 0, res.output
+    assert "\"global_step\": 3" in res.output, res.output
+    assert json.loads((out / "config.json").read_text())["llm2_verifier"]
+
+
+def test_final_save_writes_new_files_never_through_a_hard_link(tiny_llm, triplets, tmp_path):
+    import os
+
+    from click.testing import CliRunner
+
+    from test_reliability import _train_args, one_line_error
+    from verifier_train.train import train_command
+
+    llm = tmp_path / "llm"
+    shutil.copytree(tiny_llm, llm)
+    linked = tmp_path / "linked"  # a hard-linked copy of the LLM, written over with --overwrite
+    linked.mkdir()
+    for f in llm.iterdir():
+        os.link(f, linked / f.name)
+    before = snapshot(llm)
+    res = CliRunner().invoke(train_command, _train_args(llm, triplets, linked, "--overwrite"))
+    assert res.exit_code == 0, res.output
+    assert snapshot(llm) == before and json.loads((linked / "config.json").read_text())["llm2_verifier"]
+
+    notes = tmp_path / "notes"  # a non-empty folder without any model: refused, as init-verifier does
+    notes.mkdir()
+    (notes / "todo.txt").write_text("x")
+    before = snapshot(notes)
+    for extra in ([], ["--overwrite"]):
+        res = CliRunner().invoke(train_command, _train_args(llm, triplets, notes, *extra))
+        assert "is not empty and holds no llm2 checkpoint" in one_line_error(res)
+    assert snapshot(notes) == before
+
+
+def test_a_resume_at_the_last_step_records_no_train_loss(tiny_llm, triplets, trained_run, tmp_path):
+    from test_reliability import _train_cfg
+    from verifier_train.train import train_verifier
+
+    out = tmp_path / "verifier"
+    shutil.copytree(trained_run, out)
+    res = train_verifier(_train_cfg(tiny_llm, triplets, out, resume=True))  # max_steps 2: nothing left to train
+    assert res.global_step == 2 and "train_loss" not in res.metrics and res.card["steps_this_run"] == 0
