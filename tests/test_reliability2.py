@@ -349,3 +349,41 @@ def test_a_resume_at_the_last_step_records_no_train_loss(tiny_llm, triplets, tra
     shutil.copytree(trained_run, out)
     res = train_verifier(_train_cfg(tiny_llm, triplets, out, resume=True))  # max_steps 2: nothing left to train
     assert res.global_step == 2 and "train_loss" not in res.metrics and res.card["steps_this_run"] == 0
+
+
+# ------------------------------- 10, 11. a template that ignores the messages; --gold self that solves nothing
+
+
+def test_a_chat_template_that_ignores_the_messages_or_does_not_render_is_refused(tiny_llm, triplets, tmp_path):
+    from click.testing import CliRunner
+
+    from test_reliability import QUESTIONS, _explore_args, _gsm8k, _train_args, one_line_error
+    from verifier_train.explore import explore_command
+    from verifier_train.train import train_command
+
+    data = _gsm8k(tmp_path / "q.jsonl", QUESTIONS[:1])
+    (tmp_path / "fixed.jinja").write_text("<|im_start|>user\nhello<|im_end|>\n")
+    (tmp_path / "broken.jinja").write_text("{% for m in messages %}{{ m['content'] }")
+    before = snapshot(tmp_path)
+    for name, match in [("fixed.jinja", "renders an assistant message as no token after the prompt"),
+                        ("broken.jinja", "cannot render a chat (TemplateSyntaxError")]:
+        template = str(tmp_path / name)
+        res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, data, tmp_path / "o.jsonl", "--chat-template",
+                                                                template))
+        assert f"--chat-template {template} {match}"[:60] in one_line_error(res)
+        res = CliRunner().invoke(train_command, _train_args(tiny_llm, triplets, tmp_path / "v", "--chat-template",
+                                                            template))
+        assert f"--chat-template {template} {match}"[:60] in one_line_error(res)
+    assert snapshot(tmp_path) == before
+
+
+def test_gold_self_that_solves_no_question_warns(tiny_llm, tmp_path, capsys):
+    from test_reliability import QUESTIONS, _explore_cfg, _gsm8k
+    from verifier_train.explore import explore
+
+    data = _gsm8k(tmp_path / "q.jsonl", QUESTIONS[:2])
+    s = explore(_explore_cfg(tiny_llm, data, tmp_path / "o.jsonl", gold="self", self_samples=1, self_max_tokens=2,
+                             checker=lambda text, gold, tokens: False))
+    assert s["examples"] == 0 and s["self_gold_failed"] == 2
+    assert s["warnings"] == ["--gold self: none of the 2 questions was solved in 1 samples, so no record was written"]
+    assert "none of the 2 questions was solved" in capsys.readouterr().err

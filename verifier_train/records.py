@@ -187,6 +187,27 @@ def use_chat_template(tokenizer: "PreTrainedTokenizerBase", path: str | os.PathL
     return {"path": str(path), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
+def check_chat_template(tokenizer: "PreTrainedTokenizerBase", name: str) -> None:
+    """Refuse a chat template that cannot render a user + assistant chat, or gives the assistant message no token
+    after the prompt (one that ignores the messages: every example would be explored with 0 positions, every
+    triplet would miss its token). ``name`` names the template in the message.
+
+    Raises:
+        ValueError: one line naming the template.
+    """
+    msgs = [{"role": "user", "content": "how many apples?"}, {"role": "assistant", "content": "3 + 4 = 7 apples"}]
+    try:
+        full = chat_token_ids(tokenizer, msgs)
+        prompt = chat_token_ids(tokenizer, msgs[:1], add_generation_prompt=True)
+    except Exception as err:  # noqa: BLE001 - a template that cannot render a chat at all
+        detail = (str(err).splitlines() or [""])[0]
+        raise ValueError(f"{name} cannot render a chat ({type(err).__name__}: {detail}); give a Jinja chat template "
+                         "that renders user and assistant messages") from None
+    if len(full) <= len(prompt):
+        raise ValueError(f"{name} renders an assistant message as no token after the prompt (does it ignore the "
+                         "messages?): no solution token could be explored or trained on")
+
+
 def position_shift(input_ids: list[int], samples: list[tuple[int, int, int]], max_shift: int = 64) -> int | None:
     """The offset ``d`` (``0 < |d| <= max_shift``) for which every ``input_ids[pos + d] == gold_id``, if one exists:
     the sign of data tokenised with another chat template (a system block of ``d`` tokens more or less)."""

@@ -44,7 +44,7 @@ from verifier_train.explore.inputs import (
     summary_path,
 )
 from verifier_train.explore.labels import Counters, Explorer, default_checker
-from verifier_train.records import JsonlAppender, _is_json_object, use_chat_template
+from verifier_train.records import JsonlAppender, _is_json_object, check_chat_template, use_chat_template
 
 if TYPE_CHECKING:  # pragma: no cover
     from verifier_train.rollouts import RolloutEngine
@@ -57,6 +57,7 @@ def _load_tokenizer(path: str, chat_template: str | None = None):
     use_chat_template(tok, chat_template)
     if getattr(tok, "chat_template", None) is None:
         raise ValueError(f"the tokenizer of {path} has no chat template; exploration tokenises chat messages")
+    check_chat_template(tok, f"--chat-template {chat_template}" if chat_template else f"the chat template of {path}")
     return tok
 
 
@@ -442,6 +443,19 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
     finally:
         appender.close()
     final = run.summary(ex.c, engine, True)
+    end = []
+    if ex.c.examples and not ex.c.response_positions:
+        end.append(f"the {ex.c.examples} records hold no response position (does the chat template render the "
+                   "solutions?): nothing to train on")
+    if cfg.gold == "self" and run.self_failed and not ex.c.examples and not run.resumed:
+        end.append(f"--gold self: none of the {len(run.self_failed)} questions was solved in {cfg.self_samples} "
+                   "samples, so no record was written")
+    if end:
+        from rich.console import Console
+
+        final["warnings"] = run.warnings + end
+        for w in end:
+            Console(stderr=True).print(f"[yellow]{w}[/yellow]", highlight=False, soft_wrap=True)
     _write_json_atomic(sum_path, final)
     return final
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from verifier_train.packing import PackedCollator
-from verifier_train.records import use_chat_template
+from verifier_train.records import check_chat_template, use_chat_template
 from llm2_eval.paths import check_model_path
 from verifier_train.train.checkpoints import (
     FINAL_STAGING,
@@ -204,6 +204,8 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     src = config.init_from or config.model
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     template = use_chat_template(tokenizer, config.chat_template)
+    if config.chat_template:  # a broken template is named as such, not blamed on the data's first line
+        check_chat_template(tokenizer, f"--chat-template {config.chat_template}")
     # validate the data before loading the weights: a bad line fails fast, even for a large model
     vocab = getattr(AutoConfig.from_pretrained(str(src)), "vocab_size", None) or len(tokenizer)
     data = load_pair_data(
