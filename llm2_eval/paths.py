@@ -65,6 +65,19 @@ def check_not_an_input(output: str | os.PathLike, inputs: Mapping[str, Any], *, 
                 raise ValueError(f"{option} {output} is the {name} {kind} ({v}): choose another output")
 
 
+def check_parent_dirs(path: str | os.PathLike, option: str = "--output") -> None:
+    """Refuse an output path below a file (``notes.md/out.jsonl``), which could never be created.
+
+    Raises:
+        ValueError: one line naming the option and the file in the way.
+    """
+    for parent in Path(path).expanduser().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a directory; choose another {option}")
+            return
+
+
 def _looks_local(name: str) -> bool:
     """Whether a model name can only be a local path (not a hub id ``name`` or ``org/name``)."""
     if name.startswith((".", "/", "~")) or "\\" in name or name.endswith("/"):

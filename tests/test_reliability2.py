@@ -387,3 +387,54 @@ def test_gold_self_that_solves_no_question_warns(tiny_llm, tmp_path, capsys):
     assert s["examples"] == 0 and s["self_gold_failed"] == 2
     assert s["warnings"] == ["--gold self: none of the 2 questions was solved in 1 samples, so no record was written"]
     assert "none of the 2 questions was solved" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------- 11. clear errors
+
+
+def test_clear_errors(tiny_llm, triplets, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from transformers import AutoTokenizer
+
+    from test_tasks import utils as task_utils  # tasks/utils.py
+    from test_reliability import QUESTIONS, _explore_args, _gsm8k, _train_args, one_line_error
+    from verifier_train.explore import explore_command
+    from verifier_train.records import RecordError
+    from verifier_train.train import train_command
+    from verifier_train.train.data import load_pair_data
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # an empty task file
+    monkeypatch.setenv("LLM2_DATA_DIR", str(tmp_path))
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match=r"gsm8k/test.jsonl: no examples"):
+        task_utils.load_gsm8k()
+
+    from verifier_train.records import chat_token_ids, response_start
+
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    oov = tmp_path / "oov.jsonl"  # an out-of-vocabulary negative: no chat-template hint
+    rec = json.loads(triplets.read_text().splitlines()[0])
+    ids = chat_token_ids(tok, rec["messages"])
+    pos = next(p for p in range(response_start(tok, rec["messages"]), len(ids)) if ids.count(ids[p]) > 1)
+    rec["samples"] = [[pos, ids[pos], 10**6]]  # its gold token also stands elsewhere: a "shift" would match
+    oov.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(RecordError) as err:
+        load_pair_data([oov], tok)
+    assert "outside the vocabulary" in str(err.value) and "chat template" not in str(err.value)
+
+    (tmp_path / "notes.md").write_text("my notes")  # a file as the output's parent
+    data = _gsm8k(tmp_path / "q.jsonl", QUESTIONS[:1])
+    before = snapshot(tmp_path)
+    res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, data, tmp_path / "notes.md" / "o.jsonl"))
+    assert "notes.md is a file, not a directory" in one_line_error(res)
+    res = CliRunner().invoke(train_command, _train_args(tiny_llm, triplets, tmp_path / "notes.md" / "v"))
+    assert "notes.md is a file, not a directory" in one_line_error(res)
+    assert snapshot(tmp_path) == before
+
+    from lm_eval.models.huggingface import HFLM  # a missing verifier= named before the LLM loads
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(HFLM, "__init__", _no_load)
+    with pytest.raises(FileNotFoundError, match="verifier=org/ver: no such directory"):
+        _llm2(pretrained=str(tiny_llm), verifier="org/ver")

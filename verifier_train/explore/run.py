@@ -115,8 +115,9 @@ def _check_paths(cfg: ExploreConfig, out_path: Path, sum_path: Path) -> None:
         FileNotFoundError / NotADirectoryError: a model path that does not exist / is a file.
         ValueError: the output or its summary is the data, a model or the chat template.
     """
-    from llm2_eval.paths import check_model_path, check_not_an_input
+    from llm2_eval.paths import check_model_path, check_not_an_input, check_parent_dirs
 
+    check_parent_dirs(out_path, "--output")
     check_model_path(cfg.model, "--model")
     contrast = cfg.contrast_model if cfg.strategy == "sample" and cfg.mode == "contrast" else None
     if contrast:

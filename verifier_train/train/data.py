@@ -134,7 +134,8 @@ def load_pair_data(
             try:
                 ids = chat_token_ids(tokenizer, rec.messages)
                 problem = check_samples(ids, rec.samples, limit)
-                shift = position_shift(ids, rec.samples) if problem is not None else None
+                misplaced = problem is not None and any(p >= len(ids) or ids[p] != g for p, g, _ in rec.samples)
+                shift = position_shift(ids, rec.samples) if misplaced else None  # not for an out-of-vocabulary id
                 if shift is not None:
                     problem += (
                         f" (every triplet matches {abs(shift)} tokens {'later' if shift > 0 else 'earlier'}: the data "

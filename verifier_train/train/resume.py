@@ -23,8 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llm2_eval.paths import (check_not_an_input, file_identity, foreign_model_files, is_llm2_checkpoint, resolved,
-                             same_content)
+from llm2_eval.paths import (check_not_an_input, check_parent_dirs, file_identity, foreign_model_files,
+                             is_llm2_checkpoint, resolved, same_content)
 from verifier_train.train.config import TrainConfig
 
 RUN_SETTINGS = "run_settings.json"
@@ -55,6 +55,7 @@ def check_output(config: TrainConfig) -> None:
                              "--chat-template": config.chat_template, "--deepspeed": config.deepspeed})
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output {out}: is a file, not a directory; choose another output")
+    check_parent_dirs(out, "--output")
     if is_training_output(out):  # llm2's own run, even with a final save cut by a kill: resumed or started over
         return
     foreign = foreign_model_files(out)
