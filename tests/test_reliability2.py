@@ -438,3 +438,34 @@ def test_clear_errors(tiny_llm, triplets, tmp_path, monkeypatch):
     monkeypatch.setattr(HFLM, "__init__", _no_load)
     with pytest.raises(FileNotFoundError, match="verifier=org/ver: no such directory"):
         _llm2(pretrained=str(tiny_llm), verifier="org/ver")
+
+
+# ---------------------------------------------------- 12. a refusal leaves no empty output nor temporary file
+
+
+def test_a_failed_exploration_leaves_no_empty_output_or_temporary_file(tiny_llm, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from test_reliability import QUESTIONS, _explore_args, _gsm8k, one_line_error
+    from verifier_train.explore import explore_command
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q"}\n')  # no answer: refused at its first line
+    res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, bad, tmp_path / "new" / "o.jsonl"))
+    assert res.exit_code == 1 and "bad.jsonl:1: missing field 'answer'" in res.output  # after the model loaded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+    (tmp_path / "o.summary.json").mkdir()
+    res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, bad, tmp_path / "o.jsonl"))
+    assert "o.summary.json of --output" in one_line_error(res)
+    (tmp_path / "o.summary.json").rmdir()
+
+    data = _gsm8k(tmp_path / "q.jsonl", QUESTIONS[:1])
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("verifier_train.explore.run.os.replace", full_disk)
+    res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, data, tmp_path / "o.jsonl"))
+    assert res.exit_code == 1 and "No space left on device" in res.output
+    assert not list(tmp_path.glob("*.tmp"))

@@ -126,6 +126,8 @@ def _check_paths(cfg: ExploreConfig, out_path: Path, sum_path: Path) -> None:
               "--chat-template": cfg.chat_template}
     check_not_an_input(out_path, inputs)
     check_not_an_input(sum_path, inputs, option="the summary")
+    if sum_path.is_dir():
+        raise ValueError(f"the summary {sum_path} of --output {out_path} is a directory; choose another --output")
 
 
 def _check_unlocked(out_path: Path) -> None:
@@ -173,10 +175,24 @@ def _check_resume(out_path: Path, old: dict | None, new: dict, warnings: list[st
         )
 
 
+def _missing_paths(path: Path) -> list[Path]:
+    """``path`` and its missing parent folders, innermost first (empty when ``path`` exists)."""
+    out = []
+    while not path.exists() and path.parent != path:
+        out.append(path)
+        path = path.parent
+    return out
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no partial or empty temporary file is left behind
+        raise
 
 
 def _build_engines(cfg: ExploreConfig, tokenizer: Any, engine: "RolloutEngine | None") -> tuple[Any, Any, set[int]]:
@@ -420,6 +436,7 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
     tokenizer = _load_tokenizer(cfg.model, cfg.chat_template)
     engine, contrast, ends = _build_engines(cfg, tokenizer, engine)
     ex = Explorer(cfg, tokenizer, engine, contrast, ends)
+    created = _missing_paths(out_path)  # what this run creates: removed again if it fails before any record
     appender = JsonlAppender(out_path, key="id", name=f"--output {out_path}")
     run.dropped_bytes = appender.dropped_bytes
     run.resume(appender)
@@ -441,8 +458,14 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
                     _write_json_atomic(sum_path, s)
                 if run.deferred_error is not None:
                     run.bad(*run.deferred_error)
-    finally:
+    except BaseException:
         appender.close()
+        if created and out_path.stat().st_size == 0:  # a refusal leaves no empty output behind
+            out_path.unlink()
+            for d in created[1:]:
+                d.rmdir()
+        raise
+    appender.close()
     final = run.summary(ex.c, engine, True)
     end = []
     if ex.c.examples and not ex.c.response_positions:
