@@ -15,7 +15,8 @@ example, or the ``--self-batch`` questions of ``--gold self``, whose rollouts ar
 Re-running the same command resumes (examples already in the output are skipped; a truncated last line is
 repaired by :class:`~verifier_train.records.JsonlAppender`), so a killed run loses at most the chunk in
 progress; an output written with other settings or from another input (its path, size and sha256 are in the
-settings) is refused, and so is an output that is an input or a file that is not an exploration output. A
+settings) is refused, and so is an output that is an input or a file that is not an exploration output; the
+output is locked while written (a second process on it is refused). A
 ``--gold self`` question without a correct sample is not written, so a resumed run samples it again. A summary
 (``OUT.summary.json``, e.g. ``out.jsonl`` -> ``out.summary.json``) is rewritten after every example and at the
 end.
