@@ -33,7 +33,7 @@ from llm2_eval.adapters import tokenizer_source
 from llm2_eval.decoding import DecodeConfig, generate
 from llm2_eval.model_args import answer_args, check_model_args, check_output_path, check_verifier_first
 from llm2_eval.paths import check_model_path
-from llm2_eval.trace import cache_files_from_argv, check_trace_path, check_cache_args
+from llm2_eval.trace import cache_files_from_argv, check_cache_args, check_trace_path
 from llm2_eval.verifier import check_tokenizers_compatible, load_verifier
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,8 @@ class LLM2LM(HFLM):
         if verifier is not None:
             check_verifier_first(pretrained, verifier, kwargs)
         trace = None if trace is None or str(trace).lower() in ("", "none", "null") else trace
-        self._protected = {"pretrained": pretrained, "verifier": verifier, "--use_cache": cache_files_from_argv(sys.argv)}
+        self._protected = {"pretrained": pretrained, "verifier": verifier,
+                           "--use_cache": cache_files_from_argv(sys.argv)}
         if trace is not None:  # a trace never destroys a file llm2 did not write (llm2_eval.trace)
             check_trace_path(trace, self._protected)
         check_output_path(sys.argv)  # before hours of decoding whose results could not be saved
