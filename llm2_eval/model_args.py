@@ -164,9 +164,9 @@ def check_output_path(argv: list[str]) -> None:
     Raises:
         ValueError: one line: a parent of PATH is a file, or the nearest existing folder is not writable.
     """
-    from llm2_eval.trace import option_from_argv
+    from llm2_eval.trace import from_lm_eval, option_from_argv
 
-    out = option_from_argv(argv, "--output_path", "-o")
+    out = option_from_argv(argv, "--output_path", "-o") if from_lm_eval(argv) else None
     if not isinstance(out, str) or not out:
         return
     p = Path(out).expanduser()

@@ -89,15 +89,24 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def from_lm_eval(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is lm-eval's command line (``lm_eval``, ``python -m lm_eval``, ``llm2 eval``), whose options
+    llm2 may read; another program's (a test runner's ``-o``) is not."""
+    return bool(argv) and ("lm_eval" in str(argv[0]) or "lm-eval" in str(argv[0]))
+
+
 def request_options(argv: Sequence[str]) -> dict[str, Any]:
-    """The :data:`REQUEST_OPTIONS` given on an ``lm_eval`` command line, ``{option: value}``."""
+    """The :data:`REQUEST_OPTIONS` given on an ``lm_eval`` command line, ``{option: value}`` (empty for another
+    program's command line)."""
+    if not from_lm_eval(argv):
+        return {}
     found = {name: option_from_argv(argv, name, short) for name, short in REQUEST_OPTIONS.items()}
     return {k: v for k, v in found.items() if v is not None}
 
 
 def cache_files_from_argv(argv: Sequence[str]) -> list[str]:
     """The response-cache databases of ``lm_eval ... --use_cache DB`` (lm-eval writes ``DB_rank{R}.db``)."""
-    db = option_from_argv(argv, "--use_cache", "-c")
+    db = option_from_argv(argv, "--use_cache", "-c") if from_lm_eval(argv) else None
     if not isinstance(db, str) or not db:
         return []
     return sorted(set(glob.glob(glob.escape(db) + "_rank*.db")) | {db + "_rank0.db"})

@@ -102,8 +102,9 @@ def _existing_settings(path: Path) -> dict | None:
     *complete, fragment = path.read_bytes().split(b"\n")
     # a complete line and no record, or an unterminated last line that is not the start of a record cut by a crash
     # (records begin with their id) or is a whole JSON object (kept, and appended to, on resume)
-    if any(line.strip() for line in complete) or (fragment.strip() and (
-            not fragment.lstrip().startswith(b'{"id": ') or _is_json_object(fragment))):
+    start, head = fragment.lstrip(), b'{"id": '
+    if any(line.strip() for line in complete) or (start and (
+            not (start.startswith(head) or head.startswith(start)) or _is_json_object(fragment))):
         raise ValueError(f"--output {path}: the file exists and is not an llm2 explore output (no line has "
                          "'settings'); choose a new --output")
     return None
