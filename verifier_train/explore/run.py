@@ -424,6 +424,7 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
     out_path = shard_output_path(cfg.output, cfg.shard)
     sum_path = summary_path(out_path)
     _check_paths(cfg, out_path, sum_path)
+    _check_unlocked(out_path)  # before the models load; JsonlAppender takes the lock for good
     run = _Run(cfg, out_path)
     _check_resume(out_path, _existing_settings(out_path), json.loads(json.dumps(cfg.settings())), run.warnings)
     if cfg.top_k and cfg.alpha is not None:
@@ -434,7 +435,6 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
 
         for w in run.warnings:
             Console(stderr=True).print(f"[yellow]{w}[/yellow]", highlight=False, soft_wrap=True)
-    _check_unlocked(out_path)  # before the models load; JsonlAppender takes the lock for good
     tokenizer = _load_tokenizer(cfg.model, cfg.chat_template)
     engine, contrast, ends = _build_engines(cfg, tokenizer, engine)
     ex = Explorer(cfg, tokenizer, engine, contrast, ends)
@@ -465,7 +465,10 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
         if created and out_path.stat().st_size == 0:  # a refusal leaves no empty output behind
             out_path.unlink()
             for d in created[1:]:
-                d.rmdir()
+                try:
+                    d.rmdir()
+                except OSError:  # something else was put there meanwhile: kept
+                    break
         raise
     appender.close()
     final = run.summary(ex.c, engine, True)
