@@ -70,13 +70,14 @@ def check_output(config: TrainConfig) -> None:
 
 
 def is_training_output(out: Path) -> bool:
-    """Whether ``out`` holds what ``llm2 train-verifier`` writes: its checkpoints' settings, its training card or
-    log, the staging folder of its final save, or an llm2 checkpoint."""
+    """Whether ``out`` holds what ``llm2 train-verifier`` writes: its checkpoints (or their settings), its training
+    card or log, the staging folder of its final save, or an llm2 checkpoint."""
     from verifier_train.train.checkpoints import FINAL_STAGING
     from verifier_train.train.config import CHECKPOINTS, TRAIN_LOG, TRAINING_CARD
 
     marks = (out / CHECKPOINTS / RUN_SETTINGS, out / TRAINING_CARD, out / TRAIN_LOG, out / FINAL_STAGING)
-    return any(m.exists() for m in marks) or is_llm2_checkpoint(out)
+    trainer_checkpoints = (out / CHECKPOINTS).glob("checkpoint-*/trainer_state.json")  # of an earlier version too
+    return any(m.exists() for m in marks) or is_llm2_checkpoint(out) or any(trainer_checkpoints)
 
 
 def run_settings(config: TrainConfig, bf16: bool) -> dict[str, Any]:
