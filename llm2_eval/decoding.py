@@ -143,6 +143,10 @@ class DecodeOutput:
     caches: tuple | None = None
 
 
+class NonFiniteScoreError(ValueError):
+    """The verifier gave a NaN or infinite score to a candidate (decoding stops: the fusion would be meaningless)."""
+
+
 def _check_inputs(input_ids, attention_mask, config, tokenizer, seeds, prefix_cache, repeats):
     """Validated ``(attention_mask, seeds, repeats, batch)`` of a :func:`generate` call (see its Raises)."""
     if input_ids.dim() != 2:
@@ -285,6 +289,11 @@ class _Decoding:
             flips = (z.argmax(-1) != 0).tolist()
             for i, r in enumerate(self.active):
                 if n_list[i] > 1:
+                    if not math.isfinite(margin[i]):  # NaN / inf scores: the fusion would be meaningless
+                        raise NonFiniteScoreError(
+                            f"the verifier's scores are not finite ({margin[i]}) at decoding step "
+                            f"{self.stats[r].steps + 1}: its weights or its dtype overflow; load it in float32 "
+                            "(dtype=float32) or check the checkpoint")
                     st = self.stats[r]
                     st.scored_steps += 1
                     st.flips += int(flips[i])

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import sys
 from typing import Any
 
 import torch
@@ -29,8 +31,9 @@ from lm_eval.models.huggingface import HFLM
 
 from llm2_eval.adapters import tokenizer_source
 from llm2_eval.decoding import DecodeConfig, generate
-from llm2_eval.model_args import check_model_args, check_verifier_first
+from llm2_eval.model_args import answer_args, check_model_args, check_output_path, check_verifier_first
 from llm2_eval.paths import check_model_path
+from llm2_eval.trace import cache_files_from_argv, check_cache_args, check_trace_path
 from llm2_eval.verifier import check_tokenizers_compatible, load_verifier
 
 log = logging.getLogger(__name__)
@@ -119,8 +122,9 @@ class LLM2LM(HFLM):
       A task's ``seed`` generation kwarg overrides it for that task.
     - ``trace`` (none): path of a JSON Lines file that receives, per generated sequence, the task, doc id, copy
       index, steps, mean candidate-set size, flips (steps where the verifier changed the LLM's choice), mean
-      score margin ``max_v s(v) - s(v_llm)``, LLM and verifier token forwards, finish reason and seconds. The
-      file is rewritten at start-up (a run resumed with lm-eval's ``--use_cache`` continues it), stamped with a
+      score margin ``max_v s(v) - s(v_llm)``, LLM and verifier token forwards, finish reason and seconds. An
+      llm2 trace at that path is rewritten at start-up (a run resumed with lm-eval's ``--use_cache`` continues it;
+      any other existing file, or a path inside the LLM, the verifier or the cache, is refused), stamped with a
       header line (run id, model args, tasks, start time; :mod:`llm2_eval.trace`) whose run id is on every line
       and in the results' ``config.llm2_run_id``; each line is flushed as it is produced.
     - ``cpu_prepack`` (false): on a CPU, reorder the LLM's and the verifier's linear weights once into oneDNN's
@@ -180,6 +184,12 @@ class LLM2LM(HFLM):
         check_model_args(pretrained, kwargs)
         if verifier is not None:
             check_verifier_first(pretrained, verifier, kwargs)
+        trace = None if trace is None or str(trace).lower() in ("", "none", "null") else trace
+        self._protected = {"pretrained": pretrained, "verifier": verifier,
+                           "--use_cache": cache_files_from_argv(sys.argv)}
+        if trace is not None:  # a trace never destroys a file llm2 did not write (llm2_eval.trace)
+            check_trace_path(trace, self._protected)
+        check_output_path(sys.argv)  # before hours of decoding whose results could not be saved
         if self.decode_defaults.top_k and self.decode_defaults.alpha is not None:
             log.warning(
                 "llm2: alpha=%s and top_k=%s are both given: the candidates are the tokens that pass both "
@@ -215,10 +225,15 @@ class LLM2LM(HFLM):
         self._trace = None
         self._trace_resumable = None  # (path, header) of a same-settings trace: continued if lm-eval's cache is on
         self.trace_stamp: dict | None = None  # the trace's header (llm2_eval.trace); its run id is in the results
-        if trace is not None and str(trace).lower() not in ("", "none", "null"):
+        # what decides the answers: stored with lm-eval's response cache and compared on reuse (set_cache_hook)
+        self._answer_args = answer_args(
+            {"pretrained": pretrained, "verifier": verifier, "alpha": alpha, "top_k": top_k, "beta": beta,
+             "max_candidates": max_candidates, "seed": seed, "cpu_prepack": prepack, **kwargs})
+        if trace is not None:
             from llm2_eval.trace import new_stamp, open_trace, read_header, same_settings, trace_path_for_rank
 
             path = trace_path_for_rank(trace, self.rank, self.world_size)  # one file per data-parallel rank
+            check_trace_path(path, self._protected)
             self.trace_stamp = new_stamp(
                 {"pretrained": pretrained, "verifier": verifier, "alpha": alpha, "top_k": top_k, "beta": beta,
                  "max_candidates": max_candidates, "seed": seed, "trace": trace,
@@ -396,6 +411,17 @@ class LLM2LM(HFLM):
         else:
             self._trace = open_trace(path, self.trace_stamp)
 
+    def set_cache_hook(self, cache_hook) -> None:
+        """lm-eval's response cache (``--use_cache DB``) is attached: refuse a cache written with other model args
+        (its answers are another configuration's), and store this run's in a new one
+        (:func:`llm2_eval.trace.check_cache_args`)."""
+        db = getattr(cache_hook, "dbdict", None)
+        if db is not None:
+            warning = check_cache_args(db, self._answer_args)
+            if warning:
+                log.warning("llm2: %s", warning)
+        super().set_cache_hook(cache_hook)
+
     def get_model_info(self) -> dict:
         """HFLM's model info (lm-eval writes it into the results' ``config``) plus, with ``trace=``, the trace's
         run id ``llm2_run_id`` and path ``llm2_trace``, so that ``llm2 report`` pairs results with their trace."""
@@ -420,5 +446,6 @@ class LLM2LM(HFLM):
             "llm_token_forwards": st.llm_tokens, "verifier_token_forwards": st.verifier_tokens,
             "finish_reason": out.finish_reasons[row], "seconds": round(seconds, 4),
         }
-        self._trace.write(json.dumps(line) + "\n")
+        line = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in line.items()}
+        self._trace.write(json.dumps(line, allow_nan=False) + "\n")
         self._trace.flush()

@@ -104,8 +104,12 @@ def check_verifier_first(pretrained: Any, verifier: str, kwargs: dict[str, Any])
 
     from llm2_eval.verifier import _looks_like_hub_id, check_tokenizers_compatible
 
-    if not Path(verifier).exists() and not _looks_like_hub_id(str(verifier)):
-        raise FileNotFoundError(f"verifier checkpoint not found: {verifier}")
+    if not Path(verifier).exists():
+        if not _looks_like_hub_id(str(verifier)):
+            raise FileNotFoundError(f"verifier checkpoint not found: {verifier}")
+        from llm2_eval.paths import check_model_path
+
+        check_model_path(verifier, "verifier=")  # a hub id cannot be fetched offline: named before the LLM loads
     llm_tok = kwargs.get("tokenizer") or pretrained
     if not isinstance(llm_tok, (str, os.PathLike)):
         return  # a loaded model or tokenizer object: checked after loading
@@ -133,3 +137,46 @@ def check_verifier_first(pretrained: Any, verifier: str, kwargs: dict[str, Any])
     rows = getattr(cfg, "vocab_size", None)
     if isinstance(rows, int) and rows < len(llm_tokenizer):
         raise ValueError(f"verifier {verifier} has {rows} embedding rows for a {len(llm_tokenizer)}-token tokenizer")
+
+
+#: model args that do not change the answers: not stored with lm-eval's response cache
+_NOT_ANSWERS = ("trace", "device", "batch_size", "max_batch_size")
+
+
+def answer_args(model_args: dict[str, Any]) -> dict[str, Any]:
+    """The model args that decide the answers (all but :data:`_NOT_ANSWERS`), None values dropped and local model
+    paths resolved (a resumed run may start from another directory): what a response cache is stamped with."""
+    out = {}
+    for k, v in model_args.items():
+        if k in _NOT_ANSWERS or v is None:
+            continue
+        if k in ("pretrained", "verifier", "tokenizer", "peft") and isinstance(v, (str, os.PathLike)) \
+                and Path(v).expanduser().exists():
+            v = str(Path(v).expanduser().resolve())
+        out[k] = v if isinstance(v, (bool, int, float, str)) else str(v)
+    return out
+
+
+def check_output_path(argv: list[str]) -> None:
+    """Refuse an ``lm_eval ... --output_path PATH`` where nothing can be written, before any request is decoded
+    (lm-eval would decode everything, then log a warning and exit 0 with nothing saved).
+
+    Raises:
+        ValueError: one line: a parent of PATH is a file, or the nearest existing folder is not writable.
+    """
+    from llm2_eval.trace import from_lm_eval, option_from_argv
+
+    out = option_from_argv(argv, "--output_path", "-o") if from_lm_eval(argv) else None
+    if not isinstance(out, str) or not out:
+        return
+    p = Path(out).expanduser()
+    probe = p
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe != p and not probe.is_dir():
+        raise ValueError(f"--output_path {out}: {probe} is a file, not a directory; choose another --output_path")
+    folder = probe if probe.is_dir() else probe.parent
+    if not os.access(folder, os.W_OK | os.X_OK) or (p.is_file() and not os.access(p, os.W_OK)):
+        raise ValueError(f"--output_path {out}: {folder} is not writable, so no result could be saved; choose "
+                         "another --output_path")
+

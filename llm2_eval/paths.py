@@ -65,6 +65,19 @@ def check_not_an_input(output: str | os.PathLike, inputs: Mapping[str, Any], *, 
                 raise ValueError(f"{option} {output} is the {name} {kind} ({v}): choose another output")
 
 
+def check_parent_dirs(path: str | os.PathLike, option: str = "--output") -> None:
+    """Refuse an output path below a file (``notes.md/out.jsonl``), which could never be created.
+
+    Raises:
+        ValueError: one line naming the option and the file in the way.
+    """
+    for parent in Path(path).expanduser().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a directory; choose another {option}")
+            return
+
+
 def _looks_local(name: str) -> bool:
     """Whether a model name can only be a local path (not a hub id ``name`` or ``org/name``)."""
     if name.startswith((".", "/", "~")) or "\\" in name or name.endswith("/"):
@@ -144,3 +157,31 @@ def foreign_model_files(directory: str | os.PathLike) -> list[str]:
         f.name for f in d.iterdir()
         if f.is_file() and (f.name in _MODEL_FILES or f.name.endswith(_WEIGHT_SUFFIXES))
     )
+
+
+class FileLockedError(OSError):
+    """Another process holds the write lock of a file llm2 appends to (:func:`lock_for_writing`)."""
+
+
+def lock_for_writing(f: Any, name: str) -> None:
+    """Take an exclusive, non-blocking ``flock`` on the open file ``f`` (held until it is closed), so that two
+    processes never append to one file (every line would be written twice, or lines interleaved).
+
+    Args:
+        f: an open file object.
+        name: how the file is named in the message (e.g. ``--output out.jsonl``, ``trace=t.jsonl``).
+
+    Raises:
+        FileLockedError: another process holds the lock; ``f`` is closed and the file left as it was.
+    """
+    import fcntl
+
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise FileLockedError(
+            f"{name} is being written by another process (it holds the file's lock): wait for it to finish, or "
+            "choose another path"
+        ) from None
+

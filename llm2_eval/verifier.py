@@ -231,8 +231,10 @@ def load_verifier(
         if is_head_dir(path):
             return load_head_verifier(path, llm=llm, dtype=dtype, device=device)
         if is_adapter_dir(path):
-            return load_adapter_verifier(path, llm=llm, dtype=dtype, device=device,
-                                         attn_implementation=attn_implementation)
+            model = load_adapter_verifier(path, llm=llm, dtype=dtype, device=device,
+                                          attn_implementation=attn_implementation)
+            check_finite_weights(model, path)
+            return model
         kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
@@ -252,10 +254,27 @@ def load_verifier(
             f"verifier {getattr(path, 'name_or_path', path)} has num_labels={model.config.num_labels}; "
             "an LLM2 verifier is a token-classification model with exactly one label"
         )
+    check_finite_weights(model, getattr(path, "name_or_path", path))
     if device is not None:
         model.to(device)
     model.eval()
     return model
+
+
+def check_finite_weights(model: "torch.nn.Module", name: Any) -> None:
+    """Refuse a verifier whose weights hold NaN or infinite values (a damaged checkpoint: every score would be NaN,
+    and decoding would silently fall back to the LLM's choices).
+
+    Raises:
+        ValueError: one line naming the verifier and the first such parameter.
+    """
+    import torch
+
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+                raise ValueError(f"verifier {name}: the weight {pname} holds NaN or infinite values (a damaged "
+                                 "checkpoint); retrain it or load another one")
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -98,7 +98,10 @@ def _load(
             for split in splits:
                 path = main_path.with_name(f"{split}.jsonl")
                 if path.is_file():
-                    ds[split] = datasets.Dataset.from_list(read_jsonl(path, required))
+                    rows = read_jsonl(path, required)
+                    if not rows:
+                        raise ValueError(f"{path}: no examples (the file has no non-blank line)")
+                    ds[split] = datasets.Dataset.from_list(rows)
             return datasets.DatasetDict(ds)
         local_status = f"{main_path} (no such file)"
     else:
@@ -114,7 +117,7 @@ def load_gsm8k(data_dir: str | None = None, **kwargs: Any):
 
     Raises:
         FileNotFoundError: neither the hub nor ``$LLM2_DATA_DIR/gsm8k/test.jsonl`` is available (names both).
-        ValueError: a malformed JSON Lines line (names file and line).
+        ValueError: a malformed JSON Lines line (names file and line), or a file without examples.
     """
     return _load(GSM8K_HUB, "gsm8k", ("test", "train"), ("question", "answer"), data_dir)
 

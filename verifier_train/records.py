@@ -187,6 +187,27 @@ def use_chat_template(tokenizer: "PreTrainedTokenizerBase", path: str | os.PathL
     return {"path": str(path), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
+def check_chat_template(tokenizer: "PreTrainedTokenizerBase", name: str) -> None:
+    """Refuse a chat template that cannot render a user + assistant chat, or gives the assistant message no token
+    after the prompt (one that ignores the messages: every example would be explored with 0 positions, every
+    triplet would miss its token). ``name`` names the template in the message.
+
+    Raises:
+        ValueError: one line naming the template.
+    """
+    msgs = [{"role": "user", "content": "how many apples?"}, {"role": "assistant", "content": "3 + 4 = 7 apples"}]
+    try:
+        full = chat_token_ids(tokenizer, msgs)
+        prompt = chat_token_ids(tokenizer, msgs[:1], add_generation_prompt=True)
+    except Exception as err:  # noqa: BLE001 - a template that cannot render a chat at all
+        detail = (str(err).splitlines() or [""])[0]
+        raise ValueError(f"{name} cannot render a chat ({type(err).__name__}: {detail}); give a Jinja chat template "
+                         "that renders user and assistant messages") from None
+    if len(full) <= len(prompt):
+        raise ValueError(f"{name} renders an assistant message as no token after the prompt (does it ignore the "
+                         "messages?): no solution token could be explored or trained on")
+
+
 def position_shift(input_ids: list[int], samples: list[tuple[int, int, int]], max_shift: int = 64) -> int | None:
     """The offset ``d`` (``0 < |d| <= max_shift``) for which every ``input_ids[pos + d] == gold_id``, if one exists:
     the sign of data tokenised with another chat template (a system block of ``d`` tokens more or less)."""
@@ -206,27 +227,33 @@ class JsonlAppender:
     newline added) when it holds a complete JSON object, and cut off otherwise (an invalid fragment; its size is
     :attr:`dropped_bytes`). It collects the value of ``key`` of every complete line so callers can skip finished
     work. Each :meth:`write` appends one line, flushes and fsyncs, so a killed run loses at most the item in
-    progress.
+    progress. The file is locked (``flock``) from before the repair until :meth:`close`: a second writer is
+    refused (:class:`llm2_eval.paths.FileLockedError`) and the file left as it was.
 
     Args:
         path: output file (created with its parent directory if missing).
         key: the field that identifies an item (e.g. ``"id"``); lines without it are kept but not indexed.
+        name: how the file is named in a refusal (default: its path).
 
     Attributes:
         dropped_bytes: bytes of an invalid last-line fragment cut on open (0 when none).
         completed_last_line: whether a valid last line without newline was kept (its newline added) on open.
     """
 
-    def __init__(self, path: str | os.PathLike, key: str = "id"):
+    def __init__(self, path: str | os.PathLike, key: str = "id", name: str | None = None):
+        from llm2_eval.paths import lock_for_writing
+
         self.path = Path(path)
         self.key = key
         self.done: set[Any] = set()
         self.dropped_bytes = 0
         self.completed_last_line = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            self._repair_and_index()
+        existed = self.path.exists()
         self._f = self.path.open("a", encoding="utf-8")
+        lock_for_writing(self._f, name or str(self.path))  # before the repair: another process may be writing it
+        if existed:
+            self._repair_and_index()
 
     def _repair_and_index(self) -> None:
         data = self.path.read_bytes()

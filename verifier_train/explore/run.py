@@ -18,7 +18,8 @@ one-sided p-value ``"p_worse"`` to its quality entry.)
 Re-running the same command resumes (examples already in the output are skipped; a truncated last line is
 repaired by :class:`~verifier_train.records.JsonlAppender`), so a killed run loses at most the chunk in
 progress; an output written with other settings or from another input (its path, size and sha256 are in the
-settings) is refused, and so is an output that is an input or a file that is not an exploration output. A
+settings) is refused, and so is an output that is an input or a file that is not an exploration output; the
+output is locked while written (a second process on it is refused). A
 ``--gold self`` question without a correct sample is not written, so a resumed run samples it again. A summary
 (``OUT.summary.json``, e.g. ``out.jsonl`` -> ``out.summary.json``) is rewritten after every example and at the
 end.
@@ -47,7 +48,7 @@ from verifier_train.explore.inputs import (
     summary_path,
 )
 from verifier_train.explore.labels import Counters, Explorer, default_checker
-from verifier_train.records import JsonlAppender, use_chat_template
+from verifier_train.records import JsonlAppender, _is_json_object, check_chat_template, use_chat_template
 
 if TYPE_CHECKING:  # pragma: no cover
     from verifier_train.rollouts import RolloutEngine
@@ -60,6 +61,7 @@ def _load_tokenizer(path: str, chat_template: str | None = None):
     use_chat_template(tok, chat_template)
     if getattr(tok, "chat_template", None) is None:
         raise ValueError(f"the tokenizer of {path} has no chat template; exploration tokenises chat messages")
+    check_chat_template(tok, f"--chat-template {chat_template}" if chat_template else f"the chat template of {path}")
     return tok
 
 
@@ -100,7 +102,12 @@ def _existing_settings(path: Path) -> dict | None:
     for _, obj in iter_jsonl(path, on_error="skip"):
         if isinstance(obj.get("settings"), dict):
             return obj["settings"]
-    if any(line.strip() for line in path.read_bytes().split(b"\n")[:-1]):  # a complete line, and no record
+    *complete, fragment = path.read_bytes().split(b"\n")
+    # a complete line and no record, or an unterminated last line that is not the start of a record cut by a crash
+    # (records begin with their id) or is a whole JSON object (kept, and appended to, on resume)
+    start, head = fragment.lstrip(), b'{"id": '
+    if any(line.strip() for line in complete) or (start and (
+            not (start.startswith(head) or head.startswith(start)) or _is_json_object(fragment))):
         raise ValueError(f"--output {path}: the file exists and is not an llm2 explore output (no line has "
                          "'settings'); choose a new --output")
     return None
@@ -113,8 +120,9 @@ def _check_paths(cfg: ExploreConfig, out_path: Path, sum_path: Path) -> None:
         FileNotFoundError / NotADirectoryError: a model path that does not exist / is a file.
         ValueError: the output or its summary is the data, a model or the chat template.
     """
-    from llm2_eval.paths import check_model_path, check_not_an_input
+    from llm2_eval.paths import check_model_path, check_not_an_input, check_parent_dirs
 
+    check_parent_dirs(out_path, "--output")
     check_model_path(cfg.model, "--model")
     contrast = cfg.contrast_model if cfg.strategy == "sample" and cfg.mode == "contrast" else None
     if contrast:
@@ -123,6 +131,22 @@ def _check_paths(cfg: ExploreConfig, out_path: Path, sum_path: Path) -> None:
               "--chat-template": cfg.chat_template}
     check_not_an_input(out_path, inputs)
     check_not_an_input(sum_path, inputs, option="the summary")
+    if sum_path.is_dir():
+        raise ValueError(f"the summary {sum_path} of --output {out_path} is a directory; choose another --output")
+
+
+def _check_unlocked(out_path: Path) -> None:
+    """Refuse an existing output that another process is writing (it holds the lock), without changing it.
+
+    Raises:
+        llm2_eval.paths.FileLockedError: naming ``--output``.
+    """
+    from llm2_eval.paths import lock_for_writing
+
+    if out_path.is_file():
+        f = out_path.open("rb")
+        lock_for_writing(f, f"--output {out_path}")
+        f.close()
 
 
 def _check_resume(out_path: Path, old: dict | None, new: dict, warnings: list[str]) -> None:
@@ -156,10 +180,24 @@ def _check_resume(out_path: Path, old: dict | None, new: dict, warnings: list[st
         )
 
 
+def _missing_paths(path: Path) -> list[Path]:
+    """``path`` and its missing parent folders, innermost first (empty when ``path`` exists)."""
+    out = []
+    while not path.exists() and path.parent != path:
+        out.append(path)
+        path = path.parent
+    return out
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no partial or empty temporary file is left behind
+        raise
 
 
 def _build_engines(cfg: ExploreConfig, tokenizer: Any, engine: "RolloutEngine | None") -> tuple[Any, Any, set[int]]:
@@ -397,6 +435,7 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
     out_path = shard_output_path(cfg.output, cfg.shard)
     sum_path = summary_path(out_path)
     _check_paths(cfg, out_path, sum_path)
+    _check_unlocked(out_path)  # before the models load; JsonlAppender takes the lock for good
     run = _Run(cfg, out_path)
     _check_resume(out_path, _existing_settings(out_path), json.loads(json.dumps(cfg.settings())), run.warnings)
     if cfg.top_k and cfg.alpha is not None:
@@ -410,7 +449,8 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
     tokenizer = _load_tokenizer(cfg.model, cfg.chat_template)
     engine, contrast, ends = _build_engines(cfg, tokenizer, engine)
     ex = Explorer(cfg, tokenizer, engine, contrast, ends)
-    appender = JsonlAppender(out_path, key="id")
+    created = _missing_paths(out_path)  # what this run creates: removed again if it fails before any record
+    appender = JsonlAppender(out_path, key="id", name=f"--output {out_path}")
     run.dropped_bytes = appender.dropped_bytes
     run.resume(appender)
     try:
@@ -431,9 +471,31 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
                     _write_json_atomic(sum_path, s)
                 if run.deferred_error is not None:
                     run.bad(*run.deferred_error)
-    finally:
+    except BaseException:
         appender.close()
+        if created and out_path.stat().st_size == 0:  # a refusal leaves no empty output behind
+            out_path.unlink()
+            for d in created[1:]:
+                try:
+                    d.rmdir()
+                except OSError:  # something else was put there meanwhile: kept
+                    break
+        raise
+    appender.close()
     final = run.summary(ex.c, engine, True)
+    end = []
+    if ex.c.examples and not ex.c.response_positions:
+        end.append(f"the {ex.c.examples} records hold no response position (does the chat template render the "
+                   "solutions?): nothing to train on")
+    if cfg.gold == "self" and run.self_failed and not ex.c.examples and not run.resumed:
+        end.append(f"--gold self: none of the {len(run.self_failed)} questions was solved in {cfg.self_samples} "
+                   "samples, so no record was written")
+    if end:
+        from rich.console import Console
+
+        final["warnings"] = run.warnings + end
+        for w in end:
+            Console(stderr=True).print(f"[yellow]{w}[/yellow]", highlight=False, soft_wrap=True)
     _write_json_atomic(sum_path, final)
     return final
 

@@ -5,7 +5,9 @@ The verifier starts from an LLM (a new 1-output score head, LLM2.md section 2) o
 and the adapters are merged into the final checkpoint (``lora_save="merged"``) or saved as a PEFT adapter
 directory with the head (``lora_save="adapter"``, loaded by :mod:`llm2_eval.adapters`). Resumable Trainer
 checkpoints live under ``<output>/checkpoints``; the final ``<output>`` is a plain token-classification checkpoint
-or that adapter directory, optionally cast to bf16/fp16 (``save_dtype``).
+or that adapter directory, optionally cast to bf16/fp16 (``save_dtype``). It is written to a staging folder inside
+``<output>`` (:data:`FINAL_STAGING`) and moved into place file by file (:func:`publish_final`): a kill during the
+save leaves the previous verifier whole, and a file hard-linked elsewhere is replaced, never written through.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -244,6 +247,24 @@ def save_adapter(trainer: "Trainer", config: TrainConfig, out: Path, tokenizer: 
         note = {"llm2_verifier": {"base_model": base, "head": head_name(peft_model.base_model.model), "num_labels": 1,
                                   "format": "peft-adapter"}}
         (out / ADAPTER_MARKER).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+
+
+#: where the final verifier is written before it is moved into ``<output>`` (:func:`publish_final`)
+FINAL_STAGING = ".llm2-final.partial"
+#: files moved first: they mark the directory as an llm2 checkpoint (:func:`llm2_eval.paths.is_llm2_checkpoint`)
+_MARKERS = ("config.json", "llm2_verifier.json")
+
+
+def publish_final(stage: Path, out: Path) -> None:
+    """Move every entry of the staging folder ``stage`` into ``out`` (``os.replace``: each file is swapped whole,
+    as a new file, so a hard link to an old one keeps its content), llm2's markers first, then remove ``stage``."""
+    entries = sorted(stage.iterdir(), key=lambda f: (f.name not in _MARKERS, f.name))
+    for f in entries:
+        dest = out / f.name
+        if f.is_dir() and dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(f, dest)
+    stage.rmdir()
 
 
 def save_final(trainer: "Trainer", config: TrainConfig, out: Path, tokenizer: "PreTrainedTokenizerBase",

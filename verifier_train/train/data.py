@@ -8,6 +8,8 @@ out for evaluation.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -41,6 +43,8 @@ class FileStats:
         kept_pairs: pairs that fit the ``max_length`` budget.
         dropped_pairs: pairs dropped by truncation (``pairs - kept_pairs``).
         empty_records: valid records left without any pair (no triplets, or all truncated); not trained on.
+        duplicates: valid records with the same messages and samples as an earlier one (of any file); trained on
+            again, with a warning (e.g. two processes that appended to one output).
     """
 
     path: str
@@ -50,6 +54,7 @@ class FileStats:
     kept_pairs: int = 0
     dropped_pairs: int = 0
     empty_records: int = 0
+    duplicates: int = 0
 
     def summary(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -66,11 +71,13 @@ class PairData:
         train: packed solutions to train on.
         eval: held-out packed solutions (empty when ``eval_fraction == 0``).
         files: per-file statistics.
+        warnings: what the caller should show: a data file given twice, records that repeat earlier ones.
     """
 
     train: list[PackedExample]
     eval: list[PackedExample]
     files: list[FileStats]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def train_pairs(self) -> int:
@@ -118,6 +125,8 @@ def load_pair_data(
     limit = int(vocab_size) if vocab_size else len(tokenizer)
     packed: list[PackedExample] = []
     files: list[FileStats] = []
+    warnings = _repeated_files(paths)
+    seen: set[bytes] = set()
     for path in paths:
         fs = FileStats(path=str(path))
         rs = ReadStats()
@@ -125,7 +134,8 @@ def load_pair_data(
             try:
                 ids = chat_token_ids(tokenizer, rec.messages)
                 problem = check_samples(ids, rec.samples, limit)
-                shift = position_shift(ids, rec.samples) if problem is not None else None
+                misplaced = problem is not None and any(p >= len(ids) or ids[p] != g for p, g, _ in rec.samples)
+                shift = position_shift(ids, rec.samples) if misplaced else None  # not for an out-of-vocabulary id
                 if shift is not None:
                     problem += (
                         f" (every triplet matches {abs(shift)} tokens {'later' if shift > 0 else 'earlier'}: the data "
@@ -140,6 +150,9 @@ def load_pair_data(
                 raise RecordError(path, rec.line, problem)
             fs.records += 1
             fs.pairs += len(rec.samples)
+            key = hashlib.sha256(json.dumps([rec.messages, rec.samples], sort_keys=True).encode()).digest()
+            fs.duplicates += key in seen
+            seen.add(key)
             ex = pack_solution(ids, rec.samples, max_length)
             fs.kept_pairs += ex.num_pairs
             fs.dropped_pairs += ex.dropped_pairs
@@ -149,8 +162,16 @@ def load_pair_data(
             packed.append(ex)
         fs.skipped = list(rs.skipped)
         files.append(fs)
+    for f in files:
+        if f.duplicates:
+            warnings.append(f"--data {f.path}: {f.duplicates} of its {f.records} records repeat an earlier record "
+                            "(same messages and samples) and are trained on again (two writers on one output?)")
     if not packed:
-        detail = "; ".join(f"{f.path}: {f.records} valid records, {len(f.skipped)} skipped" for f in files)
+        detail = "; ".join(
+            f"{f.path}: {f.records} valid records, {len(f.skipped)} skipped"
+            + (f", all {f.dropped_pairs} pairs of {f.empty_records} records dropped by --max-length {max_length}"
+               if f.dropped_pairs and f.kept_pairs == 0 else "")
+            for f in files)
         raise ValueError(f"no trainable pair in the data ({detail})")
     order = list(range(len(packed)))
     random.Random(seed).shuffle(order)
@@ -160,7 +181,22 @@ def load_pair_data(
     held = set(order[:n_eval])
     train = [e for i, e in enumerate(packed) if i not in held]
     held_out = [packed[i] for i in sorted(held)]
-    return PairData(train=train, eval=held_out, files=files)
+    return PairData(train=train, eval=held_out, files=files, warnings=warnings)
+
+
+def _repeated_files(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """A warning for each data file given again (the same file, or the same content under another name): its
+    records would count twice."""
+    from llm2_eval.paths import file_identity, same_path
+
+    out, ids = [], [file_identity(p) for p in paths]
+    for i, p in enumerate(paths):
+        for j in range(i):
+            same = same_path(p, paths[j]) or (ids[i]["sha256"] is not None and ids[i]["sha256"] == ids[j]["sha256"])
+            if same:
+                out.append(f"--data {p} is given twice (also as {paths[j]}): its records are trained on twice")
+                break
+    return out
 
 
 class PackedDataset(torch.utils.data.Dataset):

@@ -44,6 +44,7 @@ class OutcomeData:
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     files: list[OutcomeFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def train_pairs(self) -> int:

@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llm2_eval.paths import check_not_an_input, file_identity, foreign_model_files, resolved, same_content
+from llm2_eval.paths import (check_not_an_input, check_parent_dirs, file_identity, foreign_model_files,
+                             is_llm2_checkpoint, resolved, same_content)
 from verifier_train.train.config import TrainConfig
 
 RUN_SETTINGS = "run_settings.json"
@@ -39,24 +40,44 @@ OPERATIONAL = (
 
 
 def check_output(config: TrainConfig) -> None:
-    """Refuse an output directory that is an input, is a file, or holds a model that llm2 did not write.
+    """Refuse an output directory that is an input, is a file, holds a model that llm2 did not write, or is not
+    empty and holds nothing llm2 wrote. An output of llm2's own training (:func:`is_training_output`) passes,
+    also when a kill cut its final save.
 
     Raises:
         ValueError: ``--output`` is the model, the data, the verifier to continue from or the chat template
             (after resolving links), or a file.
-        FileExistsError: ``--output`` holds a model that llm2 did not write, without ``overwrite``.
+        FileExistsError: ``--output`` holds a model that llm2 did not write, without ``overwrite``; or it is a
+            non-empty directory without any model or llm2 output (even with ``overwrite``, as ``init-verifier``).
     """
     out = Path(config.output)
     check_not_an_input(out, {"--model": config.model, "--init-from": config.init_from, "--data": list(config.data),
                              "--chat-template": config.chat_template, "--deepspeed": config.deepspeed})
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output {out}: is a file, not a directory; choose another output")
+    check_parent_dirs(out, "--output")
+    if is_training_output(out):  # llm2's own run, even with a final save cut by a kill: resumed or started over
+        return
     foreign = foreign_model_files(out)
     if foreign and not config.overwrite:
         raise FileExistsError(
             f"--output {out} holds a model that llm2 did not write ({', '.join(foreign[:3])}"
             f"{', ...' if len(foreign) > 3 else ''}): choose another output, or pass --overwrite to write over it"
         )
+    if not foreign and out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"--output {out}: the directory is not empty and holds no llm2 checkpoint; choose a new "
+                              "or empty directory")
+
+
+def is_training_output(out: Path) -> bool:
+    """Whether ``out`` holds what ``llm2 train-verifier`` writes: its checkpoints (or their settings), its training
+    card or log, the staging folder of its final save, or an llm2 checkpoint."""
+    from verifier_train.train.checkpoints import FINAL_STAGING
+    from verifier_train.train.config import CHECKPOINTS, TRAIN_LOG, TRAINING_CARD
+
+    marks = (out / CHECKPOINTS / RUN_SETTINGS, out / TRAINING_CARD, out / TRAIN_LOG, out / FINAL_STAGING)
+    trainer_checkpoints = (out / CHECKPOINTS).glob("checkpoint-*/trainer_state.json")  # of an earlier version too
+    return any(m.exists() for m in marks) or is_llm2_checkpoint(out) or any(trainer_checkpoints)
 
 
 def run_settings(config: TrainConfig, bf16: bool) -> dict[str, Any]:

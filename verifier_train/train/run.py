@@ -26,14 +26,16 @@ from typing import Any
 import torch
 
 from verifier_train.packing import PackedCollator
-from verifier_train.records import use_chat_template
+from verifier_train.records import check_chat_template, use_chat_template
 from llm2_eval.paths import check_model_path
 from verifier_train.train.checkpoints import (
+    FINAL_STAGING,
     apply_lora,
     checkpoint_dirs,
     checkpoint_step,
     last_checkpoint,
     load_model,
+    publish_final,
     save_final,
     trim_log,
 )
@@ -208,6 +210,8 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     src = config.init_from or config.model
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     template = use_chat_template(tokenizer, config.chat_template)
+    if config.chat_template:  # a broken template is named as such, not blamed on the data's first line
+        check_chat_template(tokenizer, f"--chat-template {config.chat_template}")
     # validate the data before loading the weights: a bad line fails fast, even for a large model
     vocab = getattr(AutoConfig.from_pretrained(str(src)), "vocab_size", None) or len(tokenizer)
     outcome = config.objective == "outcome"
@@ -231,6 +235,8 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     world = max(args.world_size, 1)
 
     if main_proc:
+        for w in data.warnings:
+            console.print(f"[yellow]{w}[/yellow]", soft_wrap=True, highlight=False)
         for fs in data.files:
             console.print(json.dumps(fs.summary()) if outcome else (
                 f"{fs.path}: {fs.records} records, {fs.kept_pairs}/{fs.pairs} pairs kept "
@@ -257,7 +263,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         PackedCollator(pad_token_id=pad_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         processing_class=tokenizer,
         compute_metrics=None if outcome else eval_metrics,
-        callbacks=[JsonLogCallback(out / TRAIN_LOG)]
+        callbacks=[log_callback := JsonLogCallback(out / TRAIN_LOG)]
         + ([RichProgressCallback()] if config.progress and main_proc else []),
     )
     trainer.remove_callback(PrinterCallback)
@@ -265,16 +271,31 @@ def train_verifier(config: TrainConfig) -> TrainResult:
 
     if main_proc:  # what a later --resume of these checkpoints is compared with
         write_run_settings(config, ckpt_dir, bf16)
-    train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    metrics: dict[str, Any] = dict(train_out.metrics)
+    metrics: dict[str, Any] = {}
+    if resume_from is not None and 0 < config.max_steps <= checkpoint_step(resume_from):
+        # nothing left to train (the Trainer would take one step past max_steps): the checkpoint is the result
+        from transformers.trainer_callback import TrainerState
+
+        trainer._load_from_checkpoint(str(resume_from))
+        trainer.state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
+    else:
+        metrics.update(trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics)
     if data.eval:
         last = [h for h in trainer.state.log_history if ("eval_loss" if outcome else "eval_pair_accuracy") in h]
         if last and last[-1].get("step") == trainer.state.global_step:  # the schedule just evaluated
             metrics.update({k: v for k, v in last[-1].items() if k.startswith("eval_")})
         else:
             metrics.update(trainer.evaluate())
+    log_callback.on_train_end(None, None, None)  # the log's lock is released (evaluate() may have reopened it)
 
-    save_final(trainer, config, out, tokenizer, console)
+    stage = out / FINAL_STAGING  # the old verifier stays whole until the new one is complete
+    if trainer.is_world_process_zero() and stage.exists():
+        shutil.rmtree(stage)  # left by a run killed while saving
+    trainer.accelerator.wait_for_everyone()
+    save_final(trainer, config, stage, tokenizer, console)
+    trained_steps = trainer.state.global_step - (checkpoint_step(resume_from) if resume_from else 0)
+    if trained_steps == 0:  # resumed at the last step: no loss was computed by this run (Trainer reports 0.0)
+        metrics.pop("train_loss", None)
     card = {
         "kind": "llm2-verifier",
         "paper": "LLM2 (Yang et al., NAACL 2025), " + ("outcome supervision (OVM, Yu et al. 2023)" if outcome
@@ -284,6 +305,7 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         "chat_template": template or "the tokenizer's own",
         "data": [fs.summary() for fs in data.files],
         "objective": config.objective,
+        "data_warnings": data.warnings,
         "train": {"solutions": len(data.train), ("samples" if outcome else "pairs"): data.train_pairs},
         "eval": {"solutions": len(data.eval), ("samples" if outcome else "pairs"): data.eval_pairs},
         "settings": {
@@ -296,15 +318,15 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         "resumed_from": str(resume_from) if resume_from else None,
         "resume_changes": resume_changes or None,
         "global_step": trainer.state.global_step,
+        "steps_this_run": trained_steps,
         "final_metrics": _jsonable(metrics),
         "wall_time_s": round(time.time() - t0, 3),
         "versions": _versions(),
     }
     if trainer.is_world_process_zero():
-        tmp = out / (TRAINING_CARD + ".partial")
-        tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out / TRAINING_CARD)
-        (out / "training_args.bin").unlink(missing_ok=True)
+        (stage / TRAINING_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        (stage / "training_args.bin").unlink(missing_ok=True)
+        publish_final(stage, out)
     return TrainResult(output_dir=out, global_step=trainer.state.global_step, metrics=metrics, card=card)
 
 
