@@ -229,7 +229,9 @@ def load_verifier(
         from llm2_eval.head_verifier import is_head_dir, load_head_verifier
 
         if is_head_dir(path):
-            return load_head_verifier(path, llm=llm, dtype=dtype, device=device)
+            model = load_head_verifier(path, llm=llm, dtype=dtype, device=device)
+            check_finite_weights(model.head, path)  # the backbone is the LLM itself
+            return model
         if is_adapter_dir(path):
             model = load_adapter_verifier(path, llm=llm, dtype=dtype, device=device,
                                           attn_implementation=attn_implementation)

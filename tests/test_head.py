@@ -186,3 +186,30 @@ def test_full_verifier_trains_on_outcome_labels(tmp_path, tiny_llm, questions):
     assert res.card["eval"]["samples"] == 8 and "eval_loss" in res.metrics
     ver = load_verifier(tmp_path / "v", dtype=torch.float32)
     assert ver(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, 1)
+
+
+def test_head_verifier_runs_as_the_lm_eval_verifier(tmp_path, tiny_llm, questions):
+    from lm_eval.api.instance import Instance
+    from safetensors.torch import load_file, save_file
+
+    from llm2_eval.lm_eval_model import LLM2LM
+
+    out, _ = _outcomes(tmp_path, tiny_llm, questions)
+    train_verifier(TrainConfig(model=str(tiny_llm), data=[str(out)], output=str(tmp_path / "v"), trainable="head",
+                               objective="outcome", epochs=1, head_batch=16, bf16=False, progress=False,
+                               feature_cache=str(tmp_path / "cache"), eval_fraction=0.0))
+    w = load_file(str(tmp_path / "v" / "head.safetensors"))
+    w["linear.weight"] = torch.randn_like(w["linear.weight"]) * 5  # a head that certainly moves decisions
+    save_file(w, str(tmp_path / "v" / "head.safetensors"))
+    lm = LLM2LM(pretrained=str(tiny_llm), verifier=str(tmp_path / "v"), device="cpu", batch_size=1, alpha=0.05,
+                beta=1.0, dtype="float32")
+    assert isinstance(lm.verifier, HeadVerifier) and lm.verifier.backbone is lm.model.model
+    req = Instance(request_type="generate_until", doc={}, idx=0,
+                   arguments=("<|im_start|>user\nhow many apples<|im_end|>\n<|im_start|>assistant\n",
+                              {"until": ["<|im_end|>"], "max_gen_toks": 12, "do_sample": False}))
+    lm.generate_until([req])
+    assert lm.last_decode.stats[0].scored_steps > 0
+    w["linear.weight"][0, 0] = float("nan")
+    save_file(w, str(tmp_path / "v" / "head.safetensors"))
+    with pytest.raises(ValueError, match="NaN"):
+        load_verifier(tmp_path / "v")

@@ -125,3 +125,47 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def table_and_plot(rows_path: Path = HERE / "curve.jsonl", png: Path = HERE / "curve.png",
+                   label_seconds: dict[str, float] | None = None) -> str:
+    """The README table (markdown) of curve.jsonl and a plot of decision gain vs CPU-hours, one line per recipe.
+
+    ``label_seconds``: seconds of label generation per question, per label source (from the exploration
+    summaries), added to each row's CPU cost.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in rows_path.read_text().splitlines() if x.strip()]
+    label_seconds = label_seconds or {}
+    lines = ["| recipe | questions | best beta | decision gain (points of q) [95% CI] | on points that matter | "
+             "pair accuracy (significant pairs) | changed | CPU-h (labels + training) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    by_recipe: dict[str, list] = {}
+    for r in rows:
+        b = r["all"]["best_beta"]
+        g, gm = r["all"]["betas"][b]["gain"], r["matter"]["betas"][b]["gain"]
+        pa = r["matter"]["pairs"]
+        source = r["recipe"].split("-", 1)[0]
+        hours = (label_seconds.get(source, 0.0) * r["size"] + r["train_seconds"] + r["score_seconds"]) / 3600
+        lines.append(f"| {r['recipe']} | {r['size']} | {b} | {100 * g['mean']:+.2f} [{100 * g['ci95'][0]:+.2f}, "
+                     f"{100 * g['ci95'][1]:+.2f}] | {100 * gm['mean']:+.2f} | {pa['accuracy']} "
+                     f"[{pa['ci95'][0]:.2f}, {pa['ci95'][1]:.2f}] (n={pa['pairs']}) | "
+                     f"{100 * r['all']['betas'][b]['changed']:.1f}% | {hours:.2f} |")
+        by_recipe.setdefault(r["recipe"], []).append((hours, 100 * g["mean"], 100 * g["ci95"][0], 100 * g["ci95"][1]))
+    for name, pts in by_recipe.items():
+        pts.sort()
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.errorbar(xs, ys, yerr=[[y - p[2] for y, p in zip(ys, pts)], [p[3] - y for y, p in zip(ys, pts)]],
+                    marker="o", capsize=3, label=name)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("CPU-hours (labels + training + scoring)")
+    ax.set_ylabel("decision gain at best beta (points of q)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    return "\n".join(lines)
