@@ -179,3 +179,66 @@ def test_accelerate_config_starts_two_processes_official_normalisation(tiny_llm,
     _launch(accelerate_ddp(), ["--model", str(tiny_llm), "--data", str(pair_data), "--output", str(out),
                                "--max-steps", str(STEPS), "--loss-normalization", "official"] + COMMON)
     assert_same_run(references["official"], out, tiny_llm, world=2)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+LM_EVAL_ARGS = ["--tasks", "gsm8k_llm2", "--limit", "3", "--apply_chat_template", "--gen_kwargs", "max_gen_toks=6",
+                "--batch_size", "1", "--log_samples"]
+
+
+def _lm_eval(launcher: list[str], tiny_llm, tiny_verifier, out: Path, data_dir) -> subprocess.CompletedProcess:
+    args = ["-m", "lm_eval", "--model", "llm2", "--model_args",
+            f"pretrained={tiny_llm},verifier={tiny_verifier},beta=0.5,dtype=float32,trace={out / 'trace.jsonl'}",
+            *LM_EVAL_ARGS, "--output_path", str(out)]
+    env = {**_env(), "LLM2_DATA_DIR": str(data_dir)}
+    res = subprocess.run(launcher + args, env=env, capture_output=True, text=True, timeout=300, cwd=str(REPO))
+    assert res.returncode == 0, f"{launcher + args}\n{res.stderr[-6000:]}"
+    return res
+
+
+def _results(out: Path) -> tuple[dict, dict]:
+    results = json.loads(next(out.rglob("results_*.json")).read_text())
+    samples = [json.loads(line) for line in next(out.rglob("samples_gsm8k_llm2_*.jsonl")).read_text().splitlines()]
+    # lm-eval appends the result of its data-parallel padding request to the padded question's responses (the same
+    # Instance object, on GPUs too); its filter and metric take the first, which is compared
+    return results, {s["doc_id"]: (s["resps"][0][0], s["filtered_resps"], s["exact_match"]) for s in samples}
+
+
+def test_data_parallel_evaluation_on_cpu_and_report_merges_rank_traces(tiny_llm, tiny_verifier, data_dir, tmp_path):
+    """``torchrun --nproc_per_node 2 -m lm_eval --model llm2`` on CPU splits the 3 questions over 2 ranks (lm-eval
+    itself splits only over GPUs; llm2 takes the launch's ranks): the same answers and metrics as one process, one
+    trace per rank stamped with its rank and the run's one id, and ``llm2 report`` counting the same compute from
+    the merged rank traces (lm-eval's padding request left out). A dropped rank trace is reported, not hidden."""
+    from llm2_eval.report import collect_rows
+    from llm2_eval.trace import read_header
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    _lm_eval([sys.executable], tiny_llm, tiny_verifier, one, data_dir)
+    _lm_eval(torchrun(), tiny_llm, tiny_verifier, two, data_dir)
+    (res1, samples1), (res2, samples2) = _results(one), _results(two)
+    assert samples1 == samples2 and len(samples1) == 3
+    assert res1["results"]["gsm8k_llm2"]["exact_match,none"] == res2["results"]["gsm8k_llm2"]["exact_match,none"]
+    assert not (two / "trace.jsonl").exists()
+    run_id = res2["config"]["llm2_run_id"]
+    lines = {}
+    for r in (0, 1):
+        path = two / f"trace.rank{r}.jsonl"
+        head = read_header(path)
+        assert (head["rank"], head["world_size"], head["run_id"]) == (r, 2, run_id)
+        lines[r] = [json.loads(x) for x in path.read_text().splitlines()[1:]]
+        assert lines[r] and all(x["run_id"] == run_id for x in lines[r])
+    docs = [(x["doc_id"], x.get("padding", False)) for r in (0, 1) for x in lines[r]]
+    assert sorted(d for d, pad in docs if not pad) == [0, 1, 2]  # each question decoded by one rank
+    assert sum(pad for _, pad in docs) == 1  # 3 questions over 2 ranks: lm-eval sends one request again
+
+    row1, row2 = collect_rows([one, two])
+    assert row2.compute_source == row1.compute_source == "trace" and not row2.notes, row2.notes
+    assert (row2.llm_token_forwards, row2.verifier_token_forwards, row2.n_questions) == (
+        row1.llm_token_forwards, row1.verifier_token_forwards, row1.n_questions)
+    assert row2.accuracy == row1.accuracy
+
+    (two / "trace.rank1.jsonl").rename(tmp_path / "elsewhere.jsonl")  # a rank's trace lost
+    (row,) = collect_rows([two])
+    assert row.compute_source != "trace"
+    assert any("rank(s) [1] of 2 missing" in n for n in row.notes), row.notes
