@@ -86,9 +86,9 @@ def torchrun(n: int = 2) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
 
 
-def accelerate_ddp() -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
-            "--main_process_port", str(_free_port())]
+def accelerate_launch(config: Path = DDP_CONFIG) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+            "--main_process_port", str(_free_port()), "--mixed_precision", "no"]
 
 
 def _one_process(tiny_llm, data: Path, out: Path, norm: str) -> None:
@@ -174,10 +174,13 @@ def test_torchrun_two_processes_train_like_one_and_resume_exactly(tiny_llm, pair
 
 def test_accelerate_config_starts_two_processes_official_normalisation(tiny_llm, pair_data, references, tmp_path):
     """``accelerate launch --config_file docs/accelerate/ddp.yaml`` (the config the README and docs/scaling.md
-    give) really starts 2 processes on CPU, and ``--loss-normalization official`` trains like one process."""
+    give) really starts 2 processes on CPU, and ``--loss-normalization official`` trains like one process.
+    (docs/accelerate/fsdp.yaml also starts 2 CPU processes, but on CPU accelerate runs them as plain DDP: the
+    Trainer's ``is_fsdp_enabled`` is False; FSDP and DeepSpeed need GPUs.)"""
     out = tmp_path / "accelerate"
-    _launch(accelerate_ddp(), ["--model", str(tiny_llm), "--data", str(pair_data), "--output", str(out),
-                               "--max-steps", str(STEPS), "--loss-normalization", "official"] + COMMON)
+    res = _launch(accelerate_launch(), ["--model", str(tiny_llm), "--data", str(pair_data), "--output", str(out),
+                                        "--max-steps", str(STEPS), "--loss-normalization", "official"] + COMMON)
+    assert "FSDP" not in res.stderr
     assert_same_run(references["official"], out, tiny_llm, world=2)
 
 
