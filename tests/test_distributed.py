@@ -25,7 +25,8 @@ import torch
 
 import llm2_eval
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed,
+              pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")]
 
 REPO = Path(__file__).resolve().parent.parent
 CODE_ROOT = Path(llm2_eval.__file__).resolve().parent.parent  # where this process imports llm2_eval from
