@@ -282,7 +282,8 @@ def test_rank_traces_merge_into_one_run(tmp_path):
         body = [head] + [{"run_id": run_id, **x} for x in lines]
         (tmp_path / f"t.rank{rank}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in body))
 
-    seq = lambda doc, pad=False: {**trace_line("gsm8k_llm2", doc, 0, 10 + doc, 100), **({"padding": True} if pad else {})}  # noqa
+    def seq(doc: int, pad: bool = False) -> dict:
+        return {**trace_line("gsm8k_llm2", doc, 0, 10 + doc, 100), **({"padding": True} if pad else {})}
     write(0, "A", [seq(0), seq(2)])
     write(1, "A", [seq(1), seq(1, pad=True)])
     (tmp_path / "t.rankx.jsonl").write_text("not a rank file\n")

@@ -1,7 +1,7 @@
 """The ``llm2 train-verifier`` command: one Click option per :class:`~verifier_train.train.config.TrainConfig` field.
 
     llm2 train-verifier --model LLM_DIR --data triplets.jsonl --output VERIFIER_DIR   # lr 2e-5, 2 epochs, batch 128
-    accelerate launch --config_file docs/accelerate/ddp.yaml -m llm2_eval.cli train-verifier ...  # DDP, see docs/scaling.md
+    torchrun --nproc_per_node N -m llm2_eval.cli train-verifier ...                     # DDP: docs/scaling.md
 """
 
 from __future__ import annotations
