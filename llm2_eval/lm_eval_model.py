@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import sys
 from typing import Any
 
@@ -126,7 +127,10 @@ class LLM2LM(HFLM):
       llm2 trace at that path is rewritten at start-up (a run resumed with lm-eval's ``--use_cache`` continues it;
       any other existing file, or a path inside the LLM, the verifier or the cache, is refused), stamped with a
       header line (run id, model args, tasks, start time; :mod:`llm2_eval.trace`) whose run id is on every line
-      and in the results' ``config.llm2_run_id``; each line is flushed as it is produced.
+      and in the results' ``config.llm2_run_id``; each line is flushed as it is produced. Data-parallel runs
+      (``accelerate launch`` / ``torchrun``; on CPUs too, see :meth:`_adopt_cpu_data_parallel`) write one file
+      per rank, ``STEM.rankR.SUFFIX``, each stamped with its rank and the run id of rank 0; ``llm2 report``
+      merges them (lm-eval's padding requests are marked ``"padding": true`` and not counted).
     - ``cpu_prepack`` (false): on a CPU, reorder the LLM's and the verifier's linear weights once into oneDNN's
       blocked layout and let SDPA read grouped key/value heads without copying them (:mod:`llm2_eval.cpu_kernels`):
       1.3-1.6x faster batched decoding on a 2-core CPU; float32 (bfloat16 on AVX512 CPUs; another dtype is
@@ -196,7 +200,16 @@ class LLM2LM(HFLM):
                 "(p >= alpha * p_max and among the top_k; llm2_eval.candidates); give one of them for the other "
                 "rule alone", alpha, top_k,
             )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))  # processes started by accelerate launch / torchrun
+        if launched > 1 and not torch.cuda.is_available():  # HFLM's Accelerator joins them over gloo only so
+            os.environ.setdefault("ACCELERATE_USE_CPU", "true")
         super().__init__(pretrained=pretrained, device=device, **kwargs)
+        self._adopt_cpu_data_parallel()
+        if launched > 1 and self.world_size == 1 and not kwargs.get("tp_plan"):
+            raise ValueError(
+                f"llm2: launched as {launched} processes (WORLD_SIZE={launched}) but lm-eval gave this one rank 0 of 1 "
+                f"({torch.cuda.device_count()} GPU(s) visible): every process would run the whole evaluation and "
+                "write the same files; launch one process per GPU, or on CPUs see docs/scaling.md")
         if self.backend != "causal":
             raise ValueError(f"llm2 needs a decoder-only (causal) LLM; {pretrained} loaded as {self.backend}")
         self.verifier = None
@@ -241,6 +254,7 @@ class LLM2LM(HFLM):
                  "device": str(self.device)},  # where the run really ran (lm-eval may pass "cuda:0" on a CPU)
                 rank=self.rank, world_size=self.world_size,
             )
+            self.trace_stamp.update(self._shared_run_stamp())
             old = read_header(path)
             if old is not None and same_settings(old, self.trace_stamp):
                 self._trace_resumable = (path, old)  # decided at first use (lm-eval sets its cache hook later)
@@ -251,6 +265,33 @@ class LLM2LM(HFLM):
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self._eos_ids = sorted(int(t) for t in eos)
+
+    def _adopt_cpu_data_parallel(self) -> None:
+        """Split the requests over the processes of a CPU launch (``accelerate launch`` / ``torchrun``).
+
+        lm-eval's HFLM takes the launcher's rank and world size only when it counts more than one GPU; on CPUs
+        every process of a 2-process launch runs the whole evaluation as rank 0 (and all write the same files).
+        Under such a launch on a machine without GPUs, llm2 sets ``ACCELERATE_USE_CPU`` (unless set) so that
+        HFLM's ``Accelerator`` joins the launch's process group (gloo), then takes that group's rank and world size:
+        lm-eval shares out the requests and gathers the results over gloo as it does over GPUs.
+        """
+        acc = getattr(self, "accelerator", None)
+        if acc is None or acc.num_processes <= 1 or self.world_size > 1 or self.device.type != "cpu":
+            return
+        self._rank, self._world_size = int(acc.process_index), int(acc.num_processes)
+        if self._rank == 0:
+            log.info("llm2: %d CPU processes: data-parallel evaluation (lm-eval splits data only over GPUs itself)",
+                     self._world_size)
+
+    def _shared_run_stamp(self) -> dict:
+        """The run id and start time of rank 0, for every rank of a data-parallel run (one collective call):
+        each rank's trace carries the run's one id, the one lm-eval writes into the results."""
+        stamp = {"run_id": self.trace_stamp["run_id"], "start_time": self.trace_stamp["start_time"]}
+        if self.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return stamp
+        shared = [stamp]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        return shared[0]
 
     def _prepack(self) -> None:
         from llm2_eval.cpu_kernels import prepack_linears, use_gqa_attention
@@ -330,6 +371,13 @@ class LLM2LM(HFLM):
             else:
                 batches.append([key])
 
+        # lm-eval's data parallel evens out the ranks by sending one rank's last request again (its results are
+        # dropped): copies of one Instance beyond its ``repeats`` are that padding, marked as such in the trace
+        seen: dict[int, int] = {}
+        padding = []
+        for req in requests:
+            seen[id(req)] = seen.get(id(req), 0) + 1
+            padding.append(seen[id(req)] > max(int(getattr(req, "repeats", 1) or 1), 1))
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         results: list[str | None] = [None] * len(requests)
         with Progress(disable=disable_tqdm or self.rank != 0, transient=True) as progress:
@@ -380,7 +428,7 @@ class LLM2LM(HFLM):
                         results[req_index] = text
                         self.cache_hook.add_partial("generate_until", requests[req_index].args, text)
                         if self._trace is not None:
-                            self._write_trace(requests[req_index], copy, out, row, seconds)
+                            self._write_trace(requests[req_index], copy, out, row, seconds, padding[req_index])
                         row += 1
                 progress.advance(bar, sum(repeats))
         return results  # type: ignore[return-value]
@@ -432,7 +480,7 @@ class LLM2LM(HFLM):
             info["llm2_trace"] = self._trace.name
         return info
 
-    def _write_trace(self, request: Instance, copy: int, out, row: int, seconds: float) -> None:
+    def _write_trace(self, request: Instance, copy: int, out, row: int, seconds: float, padding: bool = False) -> None:
         import json
 
         st = out.stats[row]
@@ -446,6 +494,8 @@ class LLM2LM(HFLM):
             "llm_token_forwards": st.llm_tokens, "verifier_token_forwards": st.verifier_tokens,
             "finish_reason": out.finish_reasons[row], "seconds": round(seconds, 4),
         }
+        if padding:  # decoded, but lm-eval drops its result (data-parallel padding): llm2 report skips it
+            line["padding"] = True
         line = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in line.items()}
         self._trace.write(json.dumps(line, allow_nan=False) + "\n")
         self._trace.flush()

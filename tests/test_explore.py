@@ -447,9 +447,36 @@ def test_shards_cover_every_example_once(env, tmp_path):
         for r in _lines(s["output"]):
             ids.append(r["id"])
             records[r["id"]] = _strip_timing(r)
-    assert sorted(ids) == [1, 2, 3, 4, 5] == sorted(set(ids))
+    assert sorted(ids) == [1, 2, 3, 4, 5] == sorted(set(ids))  # 5 over 3 shards: 2, 2, 1
     assert whole["examples"] == 5
     assert {r["id"]: _strip_timing(r) for r in _lines(tmp_path / "whole.jsonl")} == records
+    # their summaries add up to the whole's (llm2 explore-shards)
+    from verifier_train.explore.shards import merge_shard_summaries
+
+    merged = merge_shard_summaries(out, 3)
+    for k in ("selected", "examples", "response_positions", "candidate_positions", "positions", "candidates",
+              "negatives", "rollouts", "generated_tokens"):
+        assert merged[k] == whole[k], k
+    assert merged["negative_rate"] == pytest.approx(whole["negative_rate"]) and merged["finished"]
+    assert merged["outputs"] == [str(tmp_path / f"out.shard{i}-of-3.jsonl") for i in range(3)]
+    from click.testing import CliRunner
+
+    from llm2_eval.cli import main
+
+    res = CliRunner().invoke(main, ["explore-shards", str(out), "--shards", "3", "--write"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "out.summary.json").read_text())["negatives"] == whole["negatives"]
+    assert "--data " + str(tmp_path / "out.shard2-of-3.jsonl") in res.stderr
+    (tmp_path / "out.shard1-of-3.summary.json").rename(tmp_path / "moved.json")  # a shard not run (or lost)
+    with pytest.raises(FileNotFoundError, match=r"out.shard1-of-3.summary.json: no summary of --shard 1/3"):
+        merge_shard_summaries(out, 3)
+    # more shards than examples: the extra shards are empty, the union still covers every example once
+    seen = []
+    for i in range(7):
+        s = explore(_cfg(env, tmp_path / "seven.jsonl", strategy="sample", positions="all", limit=2, shard=(i, 7)))
+        seen += [r["id"] for r in _lines(s["output"])]
+        assert s["selected"] == (1 if i < 2 else 0)
+    assert seen == [1, 2] and merge_shard_summaries(tmp_path / "seven.jsonl", 7)["examples"] == 2
     sub = explore(_cfg(env, tmp_path / "sub.jsonl", strategy="sample", start=1, limit=3, shard=(1, 2)))
     assert [r["id"] for r in _lines(sub["output"])] == [2, 4]  # indices 1..3, odd ones
 

@@ -270,3 +270,34 @@ def test_tokenizer_override(runs, tok_dir):
     res = CliRunner().invoke(cli_main, ["report", str(runs["math"]), "-o", str(runs["math"] / "o"),
                                         "--tokenizer", str(runs["math"] / "no_tokenizer_here")])
     assert res.exit_code != 0 and "no_tokenizer_here" in res.output
+
+
+def test_rank_traces_merge_into_one_run(tmp_path):
+    """A data-parallel run's per-rank traces (``T.rankR.jsonl``, stamped with rank 0's run id) read as one: lines of
+    other runs and lm-eval's padding requests left out; a missing rank, or a rank file of another run, refused."""
+    from llm2_eval.report.runs import rank_trace_lines, rank_trace_paths, read_trace_file
+
+    def write(rank: int, run_id: str, lines: list[dict], world: int = 2) -> None:
+        head = {"llm2_trace": 1, "run_id": run_id, "rank": rank, "world_size": world}
+        body = [head] + [{"run_id": run_id, **x} for x in lines]
+        (tmp_path / f"t.rank{rank}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in body))
+
+    def seq(doc: int, pad: bool = False) -> dict:
+        return {**trace_line("gsm8k_llm2", doc, 0, 10 + doc, 100), **({"padding": True} if pad else {})}
+    write(0, "A", [seq(0), seq(2)])
+    write(1, "A", [seq(1), seq(1, pad=True)])
+    (tmp_path / "t.rankx.jsonl").write_text("not a rank file\n")
+    paths = rank_trace_paths("t.jsonl", tmp_path, tmp_path)
+    assert list(paths) == [0, 1]
+    traces = {r: read_trace_file(p) for r, p in paths.items()}
+    lines, note = rank_trace_lines(traces, "A")
+    assert sorted(x["doc_id"] for x in lines) == [0, 1, 2] and note is None
+    assert sum(x["llm_token_forwards"] for x in lines) == 33
+    assert rank_trace_lines(traces, None)[0] is None
+
+    write(1, "B", [seq(1)])  # rank 1's file rewritten by another run
+    lines, note = rank_trace_lines({r: read_trace_file(p) for r, p in paths.items()}, "A")
+    assert lines is None and "rank(s) [1] of 2 missing or of another run (t.rank1.jsonl)" in note
+    (tmp_path / "t.rank1.jsonl").unlink()
+    lines, note = rank_trace_lines({0: read_trace_file(tmp_path / "t.rank0.jsonl")}, "A")
+    assert lines is None and "[1] of 2" in note

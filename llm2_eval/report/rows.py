@@ -22,6 +22,8 @@ from llm2_eval.report.runs import (
     TraceFile,
     read_json,
     read_samples,
+    rank_trace_lines,
+    rank_trace_paths,
     read_trace_file,
     resolve_trace,
     results_timestamp,
@@ -202,12 +204,17 @@ class _Reader:
         trace_lines: list[dict] | None = None
         if model_args.get("trace", "").strip().lower() not in NULLS:
             trace_path = resolve_trace(model_args["trace"], run_dir, path.parent)
-            if trace_path is None:
+            run_id = config.get("llm2_run_id")
+            run_id = run_id if isinstance(run_id, str) and run_id else None
+            if trace_path is not None:  # keep only the lines this run wrote (llm2_eval.trace stamps them)
+                trace_lines, trace_note = trace_lines_of_run(self.trace(trace_path), run_id)
+            ranks = rank_trace_paths(model_args["trace"], run_dir, path.parent) if trace_lines is None else {}
+            if ranks:  # a data-parallel run: one trace per rank, merged
+                trace_lines, trace_note = rank_trace_lines({r: self.trace(p) for r, p in ranks.items()}, run_id)
+                first = next(iter(ranks.values()))
+                trace_path = first.with_name(first.name.replace(f".rank{next(iter(ranks))}", ".rank*"))
+            elif trace_path is None:
                 trace_note = f"trace {model_args['trace']} not found: compute estimated from samples"
-            else:  # keep only the lines this run wrote (llm2_eval.trace stamps them with its run id)
-                run_id = config.get("llm2_run_id")
-                trace_lines, trace_note = trace_lines_of_run(
-                    self.trace(trace_path), run_id if isinstance(run_id, str) and run_id else None)
 
         rows = []
         for task in tasks:

@@ -300,3 +300,63 @@ def trace_lines_of_run(trace: TraceFile, run_id: str | None) -> tuple[list[dict]
                            "traces): cannot check that the trace belongs to this run")
     return None, (f"trace {path} was written by run {_runs_of(trace)}, but these results carry no run id "
                   "(an older run whose trace was rewritten?): ignored, compute estimated from samples")
+
+
+def rank_trace_paths(trace: str, run_dir: Path, results_dir: Path) -> dict[int, Path]:
+    """The per-rank files of a data-parallel run's ``trace=PATH`` (``STEM.rankR.SUFFIX``,
+    :func:`llm2_eval.trace.trace_path_for_rank`), by rank, from the first place :func:`resolve_trace` looks that
+    holds any; empty when there are none."""
+    p = Path(trace).expanduser()
+    dirs = [p.parent] if p.is_absolute() else [Path.cwd() / p.parent, run_dir / p.parent, results_dir / p.parent]
+    pattern = re.compile(re.escape(p.stem) + r"\.rank(\d+)" + re.escape(p.suffix) + "$")
+    for d in dirs + [run_dir, results_dir]:
+        if not d.is_dir():
+            continue
+        found = {int(m.group(1)): f for f in d.iterdir() if (m := pattern.match(f.name)) and f.is_file()}
+        if found:
+            return dict(sorted(found.items()))
+    return {}
+
+
+def rank_trace_lines(traces: dict[int, TraceFile], run_id: str | None) -> tuple[list[dict] | None, str | None]:
+    """The lines that the data-parallel run ``run_id`` wrote into its per-rank traces, all ranks together.
+
+    Every rank stamps its file with its rank, the world size and the run id of rank 0 (the id in the results).
+    Each file keeps the lines of that run (a sequence traced twice counts once, its last line); lines marked
+    ``"padding": true`` (requests lm-eval sent again to even out the ranks; their results are dropped) are left
+    out.
+
+    Args:
+        traces: ``{rank: TraceFile}`` (:func:`rank_trace_paths`, :func:`read_trace_file`).
+        run_id: the results' ``config.llm2_run_id``.
+
+    Returns:
+        ``(lines, note)`` as :func:`trace_lines_of_run`: lines None when the results carry no run id, or when a
+        rank of the run has no trace of it (a dropped rank file would undercount the compute): the note names the
+        missing ranks, and the report estimates the compute from the samples.
+    """
+    if not traces:
+        return None, "no per-rank trace found"
+    first = next(iter(traces.values())).path
+    pattern = first.name.replace(f".rank{next(iter(traces))}", ".rank*")
+    if run_id is None:
+        return None, (f"per-rank traces {first.parent / pattern}: these results carry no run id, so the traces "
+                      "cannot be matched with them: ignored, compute estimated from samples")
+    stamps = {r: [h for h in tf.headers if h.get("run_id") == run_id] for r, tf in traces.items()}
+    worlds = {int(h.get("world_size") or 1) for hs in stamps.values() for h in hs}
+    world = max(worlds) if worlds else len(traces)
+    mine = {r for r, hs in stamps.items() if hs and all(int(h.get("rank", r)) == r for h in hs)}
+    missing = sorted(set(range(world)) - mine)
+    if missing:
+        names = ", ".join(first.name.replace(f".rank{next(iter(traces))}", f".rank{r}") for r in missing[:4])
+        return None, (f"per-rank traces {first.parent / pattern} of run {run_id}: rank(s) {missing[:8]} of {world} "
+                      f"missing or of another run ({names}): ignored, compute estimated from samples")
+    lines: list[dict] = []
+    for r in range(world):
+        own = [x for x in traces[r].lines if x.get("run_id") == run_id]
+        lines += _last_per_sequence([x for x in own if not x.get("padding")])
+    others = sum(len(tf.lines) for tf in traces.values()) - sum(
+        len([x for x in traces[r].lines if x.get("run_id") == run_id]) for r in range(world))
+    note = f"per-rank traces {first.parent / pattern}: {others} lines of other runs ignored" if others else None
+    return lines, note
+

@@ -1,7 +1,7 @@
 """The ``llm2 train-verifier`` command: one Click option per :class:`~verifier_train.train.config.TrainConfig` field.
 
     llm2 train-verifier --model LLM_DIR --data triplets.jsonl --output VERIFIER_DIR   # lr 2e-5, 2 epochs, batch 128
-    accelerate launch -m llm2_eval.cli train-verifier ...                              # multi-GPU / DeepSpeed / FSDP
+    torchrun --nproc_per_node N -m llm2_eval.cli train-verifier ...                     # DDP: docs/scaling.md
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def train_command(**kwargs: Any) -> None:
     """Train a process verifier with the pairwise loss (LLM2 paper Eq. 4, LLM2.md section 6).
 
     Example: ``llm2 train-verifier --model LLM_DIR --data triplets.jsonl --output verifier/``;
-    multi-GPU / multi-node: ``accelerate launch [--config_file deepspeed_or_fsdp.yaml] -m llm2_eval.cli
-    train-verifier ...`` (or ``torchrun --nproc_per_node N -m llm2_eval.cli train-verifier ...``).
+    several processes: ``torchrun --nproc_per_node N -m llm2_eval.cli train-verifier ...`` or ``accelerate launch
+    --config_file docs/accelerate/{ddp,fsdp,deepspeed_zero2}.yaml -m llm2_eval.cli train-verifier ...`` (a bare
+    ``accelerate launch --cpu --num_processes N`` starts one process); see docs/scaling.md.
     """
     kwargs["data"] = list(kwargs.get("data") or [])
     config = TrainConfig(**kwargs)

@@ -266,6 +266,10 @@ def train_verifier(config: TrainConfig) -> TrainResult:
         callbacks=[log_callback := JsonLogCallback(out / TRAIN_LOG)]
         + ([RichProgressCallback()] if config.progress and main_proc else []),
     )
+    for name in ("FSDP", "DeepSpeed"):  # accelerate on CPU runs such a launch as plain DDP, saying nothing
+        asked = os.environ.get(f"ACCELERATE_USE_{name.upper()}", "").lower() in ("1", "true")
+        if main_proc and asked and not getattr(trainer, f"is_{name.lower()}_enabled"):
+            console.print(f"[yellow]accelerate's {name} config is not in effect on {args.device}: plain DDP[/yellow]")
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
 
