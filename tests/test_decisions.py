@@ -203,6 +203,16 @@ def test_verifier_scores_equal_one_sequence_per_candidate(tiny_llm, tiny_verifie
             with torch.no_grad():
                 ref = ver(input_ids=torch.tensor([ids + [c["token"]]])).logits[0, -1, 0].item()
             assert math.isclose(s, ref, rel_tol=1e-4, abs_tol=1e-4)
+    # a head verifier's scores equal its head applied to the hidden states computed once for all heads
+    from llm2_eval.head_verifier import HeadVerifier, ScoreHead
+    from verifier_train.decisions.score import candidate_hidden_states
+
+    head = ScoreHead(llm.config.hidden_size)
+    torch.nn.init.normal_(head.linear.weight)
+    hs = candidate_hidden_states(bench, llm, batch=1)
+    direct = verifier_scores_on(bench, HeadVerifier(llm, head), batch=2)
+    for pid, h in hs.items():
+        assert torch.allclose(head(h).squeeze(-1), torch.tensor(direct[pid]), atol=1e-4)
 
 
 def test_command_line_builds_and_scores(tiny_llm, tiny_verifier, tmp_path):

@@ -76,8 +76,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm2_eval.verifier import load_verifier
-    from verifier_train.decisions.score import evaluate, load_benchmark, verifier_scores_on
+    from llm2_eval.head_verifier import load_head
+    from verifier_train.decisions.score import candidate_hidden_states, evaluate, load_benchmark
     from verifier_train.train import TrainConfig, train_verifier
 
     bench = load_benchmark(args.benchmark)
@@ -88,7 +88,7 @@ def main() -> None:
     work = HERE / "work"
     work.mkdir(exist_ok=True)
     tok = AutoTokenizer.from_pretrained(MODEL)
-    llm = None
+    llm = hidden = None
     for recipe in args.recipes.split(","):
         source, part = recipe.split("-", 1)
         for n in map(int, args.sizes.split(",")):
@@ -110,8 +110,12 @@ def main() -> None:
             if llm is None:
                 llm = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.bfloat16).eval()
             t0 = time.time()
-            ver = load_verifier(out, llm=llm)
-            rep = evaluate(bench, verifier_scores_on(bench, ver), betas)
+            if hidden is None:  # every head reads the same hidden states: computed once per run
+                hidden = candidate_hidden_states(bench, llm)
+            head, _ = load_head(out)
+            with torch.no_grad():
+                scores = {pid: head(h).squeeze(-1).tolist() for pid, h in hidden.items()}
+            rep = evaluate(bench, scores, betas)
             row = {"recipe": recipe, "size": n, "train_seconds": round(train_s, 1),
                    "score_seconds": round(time.time() - t0, 1), "reused_cache": res.card.get("reused_cache"),
                    "train_metrics": res.metrics, "all": rep["all"], "matter": rep["matter"]}

@@ -183,22 +183,14 @@ def _pair_accuracy(info: Sequence[tuple], scores: dict[str, list[float]], only_m
     return {"accuracy": round(right / n, 4), "ci95": [round(ci.low, 4), round(ci.high, 4)], "pairs": n}
 
 
-def verifier_scores_on(bench: Benchmark, verifier: Any, *, batch: int = 4) -> dict[str, list[float]]:
-    """A verifier's score of every stored candidate: ``{point id: [s(v) per candidate]}``.
-
-    All candidates of all points of one question go into ONE packed sequence (the training packing,
-    :func:`verifier_train.packing.pack_solution`: each candidate at the position id of the token it replaces,
-    attending to the prefix and itself), so scoring the benchmark costs one forward per question.
-
-    Args:
-        bench: the benchmark.
-        verifier: a loaded verifier (``logits[..., 0]`` are scores; :func:`llm2_eval.verifier.load_verifier`).
-        batch: questions per forward.
-    """
+def _packed_reads(bench: Benchmark, read: Callable, batch: int) -> dict[str, list[Any]]:
+    """``{point id: [read value per stored candidate]}``: all candidates of all points of one question go into ONE
+    packed sequence (:func:`verifier_train.packing.pack_solution`: each candidate at the position id of the token it
+    replaces, attending to the prefix and itself); ``read(collated batch) -> (at gold slots [B, P, ...], at negative
+    slots [B, P, ...])``."""
     import torch
 
     from verifier_train.packing import PackedCollator, pack_solution
-    from verifier_train.train.loss import pair_scores
 
     by_q: dict[str, list[dict]] = {}
     for p in bench.points:
@@ -214,27 +206,59 @@ def verifier_scores_on(bench: Benchmark, verifier: Any, *, batch: int = 4) -> di
                     where.append((p, k))
         work.append((pack_solution(ids, samples), samples, where, pts))
     collate = PackedCollator()
-    device = next(verifier.parameters()).device
-    out: dict[str, list[float]] = {}
+    out: dict[str, list[Any]] = {p["id"]: [None] * len(p["candidates"]) for p in bench.points}
     with torch.inference_mode():
         for lo in range(0, len(work), batch):
             chunk = work[lo:lo + batch]
-            b = {k: v.to(device) for k, v in collate([w[0] for w in chunk]).items()}
-            s_gold, s_neg = pair_scores(verifier, b)
+            gold, neg = read(collate([w[0] for w in chunk]))
             for row, (packed, samples, where, pts) in enumerate(chunk):
                 own = {}
                 order = sorted(range(len(samples)), key=lambda i: samples[i][0])  # pack order (stable by pos)
                 for slot, i in enumerate(order):
                     p, k = where[i]
-                    out.setdefault(p["id"], [float("nan")] * len(p["candidates"]))[k] = float(s_neg[row, slot])
-                    own[p["id"]] = float(s_gold[row, slot])
+                    out[p["id"]][k] = neg[row, slot]
+                    own[p["id"]] = gold[row, slot]
                 for p in pts:
-                    s = out.setdefault(p["id"], [float("nan")] * len(p["candidates"]))
                     ids = bench.questions[p["question"]]["token_ids"]
                     for k, c in enumerate(p["candidates"]):
                         if c["token"] == ids[p["pos"]]:
-                            s[k] = own[p["id"]]
+                            out[p["id"]][k] = own[p["id"]]
     return out
+
+
+def verifier_scores_on(bench: Benchmark, verifier: Any, *, batch: int = 4) -> dict[str, list[float]]:
+    """A verifier's score of every stored candidate: ``{point id: [s(v) per candidate]}``, one packed forward per
+    question (:func:`_packed_reads`).
+
+    Args:
+        bench: the benchmark.
+        verifier: a loaded verifier (``logits[..., 0]`` are scores; :func:`llm2_eval.verifier.load_verifier`).
+        batch: questions per forward.
+    """
+    from verifier_train.train.loss import pair_scores
+
+    device = next(verifier.parameters()).device
+    reads = _packed_reads(bench, lambda b: pair_scores(verifier, {k: v.to(device) for k, v in b.items()}), batch)
+    return {pid: [float(x) for x in v] for pid, v in reads.items()}
+
+
+def candidate_hidden_states(bench: Benchmark, llm: Any, *, batch: int = 4) -> dict[str, Any]:
+    """The LLM's last hidden state (after the final norm) at every stored candidate, ``{point id: [n, H]}``: what
+    any head verifier on this LLM reads (:mod:`llm2_eval.head_verifier`), computed once for several heads."""
+    import torch
+
+    from verifier_train.packing import additive_mask
+
+    backbone = getattr(llm, llm.base_model_prefix)
+    dev, dtype = next(backbone.parameters()).device, next(backbone.parameters()).dtype
+
+    def read(b):
+        h = backbone(input_ids=b["input_ids"].to(dev), attention_mask=additive_mask(b["allowed"], dtype).to(dev),
+                     position_ids=b["position_ids"].to(dev)).last_hidden_state.float().cpu()
+        pick = lambda idx: torch.stack([h[r, idx[r]] for r in range(len(h))])  # noqa: E731
+        return pick(b["gold_index"]), pick(b["neg_index"])
+
+    return {pid: torch.stack(v) for pid, v in _packed_reads(bench, read, batch).items()}
 
 
 def score_verifiers(bench: Benchmark, verifiers: Sequence[str], *, betas: Sequence[float], model: str | None = None,
