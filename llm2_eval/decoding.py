@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from llm2_eval.candidates import make_generators, plausible_candidates, sample_from_logits
+from llm2_eval.fused import FusedHeadScorer, can_fuse
 from llm2_eval.kv_cache import CachedForward, PrefixCache, SharedPrefix, sliding_window
 from llm2_eval.scoring import VerifierCache, candidate_attention_mask
 
@@ -209,7 +210,11 @@ class _Decoding:
                     f"the verifier uses sliding-window attention (window {window} tokens); LLM2 decoding supports "
                     f"prompt + new tokens <= {window}, got {input_ids.shape[1]} + {self.max_new_tokens}"
                 )
-            self.scorer = VerifierCache(verifier, input_ids.shape[0], input_ids.device)
+            if can_fuse(llm, verifier):  # a head on the LLM's own backbone: one forward per step does both jobs
+                self.scorer = FusedHeadScorer(llm, verifier, self.llm, input_ids.shape[0])
+            else:
+                self.scorer = VerifierCache(verifier, input_ids.shape[0], input_ids.device)
+        self.fused = isinstance(self.scorer, FusedHeadScorer)
         self.active = list(range(batch))
         self.tokens: list[list[int]] = [[] for _ in range(batch)]
         self.reasons = ["length"] * batch
@@ -233,7 +238,7 @@ class _Decoding:
         if repeats is None:
             return
         # self-consistency: the verifier reads each distinct prompt once too, then both caches are expanded.
-        if self.scorer is not None:
+        if self.scorer is not None and not self.fused:  # a fused scorer reads the LLM's own cache
             for st, n in zip(self.stats, self.scorer.read_prompts(self.seq, self.attn, self.positions).tolist()):
                 st.verifier_tokens = int(n)
         index = torch.repeat_interleave(
@@ -266,7 +271,10 @@ class _Decoding:
             return None
         scores, fed = scored
         for r, n in zip(self.active, fed.tolist()):
-            self.stats[r].verifier_tokens += int(n)
+            if self.fused:  # the candidates' forward is the LLM's own step (llm2_eval/fused.py)
+                self.stats[r].llm_tokens += int(n)
+            else:
+                self.stats[r].verifier_tokens += int(n)
         return scores
 
     def choose(self, cand_ids: torch.Tensor, cand_mask: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
@@ -280,6 +288,8 @@ class _Decoding:
         next_tok = cand_ids.gather(-1, slot[:, None])[:, 0]
         if scores is not None:
             self.scorer.accept(slot)
+            if self.fused:  # the chosen candidate's logits are the next step's: no separate feed
+                self.logits = self.scorer.next_logits
         n_list = cand_mask.sum(-1).tolist()
         for r, n in zip(self.active, n_list):
             self.stats[r].candidates += int(n)
@@ -345,7 +355,10 @@ class _Decoding:
         return next_tok[keep]
 
     def feed(self, next_tok: torch.Tensor) -> None:
-        """Step 1 of the next step: the LLM reads the chosen tokens ``[rows]`` and gives the next logits."""
+        """Step 1 of the next step: the LLM reads the chosen tokens ``[rows]`` and gives the next logits (a fused
+        step already did: its candidates' forward was the read)."""
+        if self.fused:
+            return
         self.logits = self.llm(next_tok[:, None], self.attn, self.next_pos[:, None] - 1)[:, -1, :].float()
         for r in self.active:
             self.stats[r].llm_tokens += 1
