@@ -7,7 +7,7 @@ configuration generates exactly ``--new-tokens`` tokens per prompt (EOS ignored)
 work.
 
     python benchmarks/decode.py --model /path/to/llm [--verifier /path/to/verifier] --dtype bfloat16 \
-        --prompts 16 --new-tokens 64 --batch-sizes 1,8,16 [--json out.json]
+        --prompts 16 --new-tokens 64 --batch-sizes 1,8,16 [--head [HEAD_DIR]] [--json out.json]
 
 Without ``--verifier`` an untrained verifier is initialised from the LLM in a temporary directory (scores are
 then noise, but the compute is the same as with a trained one). Prompts are the first GSM8K test questions of
@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--max-candidates", type=int, default=0)
     ap.add_argument("--random-weights", action="store_true", help="random weights with the model's config")
     ap.add_argument("--prepack", action="store_true", help="prepack linear weights for oneDNN (CPU; see above)")
+    ap.add_argument("--head", nargs="?", const="random", default=None,
+                    help="also time LLM2 with a head verifier on the LLM's own backbone (the fused step, "
+                    "llm2_eval/fused.py): a head directory, or nothing for a random linear head (same compute)")
     ap.add_argument("--json", help="also write the JSON result here")
     args = ap.parse_args()
 
@@ -124,6 +127,15 @@ def main() -> None:
         for m in (llm, ver):  # what the cpu_prepack model arg does
             prepack_linears(m)
             use_gqa_attention(m)
+    head_ver = None
+    if args.head == "random":
+        from llm2_eval.head_verifier import HeadVerifier, ScoreHead
+
+        head = ScoreHead(llm.config.get_text_config().hidden_size).to(dtype)
+        torch.nn.init.normal_(head.linear.weight, std=0.05)
+        head_ver = HeadVerifier(llm, head).eval()
+    elif args.head:
+        head_ver = load_verifier(args.head, llm=llm)
     prompts = load_prompts(tok, args.prompts)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     total = len(prompts) * args.new_tokens
@@ -164,6 +176,16 @@ def main() -> None:
             "verifier_tokens_per_token": sum(s.verifier_tokens for s in st) / steps,
         })
         show(rows[-1])
+        if head_ver is not None:
+            t, st = run_llm2(llm, head_ver, tok, prompts, bs, cfg)
+            steps = sum(s.steps for s in st)
+            rows.append({"config": f"llm2 head fused b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t,
+                         "mean_candidates": sum(s.candidates for s in st) / steps,
+                         "verifier_skipped_share": sum(s.skipped_steps for s in st) / steps,
+                         "mean_flips_per_seq": statistics.mean(s.flips for s in st),
+                         "verifier_tokens_per_token": 0.0,
+                         "llm_tokens_per_token": sum(s.llm_tokens for s in st) / steps})
+            show(rows[-1])
     by = {r["config"]: r for r in rows}
     ratios = {}
     if len(sizes) > 1:
@@ -171,6 +193,9 @@ def main() -> None:
             by[f"llm2 b{sizes[-1]}"]["tokens_per_s"] / by[f"llm2 b{sizes[0]}"]["tokens_per_s"]
         )
     for bs in sizes:
+        if head_ver is not None:  # like for like: greedy on the same weights and kernels (llm2 beta=0)
+            ratios[f"llm2 head fused / llm2 beta=0 at b{bs}"] = (
+                by[f"llm2 head fused b{bs}"]["tokens_per_s"] / by[f"llm2 beta=0 b{bs}"]["tokens_per_s"])
         ratios[f"llm2 / hf greedy at b{bs}"] = by[f"llm2 b{bs}"]["tokens_per_s"] / by[f"hf greedy b{bs}"]["tokens_per_s"]
         if args.prepack:
             ratios[f"llm2 / hf greedy prepacked at b{bs}"] = (

@@ -42,7 +42,7 @@ class FusedHeadScorer(VerifierCache):
 
     It shares the LLM's KV cache (``llm_fwd.cache``; the decoder selects its rows), so :meth:`select_rows` only
     follows the row bookkeeping. :meth:`score` scores every row's candidates (a single-candidate row too: its
-    forward is the feed of its only token) and keeps each candidate's next-token logits; :meth:`accept` keeps the
+    forward is the feed of its only token) and keeps each candidate's hidden state; :meth:`accept` keeps the
     chosen candidate's key/values and exposes its logits as :attr:`next_logits` ``[rows, vocab]`` float32.
 
     Args:
@@ -63,7 +63,7 @@ class FusedHeadScorer(VerifierCache):
         self.read = torch.zeros(rows, dtype=torch.long, device=device)
         self.prompts_read = True
         self._candidates = None
-        self._cand_logits: torch.Tensor | None = None
+        self._hidden: torch.Tensor | None = None
         self.next_logits: torch.Tensor | None = None
 
     @property
@@ -92,15 +92,17 @@ class FusedHeadScorer(VerifierCache):
                                           for layer in cache.layers])
         if k > 1:
             cache.crop(-(k - 1))
-        self._cand_logits = self.lm_head(hidden).float()
+        self._hidden = hidden  # the LM head runs on the chosen candidate only (accept)
         scores = torch.zeros(cand_ids.shape, dtype=torch.float32, device=seq.device)
         scores[:, :k] = self.head(hidden)[..., 0].float()
         self.read.fill_(width)
         return scores, torch.full_like(n_cand, k)
 
     def accept(self, slot: torch.Tensor) -> None:
-        """Keep the chosen candidates' key/values (:meth:`VerifierCache.accept`) and their next-token logits."""
-        logits = self._cand_logits
+        """Keep the chosen candidates' key/values (:meth:`VerifierCache.accept`) and compute their next-token
+        logits (the LM head on the chosen candidates' hidden states only)."""
+        hidden = self._hidden
         super().accept(slot)
-        self.next_logits = logits[torch.arange(slot.shape[0], device=slot.device), slot]
-        self._cand_logits = None
+        chosen = hidden[torch.arange(slot.shape[0], device=slot.device), slot]
+        self.next_logits = self.lm_head(chosen).float()
+        self._hidden = None
