@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--head", nargs="?", const="random", default=None,
                     help="also time LLM2 with a head verifier on the LLM's own backbone (the fused step, "
                     "llm2_eval/fused.py): a head directory, or nothing for a random linear head (same compute)")
+    ap.add_argument("--no-separate", action="store_true",
+                    help="skip the separate-verifier LLM2 rows (e.g. to time only --head against greedy)")
     ap.add_argument("--json", help="also write the JSON result here")
     args = ap.parse_args()
 
@@ -118,13 +120,13 @@ def main() -> None:
     if vpath is None:
         tmp = tempfile.TemporaryDirectory(prefix="llm2-bench-")
         vpath = init_verifier(args.model, Path(tmp.name) / "verifier", dtype=args.dtype)
-    ver = load_verifier(vpath, dtype=dtype, device=args.device)
+    ver = None if args.no_separate else load_verifier(vpath, dtype=dtype, device=args.device)
     dense = llm
     if args.prepack:
         from llm2_eval.cpu_kernels import prepack_linears, use_gqa_attention
 
         dense = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
-        for m in (llm, ver):  # what the cpu_prepack model arg does
+        for m in (x for x in (llm, ver) if x is not None):  # what the cpu_prepack model arg does
             prepack_linears(m)
             use_gqa_attention(m)
     head_ver = None
@@ -144,7 +146,8 @@ def main() -> None:
     plain = DecodeConfig(beta=0.0, max_new_tokens=args.new_tokens, eos_token_ids=())
 
     # warm-up (first calls pay one-off costs)
-    run_llm2(llm, ver, tok, prompts[:2], 2, DecodeConfig(alpha=args.alpha, beta=args.beta, max_new_tokens=4))
+    run_llm2(llm, ver or head_ver, tok, prompts[:2], 2, DecodeConfig(alpha=args.alpha, beta=args.beta,
+                                                                     max_new_tokens=4))
     run_hf(llm, tok, prompts[:2], 2, 4)
     if dense is not llm:
         run_hf(dense, tok, prompts[:2], 2, 4)
@@ -165,17 +168,18 @@ def main() -> None:
         t, _ = run_llm2(llm, None, tok, prompts, bs, plain)
         rows.append({"config": f"llm2 beta=0 b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t})
         show(rows[-1])
-        t, st = run_llm2(llm, ver, tok, prompts, bs, cfg)
-        steps = sum(s.steps for s in st)
-        rows.append({
-            "config": f"llm2 b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t,
-            "mean_candidates": sum(s.candidates for s in st) / steps,
-            "verifier_skipped_share": sum(s.skipped_steps for s in st) / steps,
-            "mean_flips_per_seq": statistics.mean(s.flips for s in st),
-            # the verifier's work (prompt tokens read + pending tokens + candidate slots) per generated token
-            "verifier_tokens_per_token": sum(s.verifier_tokens for s in st) / steps,
-        })
-        show(rows[-1])
+        if ver is not None:
+            t, st = run_llm2(llm, ver, tok, prompts, bs, cfg)
+            steps = sum(s.steps for s in st)
+            rows.append({
+                "config": f"llm2 b{bs}", "batch": bs, "seconds": t, "tokens_per_s": total / t,
+                "mean_candidates": sum(s.candidates for s in st) / steps,
+                "verifier_skipped_share": sum(s.skipped_steps for s in st) / steps,
+                "mean_flips_per_seq": statistics.mean(s.flips for s in st),
+                # the verifier's work (prompt tokens read + pending tokens + candidate slots) per generated token
+                "verifier_tokens_per_token": sum(s.verifier_tokens for s in st) / steps,
+            })
+            show(rows[-1])
         if head_ver is not None:
             t, st = run_llm2(llm, head_ver, tok, prompts, bs, cfg)
             steps = sum(s.steps for s in st)
@@ -188,7 +192,7 @@ def main() -> None:
             show(rows[-1])
     by = {r["config"]: r for r in rows}
     ratios = {}
-    if len(sizes) > 1:
+    if len(sizes) > 1 and ver is not None:
         ratios[f"llm2 b{sizes[-1]} / llm2 b{sizes[0]}"] = (
             by[f"llm2 b{sizes[-1]}"]["tokens_per_s"] / by[f"llm2 b{sizes[0]}"]["tokens_per_s"]
         )
@@ -196,6 +200,8 @@ def main() -> None:
         if head_ver is not None:  # like for like: greedy on the same weights and kernels (llm2 beta=0)
             ratios[f"llm2 head fused / llm2 beta=0 at b{bs}"] = (
                 by[f"llm2 head fused b{bs}"]["tokens_per_s"] / by[f"llm2 beta=0 b{bs}"]["tokens_per_s"])
+        if ver is None:
+            continue
         ratios[f"llm2 / hf greedy at b{bs}"] = by[f"llm2 b{bs}"]["tokens_per_s"] / by[f"hf greedy b{bs}"]["tokens_per_s"]
         if args.prepack:
             ratios[f"llm2 / hf greedy prepacked at b{bs}"] = (
