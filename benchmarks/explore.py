@@ -3,7 +3,7 @@
 ``--backend hf`` (default): the batched shared-prefix hf engine vs naive one-rollout-at-a-time generation.
 ``--backend vllm``: the vLLM engine vs that batched shared-prefix hf engine (the issue's goal: >= 3x on CPU).
 
-Both engines do the same work (LLM2.md section 4, paper Eq. 5): the same GSM8K solutions, the same explored
+Both engines do the same work (docs/method.md section 4, paper Eq. 5): the same GSM8K solutions, the same explored
 positions and candidates (drawn once with exploration's own code), the same rollout seeds and the same lengths
 (by default EOS is ignored so that every rollout runs exactly ``--max-new-tokens``; ``--eos`` stops at EOS
 instead). The timed part is the rollouts only, prompt prefill included:

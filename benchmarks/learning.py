@@ -1,4 +1,4 @@
-"""Benchmark: does the whole LLM2 loop learn? The end-to-end learning check as a table (LLM2.md sections 3, 4, 6).
+"""Benchmark: does the whole LLM2 loop learn? The end-to-end learning check as a table (docs/method.md sections 3, 4, 6).
 
 In the synthetic world of :mod:`verifier_train.synthetic` (GSM8K-shaped two-step additions; a tiny LLM trained on
 solutions that drop most needed carries and slip some ones digits), the check runs the real pipeline: ``explore``

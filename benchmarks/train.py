@@ -1,4 +1,4 @@
-"""Benchmark: verifier-training throughput (pairs/s) with packing vs one sequence per pair (LLM2.md section 6).
+"""Benchmark: verifier-training throughput (pairs/s) with packing vs one sequence per pair (docs/method.md section 6).
 
 Each method trains the same verifier on the same pairs: forward + pairwise loss (paper Eq. 4) + backward, fp32
 master weights with bf16 autocast (``--bf16``, the default where supported) or fp32, plus the AdamW step. As in
@@ -24,7 +24,7 @@ exploration's default n=2), a few minutes on a 2-core CPU::
     python benchmarks/train.py
     python benchmarks/train.py --model /work/models/qwen2.5-coder-0.5b-instruct --solutions 8 --micro-batch 1 \
         --pair-batch 4 --seconds 60 --warmup 1 --min-steps 2
-    python benchmarks/train.py --model LLM_DIR --data triplets.jsonl      # real pairs (LLM2.md section 5 format)
+    python benchmarks/train.py --model LLM_DIR --data triplets.jsonl      # real pairs (docs/method.md section 5 format)
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def time_optimizer_step(model, opt, reps: int = 3) -> float:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="LLM directory (default: build a tiny random Qwen2 in a temp dir)")
-    ap.add_argument("--data", help="triplet JSON Lines (LLM2.md section 5); default synthetic")
+    ap.add_argument("--data", help="triplet JSON Lines (docs/method.md section 5); default synthetic")
     ap.add_argument("--solutions", type=int, default=48, help="solutions to draw pairs from")
     ap.add_argument("--pairs", type=int, default=32, help="pairs per synthetic solution")
     ap.add_argument("--prompt-tokens", type=int, default=80)

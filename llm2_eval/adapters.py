@@ -4,7 +4,7 @@ the adapter's base.
 An adapter directory (``llm2 train-verifier --lora --lora-save adapter``) holds peft's ``adapter_config.json``
 (task type ``TOKEN_CLS``, ``base_model_name_or_path``: the LLM or verifier checkpoint it was trained on) and
 ``adapter_model.safetensors`` (the LoRA matrices and, under ``modules_to_save``, the whole trained score head,
-LLM2.md section 2), next to the tokenizer (optional: without one, the base's is used, :func:`tokenizer_source`),
+docs/method.md section 2), next to the tokenizer (optional: without one, the base's is used, :func:`tokenizer_source`),
 the training card and ``llm2_verifier.json`` (llm2's note that it wrote
 the directory: base model, head, one label): a few MB instead of a full copy.
 
@@ -86,7 +86,7 @@ def tokenizer_source(verifier: str | os.PathLike) -> str | None:
 def read_adapter_config(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     """The checked ``adapter_config.json`` of a verifier adapter directory.
 
-    Checks: valid JSON object, ``task_type`` ``TOKEN_CLS`` (a 1-label verifier, LLM2.md section 2), a
+    Checks: valid JSON object, ``task_type`` ``TOKEN_CLS`` (a 1-label verifier, docs/method.md section 2), a
     ``base_model_name_or_path``, and an ``adapter_model.safetensors`` that holds score-head weights
     (``modules_to_save``) and at least one adapter matrix.
 
@@ -345,7 +345,7 @@ class SharedBaseVerifier(torch.nn.Module):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
                 use_cache=None, **kwargs):
         """The verifier forward with the adapters on: a ``TokenClassifierOutput`` whose ``logits``
-        ``[batch, seq, 1]`` are the scores ``s(x_<t, v)`` (LLM2.md section 1). ``cache`` / ``past_key_values``
+        ``[batch, seq, 1]`` are the scores ``s(x_<t, v)`` (docs/method.md section 1). ``cache`` / ``past_key_values``
         is the verifier's own KV cache."""
         kv = cache if cache is not None else past_key_values
         if kv is not None:

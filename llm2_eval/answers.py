@@ -1,4 +1,4 @@
-"""Answer extraction, equivalence and majority voting (LLM2.md section 7).
+"""Answer extraction, equivalence and majority voting (docs/method.md section 7).
 
 One module used by the lm-eval tasks, by exploration (rollout quality, paper Eq. 5) and by ``llm2 report``.
 
@@ -74,7 +74,7 @@ def last_boxed(text: str) -> str | None:
 
 
 def extract_gsm8k_answer(prediction: str) -> str | None:
-    """The numeric answer of a model's GSM8K solution (LLM2.md section 7), canonicalised; None if no number.
+    """The numeric answer of a model's GSM8K solution (docs/method.md section 7), canonicalised; None if no number.
 
     Order: the last "The answer is N" / "answer is N", else the last ``\\boxed{}`` holding a number, else the
     last number in the text.
@@ -165,7 +165,7 @@ def _answer_after_phrase(rest: str) -> str:
 
 
 def extract_math_answer(prediction: str) -> str | None:
-    """The final answer of a model's MATH solution as a LaTeX string (LLM2.md section 7), or None.
+    """The final answer of a model's MATH solution as a LaTeX string (docs/method.md section 7), or None.
 
     Order: content of the last ``\\boxed{}`` / ``\\fbox{}``; else the rest of the line after the last
     "The answer is" / "answer is", with ``$`` delimiters and a final period removed. No normalisation
@@ -185,7 +185,7 @@ def extract_math_answer(prediction: str) -> str | None:
 
 
 def math_gold(doc: dict) -> str:
-    """The gold answer of a MATH / MATH-500 document (LLM2.md section 7).
+    """The gold answer of a MATH / MATH-500 document (docs/method.md section 7).
 
     The ``answer`` field when present and non-empty (MATH-500), else the content of the last ``\\boxed{}`` of
     ``solution`` (original MATH).

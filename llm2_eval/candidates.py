@@ -1,6 +1,6 @@
 """What the next token can be, and how one is drawn: the candidate set ``V_t`` and seeded sampling.
 
-:func:`plausible_candidates` is the one candidate-set function of the project (LLM2.md section 3 step 2), used by
+:func:`plausible_candidates` is the one candidate-set function of the project (docs/method.md section 3 step 2), used by
 decoding and by exploration (one rule: the alpha set intersected with the top-k set); :func:`sample_from_logits`
 draws from the fused scores ``z*`` (step 5) with one CPU generator per row, so a row's samples never depend on the
 rest of its batch.
@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 
-#: the released plausibility threshold (LLM2.md section 8): the alpha in effect when neither alpha nor top-k is given
+#: the released plausibility threshold (docs/method.md section 8): the alpha in effect when neither alpha nor top-k is given
 DEFAULT_ALPHA = 0.1
 
 
@@ -34,7 +34,7 @@ def plausible_candidates(
     max_candidates: int | None = None,
     exclude: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The candidate set ``V_t`` of each row (LLM2.md section 3 step 2; paper Sec. 2.2).
+    """The candidate set ``V_t`` of each row (docs/method.md section 3 step 2; paper Sec. 2.2).
 
     One rule, for decoding and exploration alike: ``V_t`` is the intersection of the plausible set
     ``{v : p(v) >= alpha * max_u p(u)}`` (i.e. ``logit >= max_logit + log(alpha)``) and the ``top_k`` most

@@ -94,7 +94,7 @@ def eval_command(lm_eval_args: tuple[str, ...]) -> None:
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
               help="Replace an existing llm2 checkpoint in --output (any other non-empty directory is refused).")
 def init_verifier_command(llm: str, output: str, dtype: str, seed: int, head_init: str, overwrite: bool) -> None:
-    """Create an untrained verifier (LLM weights + a new 1-output head) from an LLM (LLM2.md section 2).
+    """Create an untrained verifier (LLM weights + a new 1-output head) from an LLM (docs/method.md section 2).
 
     The output is written to a temporary sibling and renamed into place; a non-empty --output is refused unless
     it holds an llm2 checkpoint and --overwrite is given.

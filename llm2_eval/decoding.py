@@ -1,4 +1,4 @@
-"""Dual-process decoding (LLM2 paper Eq. 1; LLM2.md section 3), in plain PyTorch on transformers models.
+"""Dual-process decoding (LLM2 paper Eq. 1; docs/method.md section 3), in plain PyTorch on transformers models.
 
 At every step ``t`` and for every sequence of the batch (:class:`_Decoding`, one method per step):
 
@@ -48,7 +48,7 @@ __all__ = [
 
 @dataclass
 class DecodeConfig:
-    """Settings of one decoding call (LLM2.md section 3; released defaults alpha 0.1, beta 0.25).
+    """Settings of one decoding call (docs/method.md section 3; released defaults alpha 0.1, beta 0.25).
 
     Attributes:
         alpha: plausibility threshold in (0, 1]: candidates are tokens with ``p >= alpha * p_max``; None = 0.1
@@ -386,7 +386,7 @@ def generate(
     prefix_cache: PrefixCache | None = None,
     repeats: Sequence[int] | None = None,
 ) -> DecodeOutput:
-    """Generate continuations with LLM2 dual-process decoding (paper Eq. 1; LLM2.md section 3).
+    """Generate continuations with LLM2 dual-process decoding (paper Eq. 1; docs/method.md section 3).
 
     Args:
         llm: any ``AutoModelForCausalLM`` (System 1).

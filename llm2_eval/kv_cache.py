@@ -2,7 +2,7 @@
 
 :class:`CachedForward` hides how a transformers model takes its cache (``cache`` / ``past_key_values``) and whether
 it can return the last position's logits only. :class:`SharedPrefix` runs one token sequence through the LLM once
-and cuts batch caches of its prefixes from that single forward (exploration rollouts, LLM2.md section 4);
+and cuts batch caches of its prefixes from that single forward (exploration rollouts, docs/method.md section 4);
 :class:`PrefixCache` hands such a batch to :func:`llm2_eval.decoding.generate`.
 """
 
@@ -89,7 +89,7 @@ class SharedPrefix:
     """One token sequence run through the LLM once; batch caches of its prefixes are cut from that single forward.
 
     Causal attention makes the keys/values of ``token_ids[:L]`` the first ``L`` columns of the full sequence's, so
-    every prefix (e.g. the ``prompt + gold[:t]`` of each explored position, LLM2.md section 4) shares one prefill;
+    every prefix (e.g. the ``prompt + gold[:t]`` of each explored position, docs/method.md section 4) shares one prefill;
     :meth:`batch` repeats and left-pads them into a :class:`PrefixCache` for :func:`generate`.
 
     Args:

@@ -3,7 +3,7 @@
 Everything else is HFLM's own: model and tokenizer loading, tokenisation, chat templates, loglikelihood, prompt
 truncation and the post-processing of generations (stop strings are cut there). ``generate_until`` is replaced:
 it groups identical requests (lm-eval's ``repeats``) and decodes with :func:`llm2_eval.decoding.generate`
-(paper Eq. 1, LLM2.md section 3).
+(paper Eq. 1, docs/method.md section 3).
 
 Unlike ``model.generate``, LLM2 decoding applies no logits processors from the model's ``generation_config``
 (repetition penalty, n-gram blocking, transformers' default sampling ``top_k=50``, ...): greedy decoding with
@@ -111,7 +111,7 @@ class LLM2LM(HFLM):
     Model args (``--model_args``), in addition to HFLM's (``pretrained``, ``dtype``, ``device``,
     ``batch_size``, ...):
 
-    - ``verifier``: verifier checkpoint directory (LLM2.md section 2), or a LoRA adapter directory (``llm2
+    - ``verifier``: verifier checkpoint directory (docs/method.md section 2), or a LoRA adapter directory (``llm2
       train-verifier --lora --lora-save adapter``; on the LLM's own weights when it is the adapter's base);
       omitted = plain LLM decoding.
     - ``alpha`` (0.1; none with ``top_k``): plausibility threshold, candidates have ``p >= alpha * p_max``.

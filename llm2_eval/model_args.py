@@ -1,4 +1,4 @@
-"""The ``--model_args`` of ``lm_eval --model llm2``, checked before any weight loads (issue 11, LLM2.md section 3).
+"""The ``--model_args`` of ``lm_eval --model llm2``, checked before any weight loads (issue 11, docs/method.md section 3).
 
 - An unknown key (``betta=0.2``) is refused with the valid ones (:func:`check_model_args`): llm2's own args,
   lm-eval HFLM's, transformers ``from_pretrained`` keywords and the fields of the LLM's config (HFLM hands the

@@ -135,7 +135,7 @@ def same_content(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 def is_llm2_checkpoint(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` holds a checkpoint that llm2 wrote: the ``llm2_verifier`` entry that ``llm2
-    init-verifier`` and ``llm2 train-verifier`` record in ``config.json`` (LLM2.md section 2), or in
+    init-verifier`` and ``llm2 train-verifier`` record in ``config.json`` (docs/method.md section 2), or in
     ``llm2_verifier.json`` next to a LoRA adapter (``train-verifier --lora-save adapter``)."""
     for name in ("config.json", "llm2_verifier.json"):
         try:

@@ -1,6 +1,6 @@
 """The 0-shot prompts of the llm2 lm-eval tasks, shared with exploration (``llm2 explore --prompt task``).
 
-The tasks send the bare question plus one instruction (LLM2.md section 8: the released setting is a 0-shot chat
+The tasks send the bare question plus one instruction (docs/method.md section 8: the released setting is a 0-shot chat
 prompt with the bare question; the instruction asks for the answer format our answer extraction reads). When the
 verifier's training data is explored with the same user message as the evaluation (``--prompt task``), the
 contexts the verifier is trained on are the contexts it scores at decoding time. Standard library only.

@@ -1,4 +1,4 @@
-"""Verifier scoring of the candidates (LLM2.md section 3 steps 3 and 6): the forward, its mask, its KV cache.
+"""Verifier scoring of the candidates (docs/method.md section 3 steps 3 and 6): the forward, its mask, its KV cache.
 
 The candidates of a row are appended after its real sequence, all at position id = current length, each attending
 to the real prefix and to itself only (:func:`candidate_attention_mask`); the verifier's score of a candidate is
@@ -35,7 +35,7 @@ def candidate_attention_mask(
     Keys are the ``S`` real columns (``n_cached`` already in the KV cache, then ``P = S - n_cached`` pending ones)
     followed by the ``K`` candidate slots; queries are the ``P`` pending tokens then the ``K`` candidates.
     A pending token sees the real (non-padding) tokens up to itself; a candidate sees every real token and
-    itself only (LLM2.md section 3 step 3). Every query sees itself, so no row is fully masked.
+    itself only (docs/method.md section 3 step 3). Every query sees itself, so no row is fully masked.
 
     Args:
         attention_mask: 2-D padding mask ``[batch, S]`` (1 = real token).
@@ -70,7 +70,7 @@ class VerifierCache:
     meaningful for that row and never attended to.
 
     Args:
-        verifier: a 1-label token-classification model (LLM2.md section 2).
+        verifier: a 1-label token-classification model (docs/method.md section 2).
         rows: rows of the working batch.
         device: where the row bookkeeping lives (the models' device).
     """
@@ -168,7 +168,7 @@ class VerifierCache:
 
         A candidate attends to the real prefix and to itself, at position id = the sequence length: exactly what
         that token reads as the next real token, so its key/values from the scoring forward ARE the key/values
-        of the real column, and the row need not feed it again as a pending token (LLM2.md section 3 step 6).
+        of the real column, and the row need not feed it again as a pending token (docs/method.md section 3 step 6).
 
         Args:
             slot: long ``[rows]``, the index into each working row's candidates of the token it chose; only the

@@ -1,6 +1,6 @@
 """The process verifier (System 2): create, load, and pair it with an LLM.
 
-Checkpoint format (LLM2.md section 2): a plain transformers token-classification checkpoint with one label
+Checkpoint format (docs/method.md section 2): a plain transformers token-classification checkpoint with one label
 (``AutoModelForTokenClassification``, ``num_labels=1``, classifier dropout 0), saved as safetensors together with
 its tokenizer. The score ``s(x_<t, v)`` of token ``v`` is the head's output at the position of ``v`` itself.
 Anyone can load such a checkpoint without this package. A LoRA verifier may instead be a PEFT adapter directory on
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class TokenizerMismatchError(ValueError):
-    """The LLM and the verifier do not share a tokenizer vocabulary (LLM2.md section 2)."""
+    """The LLM and the verifier do not share a tokenizer vocabulary (docs/method.md section 2)."""
 
 
 def resolve_dtype(dtype: "str | torch.dtype | None") -> "torch.dtype | str | None":
@@ -75,7 +75,7 @@ def init_verifier(
     head_init: str = "zero",
     overwrite: bool = False,
 ) -> Path:
-    """Create an untrained verifier from a causal LM and save it (LLM2.md section 2).
+    """Create an untrained verifier from a causal LM and save it (docs/method.md section 2).
 
     The verifier has the LLM's architecture and weights, with its LM head replaced by a new linear head
     ``hidden_size -> 1`` on the final normed hidden state (a 1-label token-classification model, dropout 0).
@@ -291,7 +291,7 @@ def check_tokenizers_compatible(
     llm_name: str = "LLM",
     verifier_name: str = "verifier",
 ) -> None:
-    """Refuse to pair an LLM and a verifier whose tokenizers differ (LLM2.md section 2).
+    """Refuse to pair an LLM and a verifier whose tokenizers differ (docs/method.md section 2).
 
     Candidates are token ids proposed by the LLM and scored by the verifier, so both must map every id to the
     same string. Models of one family with different embedding-matrix sizes but the same vocabulary pass.
@@ -322,5 +322,5 @@ def check_tokenizers_compatible(
 
 
 def verifier_scores(verifier_output: Any) -> "torch.Tensor":
-    """Scores from a verifier forward: ``logits[..., 0]`` in float32, shape ``[batch, seq]`` (LLM2.md section 1)."""
+    """Scores from a verifier forward: ``logits[..., 0]`` in float32, shape ``[batch, seq]`` (docs/method.md section 1)."""
     return verifier_output.logits[..., 0].float()

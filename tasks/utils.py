@@ -5,7 +5,7 @@ Data: the HF hub dataset first (``openai/gsm8k`` config ``main``, ``HuggingFaceH
 ``$LLM2_DATA_DIR`` (or a ``data_dir`` passed with ``--metadata '{"data_dir": "..."}'``):
 ``gsm8k/{train,test}.jsonl`` and ``math500/test.jsonl``.
 
-Scoring: answers are extracted and compared by :mod:`llm2_eval.answers` (LLM2.md section 7), never by lm-eval's
+Scoring: answers are extracted and compared by :mod:`llm2_eval.answers` (docs/method.md section 7), never by lm-eval's
 regexes. Greedy tasks report ``exact_match``; sampling tasks (``repeats: k``) report ``maj_at_k`` (majority vote
 over the k samples) and ``pass_at_1`` (mean accuracy of the k samples).
 """

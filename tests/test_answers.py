@@ -1,4 +1,4 @@
-"""llm2_eval.answers: GSM8K numbers, MATH via math-verify, majority vote (LLM2.md section 7)."""
+"""llm2_eval.answers: GSM8K numbers, MATH via math-verify, majority vote (docs/method.md section 7)."""
 
 from __future__ import annotations
 

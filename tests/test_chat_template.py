@@ -1,4 +1,4 @@
-"""``--chat-template``: data made with another chat template than the tokenizer's (LLM2.md sections 5 and 9).
+"""``--chat-template``: data made with another chat template than the tokenizer's (docs/method.md sections 5 and 9).
 
 The authors' one released record (../shared/data/llm2_release) was tokenised with their Llama template, which has
 no default system block; a stock Llama-3.1/3.2-Instruct tokenizer adds one, which shifts every position. Here a

@@ -1,4 +1,4 @@
-"""Dual-process decoding against a naive from-scratch reference (LLM2.md section 3)."""
+"""Dual-process decoding against a naive from-scratch reference (docs/method.md section 3)."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def test_single_candidate_steps_skip_verifier_and_stay_exact(llama_models):
 def test_row_subsets_with_mixed_candidate_counts_stay_exact(llama_models):
     """Only the rows with 2+ candidates are scored (the others defer their pending tokens), so rows read different
     numbers of verifier columns; every row still equals the naive reference, and each row's verifier cache holds
-    exactly the key/values of its real tokens (LLM2.md section 3 step 6)."""
+    exactly the key/values of its real tokens (docs/method.md section 3 step 6)."""
     from transformers import DynamicCache
 
     tok, llm, ver = llama_models

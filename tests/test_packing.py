@@ -1,4 +1,4 @@
-"""Packing negatives into one verifier sequence (verifier_train/packing.py; LLM2.md section 6, paper Eq. 4)."""
+"""Packing negatives into one verifier sequence (verifier_train/packing.py; docs/method.md section 6, paper Eq. 4)."""
 
 from __future__ import annotations
 

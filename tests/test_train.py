@@ -1,4 +1,4 @@
-"""Verifier training (verifier_train/train.py; paper Eq. 4, LLM2.md sections 5-6) on tiny local models, CPU fp32."""
+"""Verifier training (verifier_train/train.py; paper Eq. 4, docs/method.md sections 5-6) on tiny local models, CPU fp32."""
 
 from __future__ import annotations
 

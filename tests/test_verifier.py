@@ -1,4 +1,4 @@
-"""Verifier checkpoints: creation from an LLM, loading, tokenizer pairing (LLM2.md section 2)."""
+"""Verifier checkpoints: creation from an LLM, loading, tokenizer pairing (docs/method.md section 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The vLLM rollout engine (verifier_train/vllm_rollouts.py) against the hf engine, for real (LLM2.md section 4).
+"""The vLLM rollout engine (verifier_train/vllm_rollouts.py) against the hf engine, for real (docs/method.md section 4).
 
 Two kinds of tests:
 

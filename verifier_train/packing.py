@@ -1,4 +1,4 @@
-"""Packing all negatives of a solution into one verifier sequence (LLM2.md section 6; paper Eq. 4).
+"""Packing all negatives of a solution into one verifier sequence (docs/method.md section 6; paper Eq. 4).
 
 A solution with token ids ``x_0 .. x_{n-1}`` and pairs ``(pos_j, gold_j, neg_j)`` (``x[pos_j] == gold_j``) becomes
 ONE sequence::
@@ -14,7 +14,7 @@ position id the gold token has). One forward scores every pair of the solution, 
 each pair with its own two sequences ``x_<pos + gold`` / ``x_<pos + neg`` (tested exactly in fp32).
 
 Solution tokens after the last pair's ``pos`` are never seen by a scored query, so they are dropped (``L`` is the
-last kept ``pos`` + 1): this is lossless. Truncation at ``max_length`` (our decision, LLM2.md section 6): the packed
+last kept ``pos`` + 1): this is lossless. Truncation at ``max_length`` (our decision, docs/method.md section 6): the packed
 length is ``L + P``; pairs are ordered by ``pos`` and the longest prefix of them with ``max(pos) + 1 + P <=
 max_length`` is kept, which keeps the largest possible number of pairs; the others are dropped and counted.
 
@@ -62,7 +62,7 @@ class PackedExample:
 def pack_solution(
     token_ids: Sequence[int], samples: Sequence[Sequence[int]], max_length: int | None = None
 ) -> PackedExample:
-    """Pack the pairs of one solution into one sequence (LLM2.md section 6).
+    """Pack the pairs of one solution into one sequence (docs/method.md section 6).
 
     Args:
         token_ids: the chat-template token list of the solution (what ``pos`` indexes); the triplets must already

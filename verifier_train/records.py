@@ -1,4 +1,4 @@
-"""The verifier-training data format (LLM2.md section 5): read, validate, and write it resumably.
+"""The verifier-training data format (docs/method.md section 5): read, validate, and write it resumably.
 
 One JSON object per line, one solution per object::
 
@@ -116,7 +116,7 @@ def iter_records(
 def chat_token_ids(tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, str]], **kwargs: Any) -> list[int]:
     """Token ids of ``messages`` through the tokenizer's chat template (no generation prompt unless asked).
 
-    This is the token list that ``pos`` of a triplet indexes (LLM2.md section 5).
+    This is the token list that ``pos`` of a triplet indexes (docs/method.md section 5).
     """
     kwargs.setdefault("add_generation_prompt", False)
     out = tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)
@@ -162,7 +162,7 @@ def check_samples(
 def use_chat_template(tokenizer: "PreTrainedTokenizerBase", path: str | os.PathLike | None) -> dict | None:
     """Make ``tokenizer`` tokenise chats with the Jinja template in the file ``path`` (None: keep its own).
 
-    Positions in the data (LLM2.md section 5) index the tokens of ONE chat template; data made with another
+    Positions in the data (docs/method.md section 5) index the tokens of ONE chat template; data made with another
     template than the tokenizer's (e.g. the authors' Llama template, which has no default system block, read with a
     stock Llama-3.1/3.2-Instruct tokenizer, which adds one) needs that template back.
 

@@ -1,4 +1,4 @@
-"""Rollout engines for token quality exploration (LLM2.md section 4, paper Sec. 2.3, Eq. 5).
+"""Rollout engines for token quality exploration (docs/method.md section 4, paper Sec. 2.3, Eq. 5).
 
 Exploration asks two things of the LLM for one tokenised solution ``token_ids`` (chat prompt + gold response):
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class RolloutParams:
-    """Sampling settings of rollouts (LLM2.md section 4 step 4; the paper does not state them).
+    """Sampling settings of rollouts (docs/method.md section 4 step 4; the paper does not state them).
 
     Attributes:
         temperature: sampling temperature (> 0).
@@ -135,7 +135,7 @@ class RolloutEngine:
         Returns:
             float32 tensor ``[len(positions), vocab]``; row ``i`` is the LLM's logits (or log-probabilities,
             ``-inf`` outside the returned top-k for vLLM) for the token at ``positions[i]`` given
-            ``token_ids[:positions[i]]`` (``p_t`` of LLM2.md section 4 step 2).
+            ``token_ids[:positions[i]]`` (``p_t`` of docs/method.md section 4 step 2).
         """
         raise NotImplementedError
 
@@ -163,7 +163,7 @@ class RolloutEngine:
 
         Returns:
             One :meth:`rollouts` result per pair, in order. The default calls :meth:`rollouts` per pair; vLLM sends
-            all of them to one ``generate`` call, so that more sequences decode together (LLM2.md section 4: the
+            all of them to one ``generate`` call, so that more sequences decode together (docs/method.md section 4: the
             rollouts of many candidates are independent).
         """
         return [self.rollouts(ids, reqs, params) for ids, reqs in items]

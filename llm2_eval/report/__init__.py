@@ -1,6 +1,6 @@
 """``llm2 report``: accuracy against compute over lm-eval output directories.
 
-The last step of the data flow (ARCHITECTURE.md): ``lm_eval ... --output_path RUN_DIR --log_samples`` writes
+The last step of the data flow (README.md): ``lm_eval ... --output_path RUN_DIR --log_samples`` writes
 ``RUN_DIR/<model>/results_<timestamp>.json`` and ``samples_<task>_<timestamp>.jsonl``; the ``llm2`` model with
 ``trace=PATH.jsonl`` also writes one JSON line per generated sequence. This module reads them and makes
 
@@ -12,7 +12,7 @@ The last step of the data flow (ARCHITECTURE.md): ``lm_eval ... --output_path RU
   95% paired bootstrap interval and the questions won / lost / tied (:mod:`~llm2_eval.report.compare`);
 - a rich table on the console, ``report.md`` (markdown table) and ``report.json`` in the output directory;
 - ``accuracy_vs_compute.png``: accuracy against token forwards per question, one panel per task family
-  (gsm8k, math500, ...), so that methods can be compared at equal compute (LLM2.md section 8).
+  (gsm8k, math500, ...), so that methods can be compared at equal compute (docs/method.md section 8).
 
 Compute comes from the traces when there are any (exact counts). Without traces (``--model hf``, or ``llm2``
 without ``trace=``) the LLM token forwards are *estimated* from the logged samples: prompt tokens (once per

@@ -1,6 +1,6 @@
 """Token quality exploration: verifier training data from questions with gold solutions (``llm2 explore``).
 
-LLM2.md section 4 (paper Sec. 2.3, Eq. 5-6). For every input question the gold solution is tokenised with the
+docs/method.md section 4 (paper Sec. 2.3, Eq. 5-6). For every input question the gold solution is tokenised with the
 LLM's chat template; at the explored response positions, plausible non-gold candidates are drawn and rolled out,
 and those whose rollouts rarely reach the gold answer become negatives ``[t, gold_id, v]`` for the verifier's
 pairwise loss. One module per idea:

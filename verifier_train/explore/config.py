@@ -1,7 +1,7 @@
 """The settings of ``llm2 explore``: one dataclass, every default in one place (the CLI options map onto it).
 
 :meth:`ExploreConfig.settings` is the subset that decides the output; it is written on every output line, and a
-resumed run must use the same (LLM2.md section 4).
+resumed run must use the same (docs/method.md section 4).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class ExploreConfig:
             that fraction, at least one), applied to the response positions that have a plausible non-gold
             candidate; see :func:`select_positions`.
         include_eot: also explore the end-of-turn token position.
-        alpha: plausibility threshold (candidates have ``p >= alpha * p_max``), LLM2.md section 3 step 2; None =
+        alpha: plausibility threshold (candidates have ``p >= alpha * p_max``), docs/method.md section 3 step 2; None =
             0.1 without ``top_k``, no threshold with it (:func:`llm2_eval.candidates.resolve_alpha`; the settings
             record the value in effect).
         top_k: when > 0, at most the top-k tokens: with ``alpha`` too, the tokens that pass both (one rule for

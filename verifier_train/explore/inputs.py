@@ -1,4 +1,4 @@
-"""Exploration inputs: questions and gold solutions in, token positions to explore out (LLM2.md section 4).
+"""Exploration inputs: questions and gold solutions in, token positions to explore out (docs/method.md section 4).
 
 1. The assistant message is the gold solution (GSM8K: ``<<...>>`` calculator annotations stripped, ``#### N``
    turned into the closing sentence ``The answer is N.``, :func:`gsm8k_solution_text`; MATH: the ``solution`` as
@@ -106,7 +106,7 @@ def parse_positions(spec: str) -> tuple[str, float]:
 
 
 def select_positions(spec: str, positions: Sequence[int], seed: int) -> list[int]:
-    """Subsample response positions (LLM2.md section 4).
+    """Subsample response positions (docs/method.md section 4).
 
     ``all``: every position. ``stride:K``: every K-th, starting at the first. ``sample:P``: a seeded random subset
     in ascending order: ``P`` positions when ``P`` is an integer >= 1 (all when fewer), the fraction ``P``
@@ -126,7 +126,7 @@ def select_positions(spec: str, positions: Sequence[int], seed: int) -> list[int
 
 def gsm8k_solution_text(answer: str) -> str:
     """A GSM8K ``answer`` as an assistant message: ``<<...>>`` annotations removed, ``#### N`` replaced by
-    ``The answer is N.`` (LLM2.md section 4).
+    ``The answer is N.`` (docs/method.md section 4).
 
     Raises:
         ValueError: no ``#### N`` (from :func:`llm2_eval.answers.gsm8k_gold`).

@@ -1,6 +1,6 @@
 """Exploration labels: candidates at each explored position, their quality, and the rule that makes negatives.
 
-LLM2.md section 4 (paper Sec. 2.3, Eq. 5-6). One teacher-forced forward gives ``p_t`` at every response position;
+docs/method.md section 4 (paper Sec. 2.3, Eq. 5-6). One teacher-forced forward gives ``p_t`` at every response position;
 the candidates of position ``t`` are the plausible set (:func:`llm2_eval.candidates.plausible_candidates`, alpha /
 top-k, the same function decoding uses) without the gold token (:func:`candidate_mask`).
 
@@ -83,7 +83,7 @@ Steps = Generator["tuple[Sequence[int], list[RolloutRequest]]", "list[list[Rollo
 
 
 def default_checker(data_format: str) -> Checker:
-    """The answer checker of a format: GSM8K numeric equality or MATH math-verify (LLM2.md section 7)."""
+    """The answer checker of a format: GSM8K numeric equality or MATH math-verify (docs/method.md section 7)."""
     fn = gsm8k_is_correct if data_format == "gsm8k" else math_is_correct
     return lambda text, gold, tokens: fn(text, gold)
 
@@ -96,7 +96,7 @@ def is_negative(
     counts: tuple[int, int] | None = None,
     gold_counts: tuple[int, int] | None = None,
 ) -> bool:
-    """The label rule: whether candidate ``v`` with quality ``q = q(v)`` is a negative (LLM2.md section 4 step 5).
+    """The label rule: whether candidate ``v`` with quality ``q = q(v)`` is a negative (docs/method.md section 4 step 5).
 
     ``absolute`` (paper Eq. 6): ``q(v) < tau``. ``relative``: ``q(v) <= q(gold) - margin`` (the candidate's
     continuations reach the answer clearly less often than the gold token's, measured with the same rollout
@@ -157,7 +157,7 @@ def worse_than_gold_p(counts: tuple[int, int], gold_counts: tuple[int, int]) -> 
 def candidate_draws(
     logits: "torch.Tensor", cand_ids: "torch.Tensor", n: int, seed: int
 ) -> list[int]:
-    """Draw ``min(n, K)`` distinct candidates from ``p_t`` restricted to the candidate set (LLM2.md section 4 step 3).
+    """Draw ``min(n, K)`` distinct candidates from ``p_t`` restricted to the candidate set (docs/method.md section 4 step 3).
 
     Args:
         logits: ``[vocab]`` logits (or log-probs) of one position.
@@ -256,7 +256,7 @@ class Counters:
 
 
 class Explorer:
-    """The per-example work of exploration, with the models loaded once (LLM2.md section 4).
+    """The per-example work of exploration, with the models loaded once (docs/method.md section 4).
 
     Args:
         cfg: the settings.
@@ -344,7 +344,7 @@ class Explorer:
     def run_many(self, items: Sequence[tuple], *, stop_at_bad: bool = False) -> "list[dict | BadExample | None]":
         """Explore several examples together, ``(ex_id, lineno, question, solution, gold, check)`` each: their
         rollouts go to the engine as ONE ``rollouts_many`` call per phase (the relative rule has two: q(gold),
-        then the candidates), so vLLM decodes every example's continuations as one batch (LLM2.md section 4:
+        then the candidates), so vLLM decodes every example's continuations as one batch (docs/method.md section 4:
         rollouts are independent). Seeds are per (example, position, token, rollout), so the records do not depend
         on which examples are explored together; ``seconds`` is the batch's wall time shared evenly.
 

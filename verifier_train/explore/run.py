@@ -1,6 +1,6 @@
 """The exploration run: read the input, explore each example, append its record, keep a summary (``llm2 explore``).
 
-Output (LLM2.md section 5), one line per example, appended and fsynced as each chunk of examples finishes (one
+Output (docs/method.md section 5), one line per example, appended and fsynced as each chunk of examples finishes (one
 example, or the ``--self-batch`` questions of ``--gold self``, whose rollouts are batched)::
 
     {"id", "line", "messages", "samples": [[t, gold_id, v], ...], "gold_answer", "response_start", "positions",
@@ -401,7 +401,7 @@ def _example_id(raw: str, ln: int) -> Any:
 
 
 def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> dict[str, Any]:
-    """Run token quality exploration over ``config.data`` (LLM2.md section 4; paper Eq. 5-6).
+    """Run token quality exploration over ``config.data`` (docs/method.md section 4; paper Eq. 5-6).
 
     Args:
         config: the settings (:class:`ExploreConfig`).

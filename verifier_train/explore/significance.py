@@ -1,6 +1,6 @@
 """Whether one rollout success rate is significantly below another: the statistics of ``--label significant``.
 
-A candidate's quality ``q(v)`` and the gold token's ``q(gold)`` are both estimated from a few rollouts (LLM2.md
+A candidate's quality ``q(v)`` and the gold token's ``q(gold)`` are both estimated from a few rollouts (docs/method.md
 section 4, Eq. 5): ``correct_v`` of ``m_v`` and ``correct_gold`` of ``m_gold`` reach the answer. With m = 4 the
 standard error of each is ~0.2-0.25, the size of the relative rule's margin, so one failed rollout decides a label.
 This module answers the question "is q(v) < q(gold)?" with a one-sided test on the counts as they are.

@@ -1,4 +1,4 @@
-"""Pairwise training of the process verifier (``llm2 train-verifier``; paper Eq. 4, LLM2.md section 6).
+"""Pairwise training of the process verifier (``llm2 train-verifier``; paper Eq. 4, docs/method.md section 6).
 
     L = mean over real pairs (t, gold, neg) of  -log sigmoid(s(x_<t, gold) - s(x_<t, neg))      (paper Eq. 4)
 

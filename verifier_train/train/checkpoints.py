@@ -1,6 +1,6 @@
 """Checkpoints of verifier training: the model to start from, LoRA adapters, resume points, the final save.
 
-The verifier starts from an LLM (a new 1-output score head, LLM2.md section 2) or from a verifier checkpoint
+The verifier starts from an LLM (a new 1-output score head, docs/method.md section 2) or from a verifier checkpoint
 (``init_from``); with ``lora`` the backbone trains through peft adapters while the head stays fully trainable,
 and the adapters are merged into the final checkpoint (``lora_save="merged"``) or saved as a PEFT adapter
 directory with the head (``lora_save="adapter"``, loaded by :mod:`llm2_eval.adapters`). Resumable Trainer
@@ -74,7 +74,7 @@ def cast_checkpoint(directory: str | os.PathLike, dtype: str) -> None:
 
 def load_model(cfg: TrainConfig) -> "PreTrainedModel":
     """The verifier to train, in float32: ``cfg.model`` with a new 1-output score head (zero with
-    ``cfg.head_init == "zero"``, else random, seeded by ``cfg.seed``; LLM2.md section 2), or the verifier checkpoint
+    ``cfg.head_init == "zero"``, else random, seeded by ``cfg.seed``; docs/method.md section 2), or the verifier checkpoint
     ``cfg.init_from``.
 
     Raises:

@@ -58,7 +58,7 @@ def _click_options(fn):
 @click.command("train-verifier")
 @_click_options
 def train_command(**kwargs: Any) -> None:
-    """Train a process verifier with the pairwise loss (LLM2 paper Eq. 4, LLM2.md section 6).
+    """Train a process verifier with the pairwise loss (LLM2 paper Eq. 4, docs/method.md section 6).
 
     Example: ``llm2 train-verifier --model LLM_DIR --data triplets.jsonl --output verifier/``;
     several processes: ``torchrun --nproc_per_node N -m llm2_eval.cli train-verifier ...`` or ``accelerate launch

@@ -1,4 +1,4 @@
-"""The settings of ``llm2 train-verifier``: one dataclass, every default in one place (LLM2.md section 6).
+"""The settings of ``llm2 train-verifier``: one dataclass, every default in one place (docs/method.md section 6).
 
 Each field carries its help text (and Click details) in its metadata; :mod:`verifier_train.train.cli` generates
 the command's options from them.
@@ -24,13 +24,13 @@ def _opt(default: Any, help: str, **cli: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    """Settings of one verifier training run (defaults: the authors' released recipe, LLM2.md section 6).
+    """Settings of one verifier training run (defaults: the authors' released recipe, docs/method.md section 6).
 
     Batch sizes count solutions (packed sequences), not pairs. Gradient accumulation is derived:
     ``global_batch / (micro_batch * world_size)`` (must divide exactly).
     """
 
-    data: list[str] = _opt([], "JSON Lines file of triplets (LLM2.md section 5); repeat for several files.",
+    data: list[str] = _opt([], "JSON Lines file of triplets (docs/method.md section 5); repeat for several files.",
                            multiple=True, required=True)
     output: str = _opt("", "Output directory: the final verifier, train_log.jsonl, training_card.json, checkpoints/.",
                        required=True)

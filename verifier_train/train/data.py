@@ -1,4 +1,4 @@
-"""Training data: triplet files (LLM2.md section 5) read, validated against their tokens, packed and split.
+"""Training data: triplet files (docs/method.md section 5) read, validated against their tokens, packed and split.
 
 Every triplet is checked against the chat-template tokens of its solution; all negatives of a solution are packed
 into one sequence (:func:`verifier_train.packing.pack_solution`); a deterministic share of the solutions is held
@@ -98,7 +98,7 @@ def load_pair_data(
     eval_fraction: float = 0.0,
     seed: int = 0,
 ) -> PairData:
-    """Read, validate, pack and split triplet files (LLM2.md sections 5-6).
+    """Read, validate, pack and split triplet files (docs/method.md sections 5-6).
 
     Every triplet is checked against the chat-template tokens of its record
     (:func:`verifier_train.records.chat_token_ids`): ``pos`` inside the sequence, ``input_ids[pos] == gold_id``,

@@ -1,4 +1,4 @@
-"""The verifier's pairwise loss (paper Eq. 4, LLM2.md section 6) and its held-out metrics.
+"""The verifier's pairwise loss (paper Eq. 4, docs/method.md section 6) and its held-out metrics.
 
     L = mean over real pairs (t, gold, neg) of  -log sigmoid(s(x_<t, gold) - s(x_<t, neg))
 
@@ -30,7 +30,7 @@ from verifier_train.packing import additive_mask
 def pair_scores(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], attn_dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Verifier scores of the gold and negative token of every packed pair, one forward (LLM2.md section 6).
+    """Verifier scores of the gold and negative token of every packed pair, one forward (docs/method.md section 6).
 
     Args:
         model: a 1-label token-classification verifier (or its peft/DDP wrapper).

@@ -11,7 +11,7 @@ sha256) and the model paths resolved. ``--resume`` compares against it (:func:`c
   are not compared, nor a setting that only one of the two versions has.
 
 Checkpoints written before this file existed resume with a warning (nothing to compare).
-:func:`check_output` refuses an output that would replace an input or a model llm2 did not write (LLM2.md
+:func:`check_output` refuses an output that would replace an input or a model llm2 did not write (docs/method.md
 section 6).
 """
 

@@ -1,6 +1,6 @@
-"""A verifier training run, end to end (``llm2 train-verifier``; paper Eq. 4, LLM2.md section 6).
+"""A verifier training run, end to end (``llm2 train-verifier``; paper Eq. 4, docs/method.md section 6).
 
-Data: the JSON Lines of LLM2.md section 5 (what ``llm2 explore`` writes, and the authors' released files), every
+Data: the JSON Lines of docs/method.md section 5 (what ``llm2 explore`` writes, and the authors' released files), every
 triplet validated against the chat-template tokens of its solution (:mod:`verifier_train.train.data`). Model: a
 1-label token-classification verifier initialised from the LLM or continued from a verifier checkpoint
 (:mod:`verifier_train.train.checkpoints`). Training runs through transformers' ``Trainer``
@@ -133,7 +133,7 @@ def _console():
 
 
 def train_verifier(config: TrainConfig) -> TrainResult:
-    """Train a process verifier with the pairwise loss (paper Eq. 4; LLM2.md section 6).
+    """Train a process verifier with the pairwise loss (paper Eq. 4; docs/method.md section 6).
 
     Steps: read and validate the data (:func:`load_pair_data`), initialise the verifier from ``config.model`` (a
     new 1-output head) or ``config.init_from``, optionally wrap it with LoRA, train with :class:`VerifierTrainer`,

@@ -38,7 +38,7 @@ class VerifierTrainer(Trainer):
     - Training pair accuracy since the last log is added to the logs as ``pair_accuracy``.
     - ``head_lr``: the score head's parameters get their own peak learning rate (the schedule scales it like the
       others). A new head, zero-initialised, passes no gradient to the backbone until it moves, and at the
-      backbone's small learning rate it barely does; a larger head rate lets it move first (LLM2.md section 9).
+      backbone's small learning rate it barely does; a larger head rate lets it move first (docs/method.md section 9).
     """
 
     loss_is_scaled_for_ga = True
