@@ -6,4 +6,4 @@ set -euo pipefail
 . ./env.sh
 llm2 decisions build --backend vllm --model "$M" --data "$LLM2_DATA_DIR/gsm8k/train.jsonl" --output dev100.jsonl \
   --questions 100 --points "${POINTS:-300}" --rollouts 16 --alpha 0.1 --wide-alpha 0.05 --max-candidates 4 \
-  --max-rollout-tokens 400 --temperature 0.7 --seed 0 --chunk 32 --dtype "${DTYPE:-bfloat16}"
+  --max-rollout-tokens 400 --temperature 0.7 --seed 0 --chunk "${CHUNK:-32}" --dtype "${DTYPE:-bfloat16}"
