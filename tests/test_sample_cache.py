@@ -139,3 +139,67 @@ def test_a_store_of_other_model_args_is_refused(tiny_llm, tiny_verifier, tmp_pat
         with pytest.raises(ValueError, match=match):
             make(tiny_llm, tiny_verifier, seed=7, sample_cache=str(path), **extra)
     assert notes.read_text() == "mine" and not (tmp_path / "t2.jsonl").exists()
+
+
+def test_lm_eval_maj_run_killed_and_resumed(tiny_llm, data_dir, tmp_path, monkeypatch):
+    """As a user runs it: ``lm_eval --tasks gsm8k_llm2_maj --model_args ...,sample_cache=PATH`` killed (SIGKILL)
+    after its first batch, then the same command again: the second decodes only the samples the store lacks (its
+    trace continues the killed run's, one line per decoded sample) and logs the samples of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    repo = Path(__file__).resolve().parents[1]
+    limit, k, tokens = 3, 8, "max_gen_toks=48"
+    store, trace, out = tmp_path / "samples.jsonl", tmp_path / "trace.jsonl", tmp_path / "out"
+    model_args = f"pretrained={tiny_llm},dtype=float32,seed=3"
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "llm2", "--model_args",
+           f"{model_args},sample_cache={store},trace={trace}", "--tasks", "gsm8k_llm2_maj", "--limit", str(limit),
+           "--gen_kwargs", tokens, "--batch_size", str(k), "--log_samples", "--output_path", str(out)]
+    monkeypatch.setenv("LLM2_DATA_DIR", str(data_dir))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(repo)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+
+    proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if store.exists() and store.read_bytes().count(b"\n") >= 1 + k:  # the first batch (one question) stored
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stderr.read()[-3000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    kept = store.read_bytes().count(b"\n") - 1
+    traced = trace.read_bytes().count(b"\n") - 1
+    assert k <= kept < limit * k and not list(out.rglob("results_*.json"))
+    run_id = lines(trace)[0]["run_id"]
+
+    # the same command again (in this process: a second interpreter start costs ~20 s on a loaded 2-core machine)
+    from lm_eval._cli import HarnessCLI
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", ["lm_eval"] + cmd[3:])
+        mp.chdir(tmp_path)
+        cli = HarnessCLI()
+        cli.execute(cli.parse_args())
+    head, *stored = lines(store)
+    assert len(stored) == limit * k == len({x["key"] for x in stored})
+    header, *trace_lines = lines(trace)
+    assert header["run_id"] == run_id and len(trace_lines) == traced + limit * k - kept  # only the rest decoded
+    results = json.loads(next(out.rglob("results_*.json")).read_text())
+    assert results["config"]["llm2_run_id"] == run_id
+    resumed = {s["doc_id"]: s["resps"] for s in lines(next(out.rglob("samples_gsm8k_llm2_maj_*.jsonl")))}
+
+    # an uninterrupted run (in-process, no store): the same samples
+    tm = TaskManager(include_path=[str(repo / "tasks")], include_defaults=False)
+    ref = lm_eval.simple_evaluate(model="llm2", model_args=model_args, tasks=["gsm8k_llm2_maj"], limit=limit,
+                                  gen_kwargs=tokens, batch_size=k, log_samples=True, task_manager=tm)
+    want = {s["doc_id"]: s["resps"] for s in ref["samples"]["gsm8k_llm2_maj"]}
+    assert resumed == want and len(want) == limit and all(sum(map(len, r)) == k for r in want.values())
