@@ -150,8 +150,16 @@ class LLM2LM(HFLM):
       1.3-1.6x faster batched decoding on a 2-core CPU; float32 (bfloat16 on AVX512 CPUs; another dtype is
       refused before loading); results equal to rounding, so a near-tie can pick another token than the default.
 
+    - ``sample_cache`` (none): path of a JSON Lines store of finished sampled generations
+      (:mod:`llm2_eval.sample_cache`), so that a sampled (maj@k) run resumes: lm-eval's ``--use_cache`` never
+      stores ``do_sample`` requests. Each decoded batch's samples are appended (fsynced) under their prompt,
+      generation kwargs and seed; a re-run answers the stored ones and decodes only the rest, with the seeds they
+      would have had. A store written with other model args or another base seed is refused; one file per
+      data-parallel rank, as the trace.
+
     Sampling seeds: the k-th request with a given prompt gets the seed ``hash(seed, prompt tokens, k)``, so a
-    sample does not depend on the batch size or on which other requests share its batch.
+    sample does not depend on the batch size or on which other requests share its batch (nor on which were
+    answered from the ``sample_cache``: the seeds of all requests are drawn first).
 
     Raises:
         ValueError: for a malformed model arg (naming it), or a task generation kwarg this model does not
