@@ -386,7 +386,9 @@ class LLM2LM(HFLM):
         holds up to ``batch_size`` sequences, but the copies of one prompt are never split, so a batch may hold
         more rows when ``repeats > batch_size``. Prompts are encoded, truncated and their generations cut at the
         stop strings exactly as HFLM does. With the ``trace`` model arg one JSON line per sequence is written
-        (a run resumed with lm-eval's ``--use_cache`` appends to the trace of the run it resumes).
+        (a run resumed with lm-eval's ``--use_cache`` appends to the trace of the run it resumes). With the
+        ``sample_cache`` model arg, sampled requests whose every copy is stored are answered from the store (and not
+        traced again), the rest decoded and stored batch by batch.
 
         Returns:
             One generated string per request, in request order.
@@ -420,10 +422,9 @@ class LLM2LM(HFLM):
 
         # every sampled row's seed, in the order of the batches of all requests (llm2_eval.sample_cache: a request
         # answered from the store keeps the seed it would have had); then the stored samples are taken
-        prepared = {}
         seeds_of: dict[tuple[str, str], list[int]] = {}
         for keys in batches:
-            prepared[tuple(keys)] = prep = self._prepare_batch(requests, groups, keys, eos)
+            prep = self._prepare_batch(requests, groups, keys, eos)  # encoded again when decoded (memory)
             if prep["seeds"] is not None:
                 for key, n in zip(keys, prep["repeats"]):
                     seeds_of[key], prep["seeds"] = prep["seeds"][:n], prep["seeds"][n:]
@@ -448,9 +449,7 @@ class LLM2LM(HFLM):
             bar = progress.add_task("llm2 generate_until", total=len(requests))
             progress.advance(bar, stored)
             for keys in batches:
-                prep = prepared.pop(tuple(keys), None)
-                if prep is None:  # a batch of the requests left after the sample cache: seeds known already
-                    prep = self._prepare_batch(requests, groups, keys, eos, seeds=False)
+                prep = self._prepare_batch(requests, groups, keys, eos, seeds=False)  # seeds drawn above
                 cfg, until, repeats = prep["cfg"], prep["until"], prep["repeats"]
                 seeds = [sd for k in keys for sd in seeds_of[k]] if cfg.do_sample else None
                 context_enc, attn = prep["context_enc"].to(self.device), prep["attn"].to(self.device)
