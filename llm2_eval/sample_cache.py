@@ -39,7 +39,7 @@ OPTION = "sample_cache"
 
 def sample_key(context: str, gen_kwargs: str, seed: int) -> str:
     """The store key of one sample: sha256 of the prompt, the request's generation kwargs (as JSON) and its seed."""
-    data = json.dumps([context, gen_kwargs, int(seed)], ensure_ascii=False)
+    data = json.dumps([context, gen_kwargs, int(seed)])
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
@@ -191,7 +191,7 @@ class SampleStore:
             self._texts.update((s["key"], s["text"]) for s in samples)
 
     def _write(self, lines: list[dict]) -> None:
-        self._file.write("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines).encode("utf-8"))
+        self._file.write("".join(json.dumps(x) + "\n" for x in lines).encode("ascii"))
         self._file.flush()
         os.fsync(self._file.fileno())
 

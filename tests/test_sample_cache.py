@@ -203,3 +203,20 @@ def test_lm_eval_maj_run_killed_and_resumed(tiny_llm, data_dir, tmp_path, monkey
                                   gen_kwargs=tokens, batch_size=k, log_samples=True, task_manager=tm)
     want = {s["doc_id"]: s["resps"] for s in ref["samples"]["gsm8k_llm2_maj"]}
     assert resumed == want and len(want) == limit and all(sum(map(len, r)) == k for r in want.values())
+
+
+def test_store_round_trips_any_text_and_names_a_bad_line(tmp_path):
+    from llm2_eval.sample_cache import SampleStore, sample_key
+
+    path = tmp_path / "s.jsonl"
+    texts = ["a\nb\r\n\u2028 é 数 \U0001f600 \udc80", "", "The answer is 7.\n\n"]  # a lone surrogate too
+    store = SampleStore(path, {"beta": 0.5}, 3)
+    store.add([{"key": sample_key("p", "{}", i), "text": t} for i, t in enumerate(texts)])
+    store.close()
+    again = SampleStore(path, {"beta": 0.5}, 3)
+    assert again.resumed and [again.get(sample_key("p", "{}", i)) for i in range(3)] == texts
+    again.close()
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('["not a sample"]\n')
+    with pytest.raises(ValueError, match=r"^sample_cache=.*s.jsonl: line 5: expected a JSON object"):
+        SampleStore(path, {"beta": 0.5}, 3)
