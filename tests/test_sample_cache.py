@@ -141,6 +141,7 @@ def test_a_store_of_other_model_args_is_refused(tiny_llm, tiny_verifier, tmp_pat
     assert notes.read_text() == "mine" and not (tmp_path / "t2.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_lm_eval_maj_run_killed_and_resumed(tiny_llm, data_dir, tmp_path, monkeypatch):
     """As a user runs it: ``lm_eval --tasks gsm8k_llm2_maj --model_args ...,sample_cache=PATH`` killed (SIGKILL)
     after its first batch, then the same command again: the second decodes only the samples the store lacks (its
@@ -156,7 +157,7 @@ def test_lm_eval_maj_run_killed_and_resumed(tiny_llm, data_dir, tmp_path, monkey
     from lm_eval.tasks import TaskManager
 
     repo = Path(__file__).resolve().parents[1]
-    limit, k, tokens = 3, 8, "max_gen_toks=48"
+    limit, k, tokens = 4, 8, "max_gen_toks=48"
     store, trace, out = tmp_path / "samples.jsonl", tmp_path / "trace.jsonl", tmp_path / "out"
     model_args = f"pretrained={tiny_llm},dtype=float32,seed=3"
     cmd = [sys.executable, "-m", "lm_eval", "--model", "llm2", "--model_args",
