@@ -420,18 +420,19 @@ class LLM2LM(HFLM):
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         results: list[str | None] = [None] * len(requests)
 
-        # every sampled row's seed, in the order of the batches of all requests (llm2_eval.sample_cache: a request
-        # answered from the store keeps the seed it would have had); then the stored samples are taken
+        # with a sample cache (llm2_eval.sample_cache): first every sampled row's seed, in the order of the batches
+        # of all requests (a request answered from the store keeps the seed it would have had), then the stored
+        # samples are taken and the rest batched again
         seeds_of: dict[tuple[str, str], list[int]] = {}
-        for keys in batches:
-            prep = self._prepare_batch(requests, groups, keys, eos)  # encoded again when decoded (memory)
-            if prep["seeds"] is not None:
-                for key, n in zip(keys, prep["repeats"]):
-                    seeds_of[key], prep["seeds"] = prep["seeds"][:n], prep["seeds"][n:]
         stored = 0
         if self._samples is not None:
             from llm2_eval.sample_cache import sample_key
 
+            for keys in batches:
+                prep = self._prepare_batch(requests, groups, keys, eos)  # encoded again when decoded (memory)
+                if prep["seeds"] is not None:
+                    for key, n in zip(keys, prep["repeats"]):
+                        seeds_of[key], prep["seeds"] = prep["seeds"][:n], prep["seeds"][n:]
             for key, seeds in seeds_of.items():
                 texts = [self._samples.get(sample_key(key[0], key[1], sd)) for sd in seeds]
                 if all(t is not None for t in texts):
@@ -449,9 +450,11 @@ class LLM2LM(HFLM):
             bar = progress.add_task("llm2 generate_until", total=len(requests))
             progress.advance(bar, stored)
             for keys in batches:
-                prep = self._prepare_batch(requests, groups, keys, eos, seeds=False)  # seeds drawn above
+                prep = self._prepare_batch(requests, groups, keys, eos, seeds=self._samples is None)
                 cfg, until, repeats = prep["cfg"], prep["until"], prep["repeats"]
-                seeds = [sd for k in keys for sd in seeds_of[k]] if cfg.do_sample else None
+                seeds = prep["seeds"]
+                if cfg.do_sample and self._samples is not None:  # drawn above
+                    seeds = [sd for k in keys for sd in seeds_of[k]]
                 context_enc, attn = prep["context_enc"].to(self.device), prep["attn"].to(self.device)
                 t0 = time.perf_counter()
                 with torch.autocast(
