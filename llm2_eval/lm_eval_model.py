@@ -104,6 +104,20 @@ def _warn_unapplied_processors(model: torch.nn.Module) -> None:
         )
 
 
+def _batches(order: list[tuple[str, str]], groups: dict[tuple[str, str], list[int]],
+             limit: int) -> list[list[tuple[str, str]]]:
+    """Request groups in ``order`` cut into batches of at most ``limit`` rows (a group is never split: a batch of
+    one group may hold more) and of one set of generation kwargs."""
+    batches: list[list[tuple[str, str]]] = []
+    for key in order:
+        rows = sum(len(groups[k]) for k in batches[-1]) if batches else 0
+        if batches and batches[-1][0][1] == key[1] and rows + len(groups[key]) <= max(limit, 1):
+            batches[-1].append(key)
+        else:
+            batches.append([key])
+    return batches
+
+
 @register_model("llm2")
 class LLM2LM(HFLM):
     """HFLM whose ``generate_until`` decodes with LLM2 (System 1 LLM + System 2 verifier).
@@ -136,8 +150,16 @@ class LLM2LM(HFLM):
       1.3-1.6x faster batched decoding on a 2-core CPU; float32 (bfloat16 on AVX512 CPUs; another dtype is
       refused before loading); results equal to rounding, so a near-tie can pick another token than the default.
 
+    - ``sample_cache`` (none): path of a JSON Lines store of finished sampled generations
+      (:mod:`llm2_eval.sample_cache`), so that a sampled (maj@k) run resumes: lm-eval's ``--use_cache`` never
+      stores ``do_sample`` requests. Each decoded batch's samples are appended (fsynced) under their prompt,
+      generation kwargs and seed; a re-run answers the stored ones and decodes only the rest, with the seeds they
+      would have had. A store written with other model args or another base seed is refused; one file per
+      data-parallel rank, as the trace.
+
     Sampling seeds: the k-th request with a given prompt gets the seed ``hash(seed, prompt tokens, k)``, so a
-    sample does not depend on the batch size or on which other requests share its batch.
+    sample does not depend on the batch size or on which other requests share its batch (nor on which were
+    answered from the ``sample_cache``: the seeds of all requests are drawn first).
 
     Raises:
         ValueError: for a malformed model arg (naming it), or a task generation kwarg this model does not
@@ -162,6 +184,7 @@ class LLM2LM(HFLM):
         trace: str | None = None,
         device: str | None = None,
         cpu_prepack: bool | str = False,
+        sample_cache: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.decode_defaults = DecodeConfig(
@@ -189,10 +212,23 @@ class LLM2LM(HFLM):
         if verifier is not None:
             check_verifier_first(pretrained, verifier, kwargs)
         trace = None if trace is None or str(trace).lower() in ("", "none", "null") else trace
+        if sample_cache is not None and str(sample_cache).lower() in ("", "none", "null"):
+            sample_cache = None
         self._protected = {"pretrained": pretrained, "verifier": verifier,
                            "--use_cache": cache_files_from_argv(sys.argv)}
         if trace is not None:  # a trace never destroys a file llm2 did not write (llm2_eval.trace)
-            check_trace_path(trace, self._protected)
+            check_trace_path(trace, {**self._protected, "sample_cache": sample_cache})
+        # what decides the answers: stored with lm-eval's response cache and the sample cache, compared on reuse
+        self._answer_args = answer_args(
+            {"pretrained": pretrained, "verifier": verifier, "alpha": alpha, "top_k": top_k, "beta": beta,
+             "max_candidates": max_candidates, "seed": seed, "cpu_prepack": prepack, **kwargs})
+        if sample_cache is not None:  # never destroys a file llm2 did not write; other model args refused now
+            from llm2_eval.sample_cache import check_store_args, check_store_path, read_store_header
+
+            check_store_path(sample_cache, {**self._protected, "trace": trace})
+            header = read_store_header(sample_cache)
+            if header is not None:
+                check_store_args(sample_cache, header, self._answer_args)
         check_output_path(sys.argv)  # before hours of decoding whose results could not be saved
         if self.decode_defaults.top_k and self.decode_defaults.alpha is not None:
             log.warning(
@@ -235,22 +271,29 @@ class LLM2LM(HFLM):
         _warn_unapplied_processors(self.model)
         self._seed_base = seed_value if seed_value is not None else int(torch.randint(0, 2**62, ()).item())
         self._prompt_counts: dict[bytes, int] = {}
+        self._samples = None  # the sample cache (llm2_eval.sample_cache): finished sampled generations
+        if sample_cache is not None:
+            from llm2_eval.sample_cache import SampleStore, check_store_path
+            from llm2_eval.trace import trace_path_for_rank
+
+            path = trace_path_for_rank(sample_cache, self.rank, self.world_size)  # one file per data-parallel rank
+            check_store_path(path, {**self._protected, "trace": trace})
+            self._samples = SampleStore(path, self._answer_args, self._seed_base)
+            if self._samples.resumed:
+                log.info("llm2: sample_cache %s holds %d finished samples: they are not decoded again",
+                         path, len(self._samples))
         self._trace = None
-        self._trace_resumable = None  # (path, header) of a same-settings trace: continued if lm-eval's cache is on
+        self._trace_resumable = None  # (path, header) of a same-settings trace: continued by a resumed run
         self.trace_stamp: dict | None = None  # the trace's header (llm2_eval.trace); its run id is in the results
-        # what decides the answers: stored with lm-eval's response cache and compared on reuse (set_cache_hook)
-        self._answer_args = answer_args(
-            {"pretrained": pretrained, "verifier": verifier, "alpha": alpha, "top_k": top_k, "beta": beta,
-             "max_candidates": max_candidates, "seed": seed, "cpu_prepack": prepack, **kwargs})
         if trace is not None:
             from llm2_eval.trace import new_stamp, open_trace, read_header, same_settings, trace_path_for_rank
 
             path = trace_path_for_rank(trace, self.rank, self.world_size)  # one file per data-parallel rank
-            check_trace_path(path, self._protected)
+            check_trace_path(path, {**self._protected, "sample_cache": sample_cache})
             self.trace_stamp = new_stamp(
                 {"pretrained": pretrained, "verifier": verifier, "alpha": alpha, "top_k": top_k, "beta": beta,
                  "max_candidates": max_candidates, "seed": seed, "trace": trace,
-                 "cpu_prepack": prepack, **kwargs,
+                 "cpu_prepack": prepack, **({"sample_cache": sample_cache} if sample_cache else {}), **kwargs,
                  "device": str(self.device)},  # where the run really ran (lm-eval may pass "cuda:0" on a CPU)
                 rank=self.rank, world_size=self.world_size,
             )
@@ -343,7 +386,9 @@ class LLM2LM(HFLM):
         holds up to ``batch_size`` sequences, but the copies of one prompt are never split, so a batch may hold
         more rows when ``repeats > batch_size``. Prompts are encoded, truncated and their generations cut at the
         stop strings exactly as HFLM does. With the ``trace`` model arg one JSON line per sequence is written
-        (a run resumed with lm-eval's ``--use_cache`` appends to the trace of the run it resumes).
+        (a run resumed with lm-eval's ``--use_cache`` appends to the trace of the run it resumes). With the
+        ``sample_cache`` model arg, sampled requests whose every copy is stored are answered from the store (and not
+        traced again), the rest decoded and stored batch by batch.
 
         Returns:
             One generated string per request, in request order.
@@ -353,7 +398,7 @@ class LLM2LM(HFLM):
 
         self._open_trace()
 
-        from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+        from lm_eval.models.utils import postprocess_generated_text
         from rich.progress import Progress
 
         groups: dict[tuple[str, str], list[int]] = {}
@@ -363,13 +408,7 @@ class LLM2LM(HFLM):
         lengths = {key: len(self.tok_encode(key[0])) for key in groups}
         order = sorted(groups, key=lambda k: (k[1], -lengths[k], k[0]))  # longest first, as HFLM
         limit = self.batch_size if isinstance(self.batch_size, int) else int(self._detect_batch_size())
-        batches: list[list[tuple[str, str]]] = []
-        for key in order:
-            rows = sum(len(groups[k]) for k in batches[-1]) if batches else 0
-            if batches and batches[-1][0][1] == key[1] and rows + len(groups[key]) <= max(limit, 1):
-                batches[-1].append(key)
-            else:
-                batches.append([key])
+        batches = _batches(order, groups, limit)
 
         # lm-eval's data parallel evens out the ranks by sending one rank's last request again (its results are
         # dropped): copies of one Instance beyond its ``repeats`` are that padding, marked as such in the trace
@@ -380,27 +419,43 @@ class LLM2LM(HFLM):
             padding.append(seen[id(req)] > max(int(getattr(req, "repeats", 1) or 1), 1))
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         results: list[str | None] = [None] * len(requests)
+
+        # with a sample cache (llm2_eval.sample_cache): first every sampled row's seed, in the order of the batches
+        # of all requests (a request answered from the store keeps the seed it would have had), then the stored
+        # samples are taken and the rest batched again
+        seeds_of: dict[tuple[str, str], list[int]] = {}
+        stored = 0
+        if self._samples is not None:
+            from llm2_eval.sample_cache import sample_key
+
+            for keys in batches:
+                prep = self._prepare_batch(requests, groups, keys, eos)  # encoded again when decoded (memory)
+                if prep["seeds"] is not None:
+                    for key, n in zip(keys, prep["repeats"]):
+                        seeds_of[key], prep["seeds"] = prep["seeds"][:n], prep["seeds"][n:]
+            for key, seeds in seeds_of.items():
+                texts = [self._samples.get(sample_key(key[0], key[1], sd)) for sd in seeds]
+                if all(t is not None for t in texts):
+                    for req_index, text in zip(groups[key], texts):
+                        results[req_index] = text
+                        self.cache_hook.add_partial("generate_until", requests[req_index].args, text)
+                    stored += len(texts)
+            if stored:
+                log.info("llm2: %d of %d requests answered from sample_cache %s", stored, len(requests),
+                         self._samples.path)
+                todo = [k for k in order if results[groups[k][0]] is None]
+                batches = _batches(todo, groups, limit)
+
         with Progress(disable=disable_tqdm or self.rank != 0, transient=True) as progress:
             bar = progress.add_task("llm2 generate_until", total=len(requests))
+            progress.advance(bar, stored)
             for keys in batches:
-                gen_kwargs = requests[groups[keys[0]][0]].args[1]
-                kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
-                until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
-                max_gen_toks = kwargs.pop("max_gen_toks")
-                max_ctx_len = self.max_length - max_gen_toks
-                if max_ctx_len <= 0:
-                    raise ValueError(
-                        f"max_gen_toks={max_gen_toks} leaves no room for the prompt in max_length={self.max_length}"
-                    )
-                contexts = [k[0] for k in keys]
-                context_enc, attn = self.tok_batch_encode(
-                    contexts, left_truncate_len=max_ctx_len, truncation=self.truncation
-                )
-                context_enc, attn = context_enc.to(self.device), attn.to(self.device)
-                cfg = self.decode_config(kwargs, max_gen_toks, until)
-                repeats = [len(groups[k]) for k in keys]
-                base = self._seed_base if gen_kwargs.get("seed") is None else int(gen_kwargs["seed"])
-                seeds = self._seeds(context_enc, attn, repeats, base) if cfg.do_sample else None
+                prep = self._prepare_batch(requests, groups, keys, eos, seeds=self._samples is None)
+                cfg, until, repeats = prep["cfg"], prep["until"], prep["repeats"]
+                seeds = prep["seeds"]
+                if cfg.do_sample and self._samples is not None:  # drawn above
+                    seeds = [sd for k in keys for sd in seeds_of[k]]
+                context_enc, attn = prep["context_enc"].to(self.device), prep["attn"].to(self.device)
                 t0 = time.perf_counter()
                 with torch.autocast(
                     device_type=self.device.type, dtype=self.mixed_precision_dtype,
@@ -413,6 +468,7 @@ class LLM2LM(HFLM):
                 seconds = (time.perf_counter() - t0) / len(out.tokens)
                 self.last_decode = out
                 row = 0
+                finished = []
                 for key in keys:
                     for copy, req_index in enumerate(groups[key]):
                         toks = out.tokens[row]
@@ -429,9 +485,40 @@ class LLM2LM(HFLM):
                         self.cache_hook.add_partial("generate_until", requests[req_index].args, text)
                         if self._trace is not None:
                             self._write_trace(requests[req_index], copy, out, row, seconds, padding[req_index])
+                        if seeds is not None and self._samples is not None:
+                            req = requests[req_index]
+                            finished.append({"key": sample_key(key[0], key[1], seeds[row]), "text": text,
+                                             "task": req.task_name, "doc_id": req.doc_id, "repeat": copy,
+                                             "seed": seeds[row]})
                         row += 1
+                if finished:  # the whole batch in one write, fsynced: a killed run loses at most one batch
+                    self._samples.add(finished)
                 progress.advance(bar, sum(repeats))
         return results  # type: ignore[return-value]
+
+    def _prepare_batch(self, requests: list[Instance], groups: dict[tuple[str, str], list[int]],
+                       keys: list[tuple[str, str]], eos: str, seeds: bool = True) -> dict[str, Any]:
+        """Encode one batch of request groups as HFLM does and build its :class:`DecodeConfig`; with ``seeds``, the
+        seeds of its rows when it samples (this advances the per-prompt sample counts, :meth:`_seeds`)."""
+        from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+
+        gen_kwargs = requests[groups[keys[0]][0]].args[1]
+        kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+        max_gen_toks = kwargs.pop("max_gen_toks")
+        max_ctx_len = self.max_length - max_gen_toks
+        if max_ctx_len <= 0:
+            raise ValueError(
+                f"max_gen_toks={max_gen_toks} leaves no room for the prompt in max_length={self.max_length}"
+            )
+        context_enc, attn = self.tok_batch_encode(
+            [k[0] for k in keys], left_truncate_len=max_ctx_len, truncation=self.truncation
+        )
+        cfg = self.decode_config(kwargs, max_gen_toks, until)
+        repeats = [len(groups[k]) for k in keys]
+        base = self._seed_base if gen_kwargs.get("seed") is None else int(gen_kwargs["seed"])
+        return {"cfg": cfg, "until": until, "repeats": repeats, "context_enc": context_enc, "attn": attn,
+                "seeds": self._seeds(context_enc, attn, repeats, base) if seeds and cfg.do_sample else None}
 
     def _seeds(self, context: torch.Tensor, attention_mask: torch.Tensor, repeats: list[int], base: int) -> list[int]:
         """One seed per output row: ``hash(base, prompt tokens, k)`` for the k-th sample of a prompt."""
@@ -446,16 +533,19 @@ class LLM2LM(HFLM):
 
     def _open_trace(self) -> None:
         """Settle a trace left pending at start-up (same settings as the run that wrote it): continue it under
-        its run id when lm-eval's response cache is on (``--use_cache``: a resumed run), else rewrite it."""
+        its run id when lm-eval's response cache is on (``--use_cache``) or the ``sample_cache`` held samples (a
+        resumed run), else rewrite it."""
         if self._trace_resumable is None:
             return
         from llm2_eval.trace import continue_trace, open_trace
 
         path, old = self._trace_resumable
         self._trace_resumable = None
-        if getattr(self.cache_hook, "dbdict", None) is not None:
+        resumed = self._samples is not None and self._samples.resumed
+        if getattr(self.cache_hook, "dbdict", None) is not None or resumed:
             self._trace, self.trace_stamp = continue_trace(path), old
-            log.info("llm2: continuing trace %s of run %s (lm-eval's response cache is on)", path, old["run_id"])
+            log.info("llm2: continuing trace %s of run %s (a resumed run: its finished requests are cached)", path,
+                     old["run_id"])
         else:
             self._trace = open_trace(path, self.trace_stamp)
 

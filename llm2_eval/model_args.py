@@ -18,7 +18,7 @@ from typing import Any
 
 #: llm2's own model args (see :class:`llm2_eval.lm_eval_model.LLM2LM`)
 LLM2_ARGS = ("pretrained", "verifier", "alpha", "top_k", "beta", "max_candidates", "seed", "trace", "device",
-             "cpu_prepack")
+             "cpu_prepack", "sample_cache")
 
 #: keywords of transformers' ``from_pretrained`` that HFLM passes on (beyond those in its signature)
 _FROM_PRETRAINED = (
@@ -140,7 +140,7 @@ def check_verifier_first(pretrained: Any, verifier: str, kwargs: dict[str, Any])
 
 
 #: model args that do not change the answers: not stored with lm-eval's response cache
-_NOT_ANSWERS = ("trace", "device", "batch_size", "max_batch_size")
+_NOT_ANSWERS = ("trace", "device", "batch_size", "max_batch_size", "sample_cache")
 
 
 def answer_args(model_args: dict[str, Any]) -> dict[str, Any]:
