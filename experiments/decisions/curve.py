@@ -94,6 +94,10 @@ def main() -> None:
         for n in map(int, args.sizes.split(",")):
             if (recipe, n) in done:
                 continue
+            available = sum(1 for x in SOURCES[source].read_text(encoding="utf-8").splitlines() if x.strip())
+            if n > available:
+                print(f"{recipe} {n}: skipped, {SOURCES[source].name} has {available} records", flush=True)
+                continue
             data = first_records(SOURCES[source], n, work / f"{source}{n}.jsonl")
             if source == "divergence":
                 data = divergence_pairs(data, work / f"divergence{n}.pairs.jsonl", tok)

@@ -397,12 +397,10 @@ def _load_engine(cfg: BuildConfig) -> "RolloutEngine":
         from verifier_train.vllm_rollouts import VLLMRolloutEngine
 
         return VLLMRolloutEngine(cfg.model, dtype=cfg.dtype, seed=cfg.seed)
-    import torch
     from transformers import AutoModelForCausalLM
 
     from llm2_eval.verifier import resolve_dtype
     from verifier_train.rollouts import HFRolloutEngine
 
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=resolve_dtype(cfg.dtype)).eval()
-    torch.set_grad_enabled(False)
     return HFRolloutEngine(model)

@@ -269,8 +269,6 @@ def score_verifiers(bench: Benchmark, verifiers: Sequence[str], *, betas: Sequen
     Raises:
         DecisionsError: a verifier that cannot be loaded (its message, one line).
     """
-    import torch
-
     from llm2_eval.verifier import load_verifier
 
     report: dict[str, Any] = {"benchmark": bench.path, "settings": bench.settings,
@@ -282,7 +280,6 @@ def score_verifiers(bench: Benchmark, verifiers: Sequence[str], *, betas: Sequen
         from llm2_eval.verifier import resolve_dtype
 
         llm = AutoModelForCausalLM.from_pretrained(model, dtype=resolve_dtype(dtype)).eval()
-    torch.set_grad_enabled(False)
     for v in verifiers:
         try:
             ver = load_verifier(v, dtype=dtype if dtype != "auto" else None, llm=llm)
