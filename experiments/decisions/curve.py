@@ -149,9 +149,9 @@ def table_and_plot(rows_path: Path = HERE / "curve.jsonl", png: Path = HERE / "c
 
     rows = [json.loads(x) for x in rows_path.read_text().splitlines() if x.strip()]
     label_seconds = label_seconds or {}
-    lines = ["| recipe | questions | best beta | decision gain (points of q) [95% CI] | on points that matter | "
-             "pair accuracy (significant pairs) | changed | CPU-h (labels + training) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| recipe | questions | gain at beta 1 | gain at beta 4 | best beta | its gain (points of q) [95% CI] | "
+             "on points that matter | pair accuracy (significant pairs) | changed | CPU-h (labels + training) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     fig, ax = plt.subplots(figsize=(6, 4))
     by_recipe: dict[str, list] = {}
     for r in rows:
@@ -160,7 +160,11 @@ def table_and_plot(rows_path: Path = HERE / "curve.jsonl", png: Path = HERE / "c
         pa = r["matter"]["pairs"]
         source = r["recipe"].split("-", 1)[0]
         hours = (label_seconds.get(source, 0.0) * r["size"] + r["train_seconds"] + r["score_seconds"]) / 3600
-        lines.append(f"| {r['recipe']} | {r['size']} | {b} | {100 * g['mean']:+.2f} [{100 * g['ci95'][0]:+.2f}, "
+        fixed = [r["all"]["betas"][k]["gain"] for k in ("1.0", "4.0")]
+        lines.append(f"| {r['recipe']} | {r['size']} | "
+                     + " | ".join(f"{100 * f['mean']:+.2f} [{100 * f['ci95'][0]:+.1f}, {100 * f['ci95'][1]:+.1f}]"
+                                  for f in fixed)
+                     + f" | {b} | {100 * g['mean']:+.2f} [{100 * g['ci95'][0]:+.2f}, "
                      f"{100 * g['ci95'][1]:+.2f}] | {100 * gm['mean']:+.2f} | {pa['accuracy']} "
                      f"[{pa['ci95'][0]:.2f}, {pa['ci95'][1]:.2f}] (n={pa['pairs']}) | "
                      f"{100 * r['all']['betas'][b]['changed']:.1f}% | {hours:.2f} |")
