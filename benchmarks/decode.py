@@ -117,7 +117,7 @@ def main() -> None:
     llm = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
     tmp = None
     vpath = args.verifier
-    if vpath is None:
+    if vpath is None and not args.no_separate:
         tmp = tempfile.TemporaryDirectory(prefix="llm2-bench-")
         vpath = init_verifier(args.model, Path(tmp.name) / "verifier", dtype=args.dtype)
     ver = None if args.no_separate else load_verifier(vpath, dtype=dtype, device=args.device)
