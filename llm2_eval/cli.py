@@ -27,7 +27,7 @@ _HELP = {
     "init-verifier": "Create an untrained verifier from an LLM.",
     "explore": "Token quality exploration: make verifier training data.",
     "explore-shards": "Add up the summaries of explore --shard i/N runs.",
-    "train-verifier": "Train a verifier with the pairwise loss.",
+    "train-verifier": "Train a verifier (pairwise or outcome loss; full, LoRA or head).",
     "report": "Accuracy vs compute table and plot over lm-eval runs.",
     "decisions": "Decision benchmark: build it (rollouts), score verifiers on it in minutes.",
 }
