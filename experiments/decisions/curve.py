@@ -7,10 +7,13 @@ A recipe is a label source + a trainable part:
 - outcome-linear / outcome-mlp: train_outcome.jsonl (llm2 explore --strategy outcome), --objective outcome,
   --trainable head with a linear / MLP head;
 - sample-head: ../heldout/train500.jsonl (sample-strategy negatives on self-gold solutions), pairwise, head;
+- outcome-lora / sample-lora / divergence-lora: the same labels, a LoRA adapter (rank 16, all linear layers) on
+  the LLM, trained with transformers' Trainer (--lora-epochs, --lora-lr), scored as a verifier model;
 - divergence-head: pairs at the first token where a right and a wrong sample of a question part ways
   (from train_outcome.jsonl), pairwise, head.
-Size = questions (the first N records of the file). CPU seconds per row = feature extraction + fitting (+ the
-label generation's share: the exploration summaries' seconds per question x N, added in the table).
+Size = questions (the first N records of the file). Rows carry the benchmark's point count: when the benchmark
+grows, re-running scores the verifiers already trained under work/ on the new points (no retraining).
+CPU seconds per row = feature extraction + fitting (+ the label generation's share: the exploration summaries' seconds per question x N, added in the table).
 """
 
 from __future__ import annotations
@@ -70,21 +73,26 @@ def main() -> None:
     ap.add_argument("--sizes", default="125,250,500")
     ap.add_argument("--betas", default="0.25,0.5,1,2,4,8")
     ap.add_argument("--benchmark", default=str(HERE / "dev100.jsonl"))
-    ap.add_argument("--epochs", type=float, default=10.0)
+    ap.add_argument("--epochs", type=float, default=10.0, help="head recipes")
+    ap.add_argument("--lora-epochs", type=float, default=2.0, help="lora / full recipes")
+    ap.add_argument("--lora-lr", type=float, default=1e-4, help="lora / full recipes")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE.parent.parent))
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm2_eval.head_verifier import load_head
-    from verifier_train.decisions.score import candidate_hidden_states, evaluate, load_benchmark
-    from verifier_train.train import TrainConfig, train_verifier
+    from llm2_eval.verifier import load_verifier
+    from verifier_train.decisions.score import candidate_hidden_states, evaluate, load_benchmark, verifier_scores_on
+    from verifier_train.train import train_verifier
 
     bench = load_benchmark(args.benchmark)
     betas = [float(b) for b in args.betas.split(",")]
     rows_path = HERE / "curve.jsonl"
-    done = {(r["recipe"], r["size"]) for r in map(json.loads, rows_path.read_text().splitlines())} \
-        if rows_path.exists() else set()
+    rows = [json.loads(x) for x in rows_path.read_text().splitlines() if x.strip()] if rows_path.exists() else []
+    points = len(bench.points)
+    done = {(r["recipe"], r["size"], r.get("points", 64)) for r in rows}
+    trained = {(r["recipe"], r["size"]): r["train_seconds"] for r in rows}  # verifiers already in work/
     work = HERE / "work"
     work.mkdir(exist_ok=True)
     tok = AutoTokenizer.from_pretrained(MODEL)
@@ -92,44 +100,64 @@ def main() -> None:
     for recipe in args.recipes.split(","):
         source, part = recipe.split("-", 1)
         for n in map(int, args.sizes.split(",")):
-            if (recipe, n) in done:
+            if (recipe, n, points) in done:
                 continue
-            available = sum(1 for x in SOURCES[source].read_text(encoding="utf-8").splitlines() if x.strip())
-            if n > available:
-                print(f"{recipe} {n}: skipped, {SOURCES[source].name} has {available} records", flush=True)
-                continue
-            data = first_records(SOURCES[source], n, work / f"{source}{n}.jsonl")
-            if source == "divergence":
-                data = divergence_pairs(data, work / f"divergence{n}.pairs.jsonl", tok)
-            objective = "outcome" if source == "outcome" else "pairwise"
-            head = "mlp" if part == "mlp" else "linear"
             out = work / f"ver_{recipe}_{n}"
-            t0 = time.time()
-            res = train_verifier(TrainConfig(
-                model=MODEL, data=[str(data)], output=str(out), trainable="head", objective=objective, head=head,
-                head_hidden=256, head_dropout=0.1 if head == "mlp" else 0.0, epochs=args.epochs, head_lr=1e-3,
-                eval_fraction=0.1, eval_steps=10**9, progress=False, overwrite=True, balance=objective == "outcome",
-            ))
-            train_s = time.time() - t0
+            if (recipe, n) in trained and out.is_dir():  # benchmark grew: score the verifier trained before
+                train_s, metrics, reused = trained[(recipe, n)], None, True
+            else:
+                available = sum(1 for x in SOURCES[source].read_text(encoding="utf-8").splitlines() if x.strip())
+                if n > available:
+                    print(f"{recipe} {n}: skipped, {SOURCES[source].name} has {available} records", flush=True)
+                    continue
+                t0 = time.time()
+                res = train_verifier(train_config(recipe, n, out, tok, args))
+                train_s, metrics, reused = time.time() - t0, res.metrics, res.card.get("reused_cache")
             if llm is None:
                 llm = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.bfloat16).eval()
             t0 = time.time()
-            if hidden is None:  # every head reads the same hidden states: computed once per run
-                hidden = candidate_hidden_states(bench, llm)
-            head, _ = load_head(out)
-            with torch.no_grad():
-                scores = {pid: head(h).squeeze(-1).tolist() for pid, h in hidden.items()}
+            if part in ("linear", "mlp", "head"):
+                if hidden is None:  # every head reads the same hidden states: computed once per run
+                    hidden = candidate_hidden_states(bench, llm)
+                head, _ = load_head(out)
+                with torch.no_grad():
+                    scores = {pid: head(h).squeeze(-1).tolist() for pid, h in hidden.items()}
+            else:  # lora / full: a verifier model of its own (an adapter loads onto the LLM's weights)
+                with torch.no_grad():
+                    scores = verifier_scores_on(bench, load_verifier(str(out), dtype="bfloat16", llm=llm))
             rep = evaluate(bench, scores, betas)
-            row = {"recipe": recipe, "size": n, "train_seconds": round(train_s, 1),
-                   "score_seconds": round(time.time() - t0, 1), "reused_cache": res.card.get("reused_cache"),
-                   "train_metrics": res.metrics, "all": rep["all"], "matter": rep["matter"]}
+            row = {"recipe": recipe, "size": n, "points": points, "train_seconds": round(train_s, 1),
+                   "score_seconds": round(time.time() - t0, 1), "reused_cache": reused,
+                   "train_metrics": metrics, "all": rep["all"], "matter": rep["matter"]}
             with rows_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             best = rep["all"]["betas"][rep["all"]["best_beta"]]["gain"]
-            print(f"{recipe} {n}: best beta {rep['all']['best_beta']} gain {100 * best['mean']:+.2f} "
+            print(f"{recipe} {n} ({points} points): best beta {rep['all']['best_beta']} gain {100 * best['mean']:+.2f} "
                   f"[{100 * best['ci95'][0]:+.1f}, {100 * best['ci95'][1]:+.1f}] pair acc "
                   f"{rep['matter']['pairs']['accuracy']} ({train_s:.0f} s)", flush=True)
 
+
+def train_config(recipe: str, n: int, out: Path, tok, args):
+    """The training config of one (recipe, size) row: its data (first n records; divergence pairs derived from
+    outcome records), objective, and trainable part (head: cached features; lora: adapter, --lora-epochs)."""
+    from verifier_train.train import TrainConfig
+
+    source, part = recipe.split("-", 1)
+    work = out.parent
+    data = first_records(SOURCES[source], n, work / f"{source}{n}.jsonl")
+    if source == "divergence":
+        data = divergence_pairs(data, work / f"divergence{n}.pairs.jsonl", tok)
+    objective = "outcome" if source == "outcome" else "pairwise"
+    common = dict(model=MODEL, data=[str(data)], output=str(out), objective=objective, eval_fraction=0.1,
+                  eval_steps=10**9, progress=False, overwrite=True)
+    if part in ("lora", "full"):
+        return TrainConfig(**common, trainable=part, lora=part == "lora",
+                           lora_save="adapter" if part == "lora" else "merged", epochs=args.lora_epochs,
+                           lr=args.lora_lr)
+    head = "mlp" if part == "mlp" else "linear"
+    return TrainConfig(**common, trainable="head", head=head, head_hidden=256,
+                       head_dropout=0.1 if head == "mlp" else 0.0, epochs=args.epochs, head_lr=1e-3,
+                       balance=objective == "outcome")
 
 if __name__ == "__main__":
     main()
@@ -137,7 +165,7 @@ if __name__ == "__main__":
 
 def table_and_plot(rows_path: Path = HERE / "curve.jsonl", png: Path = HERE / "curve.png",
                    label_seconds: dict[str, float] | None = None) -> str:
-    """The README table (markdown) of curve.jsonl and a plot of decision gain vs CPU-hours, one line per recipe.
+    """The README table (markdown) of curve.jsonl's rows on the largest benchmark and a plot of decision gain vs CPU-hours, one line per recipe.
 
     ``label_seconds``: seconds of label generation per question, per label source (from the exploration
     summaries), added to each row's CPU cost.
@@ -148,6 +176,8 @@ def table_and_plot(rows_path: Path = HERE / "curve.jsonl", png: Path = HERE / "c
     import matplotlib.pyplot as plt
 
     rows = [json.loads(x) for x in rows_path.read_text().splitlines() if x.strip()]
+    latest = max(r.get("points", 64) for r in rows)  # rows scored on the benchmark at its current size
+    rows = [r for r in rows if r.get("points", 64) == latest]
     label_seconds = label_seconds or {}
     lines = ["| recipe | questions | gain at beta 1 | gain at beta 4 | best beta | its gain (points of q) [95% CI] | "
              "on points that matter | pair accuracy (significant pairs) | changed | CPU-h (labels + training) |",
