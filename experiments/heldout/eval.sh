@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One lm-eval run of the held-out experiment: eval.sh NAME TASK LIMIT BATCH EXTRA_MODEL_ARGS
 #   e.g. eval.sh dev_b1 gsm8k_llm2_dev 100 16 verifier=ver500,beta=1
-# Resumable: --use_cache keeps every finished request, and the trace continues (see the README's traces).
+# Resumable: --use_cache keeps every finished request, and the trace continues (see docs/evaluation.md, traces).
 set -euo pipefail
 . ./env.sh
 NAME=$1 TASK=$2 LIMIT=$3 BATCH=$4 EXTRA=$5
