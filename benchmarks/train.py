@@ -39,11 +39,14 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from llm2_eval.loading import build_verifier  # noqa: E402
 from verifier_train.packing import PackedCollator, pack_solution  # noqa: E402
+from verifier_train.records import chat_token_ids, check_samples, iter_records, response_start  # noqa: E402
 from verifier_train.train import bf16_supported, pair_scores, pairwise_loss  # noqa: E402
 
 WORDS = (
@@ -63,8 +66,6 @@ def _text_of_tokens(tok, n_tokens: int, rng: random.Random) -> str:
 
 def synthetic_records(tok, n: int, prompt_tokens: int, response_tokens: int, pairs: int, seed: int) -> list[dict]:
     """Solutions of about the given token lengths with ``pairs`` triplets each (two negatives per position)."""
-    from verifier_train.records import chat_token_ids, response_start
-
     rng = random.Random(seed)
     vocab = len(tok)
     out = []
@@ -86,8 +87,6 @@ def synthetic_records(tok, n: int, prompt_tokens: int, response_tokens: int, pai
 
 def load_examples(tok, args) -> tuple[list[tuple[list[int], list[list[int]]]], str]:
     """``(token ids, samples)`` per solution, from ``--data`` or synthetic; validated."""
-    from verifier_train.records import chat_token_ids, check_samples, iter_records
-
     if args.data:
         recs = [{"messages": r.messages, "samples": [list(s) for s in r.samples]} for r in iter_records(args.data)]
         recs = recs[: args.solutions]
@@ -214,8 +213,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json-out", help="also write the JSON result here")
     args = ap.parse_args(argv)
 
-    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
-
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
@@ -243,16 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     rng = random.Random(args.seed)
     rng.shuffle(examples)
 
-    config = AutoConfig.from_pretrained(args.model, num_labels=1)
-    config.classifier_dropout = 0.0
-    config.use_cache = False
-    torch.manual_seed(args.seed)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    model = AutoModelForTokenClassification.from_pretrained(
-        args.model, config=config, dtype=torch.float32, attn_implementation=args.attn
-    ).to(dev)
+    model = build_verifier(args.model, dtype=torch.float32, attn_implementation=args.attn, seed=args.seed,
+                           use_cache=False, quiet=True).to(dev)
     model.train()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -43,7 +43,7 @@ def plausible_candidates(
     there alpha wins over top-k. With the released settings (alpha 0.1, no top-k) both are the same set.
 
     Defaults: ``alpha=None`` means :data:`DEFAULT_ALPHA` (0.1) when ``top_k`` is 0, and no alpha threshold when
-    ``top_k > 0`` (so ``top_k`` alone is the pure top-k set, as before); give both for the intersection
+    ``top_k > 0`` (so ``top_k`` alone is the pure top-k set); give both for the intersection
     (:func:`resolve_alpha`).
 
     Args:
