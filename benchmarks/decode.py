@@ -39,7 +39,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm2_eval.decoding import DecodeConfig, generate
-from llm2_eval.verifier import init_verifier, load_verifier, resolve_dtype
+from llm2_eval.loading import resolve_dtype
+from llm2_eval.verifier import init_verifier, load_verifier
 
 
 def load_prompts(tokenizer, n: int) -> list[str]:

@@ -12,7 +12,7 @@ instead). The timed part is the rollouts only, prompt prefill included:
   KV cache, ``--batch-rows`` rollouts decoded together);
 * naive: the same engine with ``batch_rows=1, share_prefix=False`` (each rollout prefills its own prompt and
   decodes alone);
-* vllm (``--backend vllm``): :class:`verifier_train.vllm_rollouts.VLLMRolloutEngine`, one ``generate`` call per
+* vllm (``--backend vllm``): :class:`verifier_train.rollouts.VLLMRolloutEngine`, one ``generate`` call per
   solution as exploration makes them, and ``--vllm-many`` all solutions in one call. Its rollouts use vLLM's own
   random streams, so their tokens differ from the hf engine's (the same seeds, another sampler); on CPU pass
   ``--dtype float32`` where the CPU has no bf16 hardware.
@@ -64,7 +64,7 @@ def _model(args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm2_eval.verifier import resolve_dtype
+    from llm2_eval.loading import resolve_dtype
 
     path = args.model
     if path is not None and args.random_weights:

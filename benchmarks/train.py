@@ -39,11 +39,14 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from llm2_eval.loading import build_verifier  # noqa: E402
 from verifier_train.packing import PackedCollator, pack_solution  # noqa: E402
+from verifier_train.records import chat_token_ids, check_samples, iter_records, response_start  # noqa: E402
 from verifier_train.train import bf16_supported, pair_scores, pairwise_loss  # noqa: E402
 
 WORDS = (
@@ -63,8 +66,6 @@ def _text_of_tokens(tok, n_tokens: int, rng: random.Random) -> str:
 
 def synthetic_records(tok, n: int, prompt_tokens: int, response_tokens: int, pairs: int, seed: int) -> list[dict]:
     """Solutions of about the given token lengths with ``pairs`` triplets each (two negatives per position)."""
-    from verifier_train.records import chat_token_ids, response_start
-
     rng = random.Random(seed)
     vocab = len(tok)
     out = []
@@ -86,8 +87,6 @@ def synthetic_records(tok, n: int, prompt_tokens: int, response_tokens: int, pai
 
 def load_examples(tok, args) -> tuple[list[tuple[list[int], list[list[int]]]], str]:
     """``(token ids, samples)`` per solution, from ``--data`` or synthetic; validated."""
-    from verifier_train.records import chat_token_ids, check_samples, iter_records
-
     if args.data:
         recs = [{"messages": r.messages, "samples": [list(s) for s in r.samples]} for r in iter_records(args.data)]
         recs = recs[: args.solutions]
@@ -181,7 +180,8 @@ def time_optimizer_step(model, opt, reps: int = 3) -> float:
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The benchmark's command-line options."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="LLM directory (default: build a tiny random Qwen2 in a temp dir)")
     ap.add_argument("--data", help="triplet JSON Lines (docs/method.md section 5); default synthetic")
@@ -212,13 +212,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--random-weights", action="store_true",
                     help="random weights with --model's config and tokenizer (timing only)")
     ap.add_argument("--json-out", help="also write the JSON result here")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-
+def _model_source(args: argparse.Namespace) -> tuple["tempfile.TemporaryDirectory | None", str]:
+    """Point ``args.model`` at the model to time (a tiny random Qwen2 built in a temporary directory without
+    ``--model``; random weights with ``--random-weights``); returns ``(temporary directory or None, model name)``."""
     tmp = None
     if args.model is None:
         sys.path.insert(0, str(REPO / "tests"))
@@ -235,6 +234,31 @@ def main(argv: list[str] | None = None) -> dict:
 
             args.model = materialize(args.model)
             model_name += " (random weights)"
+    return tmp, model_name
+
+
+def _print_report(report: dict, results: list[dict], updates_of: int, t_opt: float, pairs_per_update: float,
+                  ratio: float) -> None:
+    """The result table on stdout (times in seconds, throughputs per second), then the JSON line."""
+    model_name, source = report["model"], report["data"]
+    print(f"\nmodel: {model_name} | data: {source} | {report['device']} | {report['precision']}")
+    print(f"AdamW step {t_opt:.3f} s per {pairs_per_update:.0f} pairs (global batch of {updates_of} solutions)")
+    print(f"{'method':<10} {'steps':>6} {'pairs/s':>10} {'fwd+bwd pairs/s':>16} {'tokens/s':>10} {'tokens/pair':>12}")
+    for r in results:
+        print(f"{r['method']:<10} {r['steps']:>6} {r['pairs_per_s']:>10.2f} {r['fwd_bwd_pairs_per_s']:>16.2f} "
+              f"{r['padded_tokens_per_s']:>10.0f} {r['tokens_per_pair']:>12.1f}")
+    print(f"packed / per-pair: {ratio:.2f}x (goal >= 5x: {'met' if ratio >= 5 else 'NOT met'})")
+    print(json.dumps(report))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns the JSON report (also printed)."""
+    args = _parse_args(argv)
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    tmp, model_name = _model_source(args)
     bf16 = bf16_supported() if args.bf16 is None else args.bf16
     dev = torch.device(args.device)
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -243,16 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
     rng = random.Random(args.seed)
     rng.shuffle(examples)
 
-    config = AutoConfig.from_pretrained(args.model, num_labels=1)
-    config.classifier_dropout = 0.0
-    config.use_cache = False
-    torch.manual_seed(args.seed)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    model = AutoModelForTokenClassification.from_pretrained(
-        args.model, config=config, dtype=torch.float32, attn_implementation=args.attn
-    ).to(dev)
+    model = build_verifier(args.model, dtype=torch.float32, attn_implementation=args.attn, seed=args.seed,
+                           use_cache=False, quiet=True).to(dev)
     model.train()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -326,14 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "two-seq" in by:
         report["speedup_packed_vs_two_seq"] = round(by["packed"]["pairs_per_s"] / by["two-seq"]["pairs_per_s"], 2)
 
-    print(f"\nmodel: {model_name} | data: {source} | {report['device']} | {report['precision']}")
-    print(f"AdamW step {t_opt:.3f} s per {pairs_per_update:.0f} pairs (global batch of {args.updates_of} solutions)")
-    print(f"{'method':<10} {'steps':>6} {'pairs/s':>10} {'fwd+bwd pairs/s':>16} {'tokens/s':>10} {'tokens/pair':>12}")
-    for r in results:
-        print(f"{r['method']:<10} {r['steps']:>6} {r['pairs_per_s']:>10.2f} {r['fwd_bwd_pairs_per_s']:>16.2f} "
-              f"{r['padded_tokens_per_s']:>10.0f} {r['tokens_per_pair']:>12.1f}")
-    print(f"packed / per-pair: {ratio:.2f}x (goal >= 5x: {'met' if ratio >= 5 else 'NOT met'})")
-    print(json.dumps(report))
+    _print_report(report, results, args.updates_of, t_opt, pairs_per_update, ratio)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
     if tmp is not None:

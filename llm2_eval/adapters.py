@@ -21,7 +21,7 @@ Two ways to load it (:func:`load_adapter_verifier`):
 
 from __future__ import annotations
 
-import copy
+import inspect
 import json
 import logging
 import os
@@ -29,6 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import safe_open
+
+from llm2_eval.head_verifier import is_head_dir, read_head_config
+from llm2_eval.loading import build_verifier, resolve_dtype, same_model
+from llm2_eval.paths import is_hub_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel
@@ -73,8 +78,6 @@ def tokenizer_source(verifier: str | os.PathLike) -> str | None:
         AdapterError: an adapter directory whose ``adapter_config.json`` cannot be read.
         HeadVerifierError: a head directory whose marker cannot be read.
     """
-    from llm2_eval.head_verifier import is_head_dir, read_head_config
-
     d = Path(verifier)
     head = is_head_dir(d)
     if not (head or is_adapter_dir(d)) or any((d / name).is_file() for name in TOKENIZER_FILES):
@@ -96,8 +99,6 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     Raises:
         AdapterError: naming the file and what is wrong with it.
     """
-    from safetensors import safe_open
-
     d = Path(adapter_dir)
     cfg_path = d / ADAPTER_CONFIG
     try:
@@ -151,7 +152,7 @@ def load_adapter_verifier(
         llm: the LLM the verifier will guide. When it is the adapter's base (:func:`shares_base`) and runs an
             attention kernel that takes 4-D masks (sdpa / eager), the verifier shares its weights
             (:class:`SharedBaseVerifier`; ``dtype`` and ``device`` are then the LLM's).
-        dtype: weight dtype of an own-base verifier (see :func:`llm2_eval.verifier.resolve_dtype`).
+        dtype: weight dtype of an own-base verifier (see :func:`llm2_eval.loading.resolve_dtype`).
         device: where to put an own-base verifier; default CPU.
         attn_implementation: attention kernel of an own-base verifier.
 
@@ -180,43 +181,9 @@ def load_adapter_verifier(
 
 
 def shares_base(adapter_config: dict[str, Any], llm: "PreTrainedModel") -> bool:
-    """Whether ``llm`` is the adapter's base model: the same path (``base_model_name_or_path`` vs the LLM's
-    ``name_or_path``), or a local checkpoint whose backbone tensors, cast to the LLM's dtype, equal the LLM's
-    (read one tensor at a time)."""
-    base = str(adapter_config["base_model_name_or_path"])
-    name = str(getattr(llm, "name_or_path", "") or getattr(llm.config, "_name_or_path", ""))
-    if base == name:
-        return True
-    if not name or not Path(base).is_dir():
-        return False
-    if Path(name).exists() and os.path.samefile(base, name):
-        return True
-    return _same_backbone_weights(Path(base), llm)
-
-
-def _same_backbone_weights(base_dir: Path, llm: "PreTrainedModel") -> bool:
-    from safetensors import safe_open
-
-    files = sorted(base_dir.glob("*.safetensors"))
-    prefix = getattr(llm, "base_model_prefix", "model")
-    backbone = getattr(llm, prefix, None)
-    if not files or backbone is None:
-        return False
-    handles = {}
-    try:
-        for f in files:
-            h = safe_open(str(f), framework="pt")
-            handles.update({k: h for k in h.keys()})
-        for name, param in backbone.named_parameters():
-            key = f"{prefix}.{name}"
-            if key not in handles:
-                return False
-            t = handles[key].get_tensor(key)
-            if t.shape != param.shape or not torch.equal(t.to(device=param.device, dtype=param.dtype), param.data):
-                return False
-    except Exception:  # an unreadable checkpoint is simply not known to be the same
-        return False
-    return True
+    """Whether ``llm`` is the adapter's base model (``base_model_name_or_path``): the same path, or a local
+    checkpoint with the same backbone weights (:func:`llm2_eval.loading.same_model`)."""
+    return same_model(adapter_config["base_model_name_or_path"], llm)
 
 
 def _first_line(err: BaseException) -> str:
@@ -228,30 +195,18 @@ def _first_line(err: BaseException) -> str:
 def _load_own_base(adapter_dir, cfg: dict[str, Any], *, dtype, device, attn_implementation) -> "PreTrainedModel":
     """The adapter's base loaded from ``base_model_name_or_path`` as a 1-label token classifier, adapter merged."""
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForTokenClassification
-    from transformers.utils import logging as hf_logging
 
-    from llm2_eval.verifier import _looks_like_hub_id, resolve_dtype
-
+    dtype = resolve_dtype(dtype)  # an unknown dtype is the caller's error (ValueError), not the adapter's
     cfg_path = Path(adapter_dir) / ADAPTER_CONFIG
     base = str(cfg["base_model_name_or_path"])
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if not Path(base).exists() and not _looks_like_hub_id(base):
+    if not Path(base).exists() and not is_hub_id(base):
         raise AdapterError(f"{cfg_path}: base model {base} not found (base_model_name_or_path: the model the adapter "
                            "was trained on)")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the load report would say "lm_head unused, score head new": the adapter has it
-    try:
-        mconf = AutoConfig.from_pretrained(base, num_labels=1)
-        mconf.classifier_dropout = 0.0
-        model = AutoModelForTokenClassification.from_pretrained(base, config=mconf, **kwargs)
+    try:  # quiet: the load report would say "lm_head unused, score head new": the adapter has the head
+        model = build_verifier(base, dtype=dtype, attn_implementation=attn_implementation, quiet=True)
     except (OSError, ValueError) as err:
         raise AdapterError(f"{cfg_path}: cannot load the base model {base} "
                            f"(base_model_name_or_path): {_first_line(err)}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     try:
         merged = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as err:
@@ -284,19 +239,14 @@ class SharedBaseVerifier(torch.nn.Module):
 
     def __init__(self, llm: "PreTrainedModel", adapter_dir: str | os.PathLike):
         super().__init__()
-        import inspect
-
         from peft import PeftModel
         from peft.tuners.tuners_utils import BaseTunerLayer
         from peft.utils import AuxiliaryTrainingWrapper
-        from transformers import AutoModelForTokenClassification
 
         cfg = read_adapter_config(adapter_dir)
         prefix = llm.base_model_prefix
-        mconf = copy.deepcopy(llm.config)
-        mconf.num_labels, mconf.classifier_dropout = 1, 0.0
         with torch.device("meta"):  # the classifier's own backbone is never allocated: the LLM's takes its place
-            classifier = AutoModelForTokenClassification.from_config(mconf)
+            classifier = build_verifier(llm.config)
         setattr(classifier, prefix, getattr(llm, prefix))
         dev = list(getattr(llm, prefix).parameters())[-1].device  # where the backbone's last hidden state lives
         for name, module in classifier.named_children():

@@ -3,13 +3,16 @@
 :func:`plausible_candidates` is the one candidate-set function of the project (docs/method.md section 3 step 2), used by
 decoding and by exploration (one rule: the alpha set intersected with the top-k set); :func:`sample_from_logits`
 draws from the fused scores ``z*`` (step 5) with one CPU generator per row, so a row's samples never depend on the
-rest of its batch.
+rest of its batch. The seeds themselves are hashes of what identifies a sample (:func:`seed_hash`; lm-eval requests:
+:func:`context_seed`, exploration rollouts: :func:`derive_seed`), so they are the same on every run and machine.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -43,7 +46,7 @@ def plausible_candidates(
     there alpha wins over top-k. With the released settings (alpha 0.1, no top-k) both are the same set.
 
     Defaults: ``alpha=None`` means :data:`DEFAULT_ALPHA` (0.1) when ``top_k`` is 0, and no alpha threshold when
-    ``top_k > 0`` (so ``top_k`` alone is the pure top-k set, as before); give both for the intersection
+    ``top_k > 0`` (so ``top_k`` alone is the pure top-k set); give both for the intersection
     (:func:`resolve_alpha`).
 
     Args:
@@ -128,3 +131,23 @@ def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:
         g.manual_seed(int(s))
         gens.append(g)
     return gens
+
+
+def seed_hash(data: bytes) -> int:
+    """The project's one seed hash: a 63-bit seed from ``data`` (the first 8 bytes of its BLAKE2b digest read
+    little-endian, shifted right by one bit), the same across runs, machines and Python versions."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
+
+
+def derive_seed(*parts: Any) -> int:
+    """:func:`seed_hash` of JSON-serialisable ``parts`` (keys sorted, other objects as ``str``), e.g. the seed of
+    one exploration rollout from ``(seed, example id, position, token, rollout)``."""
+    return seed_hash(json.dumps(parts, sort_keys=True, default=str).encode())
+
+
+def context_seed(base: int, context: Sequence[int], copy_index: int) -> int:
+    """:func:`seed_hash` of a sampling request: the base seed (8 bytes, signed), the prompt's token ids (int64
+    each) and which sample of that prompt it is (8 bytes), all little-endian."""
+    tokens = torch.as_tensor(context, dtype=torch.int64).cpu().numpy().tobytes()
+    return seed_hash(int(base).to_bytes(8, "little", signed=True) + tokens + int(copy_index).to_bytes(8, "little"))
+

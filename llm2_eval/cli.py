@@ -99,7 +99,8 @@ def init_verifier_command(llm: str, output: str, dtype: str, seed: int, head_ini
     The output is written to a temporary sibling and renamed into place; a non-empty --output is refused unless
     it holds an llm2 checkpoint and --overwrite is given.
     """
-    from llm2_eval.verifier import init_verifier, resolve_dtype
+    from llm2_eval.loading import resolve_dtype
+    from llm2_eval.verifier import init_verifier
 
     try:
         resolve_dtype(dtype)

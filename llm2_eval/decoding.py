@@ -35,16 +35,12 @@ import torch
 
 from llm2_eval.candidates import make_generators, plausible_candidates, sample_from_logits
 from llm2_eval.fused import FusedHeadScorer, can_fuse
-from llm2_eval.kv_cache import CachedForward, PrefixCache, SharedPrefix, sliding_window
-from llm2_eval.scoring import VerifierCache, candidate_attention_mask
+from llm2_eval.kv_cache import CachedForward, PrefixCache, sliding_window
+from llm2_eval.scoring import ScoredCandidates, VerifierCache
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = [
-    "DecodeConfig", "DecodeOutput", "PrefixCache", "RowStats", "SharedPrefix", "candidate_attention_mask",
-    "generate", "make_generators", "plausible_candidates", "sample_from_logits", "sliding_window",
-]
 
 @dataclass
 class DecodeConfig:
@@ -263,33 +259,35 @@ class _Decoding:
         logits = self.logits[:, : self.scorer.vocab]
         return plausible_candidates(logits, alpha=cfg.alpha, top_k=cfg.top_k, max_candidates=cfg.max_candidates)
 
-    def score(self, cand_ids: torch.Tensor, cand_mask: torch.Tensor) -> torch.Tensor | None:
-        """Step 3: verifier scores ``[rows, K]`` float32 of the candidates of the rows with ``|V_t| > 1`` (0 for
-        the others), or None when no row needs the verifier; counts the verifier's token forwards."""
+    def score(self, cand_ids: torch.Tensor, cand_mask: torch.Tensor) -> ScoredCandidates | None:
+        """Step 3: the verifier's scores ``[rows, K]`` float32 of the candidates of the rows with ``|V_t| > 1``
+        (0 for the others), with what :meth:`choose` hands back to the scorer, or None when no row needs the
+        verifier; counts the verifier's token forwards."""
         scored = self.scorer.score(self.seq, self.attn, self.positions, self.next_pos, cand_ids, cand_mask.sum(-1))
         if scored is None:
             return None
-        scores, fed = scored
-        for r, n in zip(self.active, fed.tolist()):
+        for r, n in zip(self.active, scored.fed.tolist()):
             if self.fused:  # the candidates' forward is the LLM's own step (llm2_eval/fused.py)
                 self.stats[r].llm_tokens += int(n)
             else:
                 self.stats[r].verifier_tokens += int(n)
-        return scores
+        return scored
 
-    def choose(self, cand_ids: torch.Tensor, cand_mask: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
-        """Steps 4-5: fuse ``z* = z + beta * s`` on the candidates and pick one per row (greedy or sampled);
-        returns the chosen token ids ``[rows]`` and counts candidates, flips and score margins."""
+    def choose(self, cand_ids: torch.Tensor, cand_mask: torch.Tensor, scored: ScoredCandidates | None) -> torch.Tensor:
+        """Steps 4-5: fuse ``z* = z + beta * s`` on the candidates and pick one per row (greedy or sampled); the
+        scorer keeps the chosen candidates (step 6, :meth:`~llm2_eval.scoring.VerifierCache.accept`). Returns the
+        chosen token ids ``[rows]`` and counts candidates, flips and score margins."""
+        scores = scored.scores if scored is not None else None
         z = self.logits.gather(-1, cand_ids)
         if scores is not None:
             z = z + self.beta * scores
         z = z.masked_fill(~cand_mask, float("-inf"))
         slot = self.draw(z)
         next_tok = cand_ids.gather(-1, slot[:, None])[:, 0]
-        if scores is not None:
-            self.scorer.accept(slot)
-            if self.fused:  # the chosen candidate's logits are the next step's: no separate feed
-                self.logits = self.scorer.next_logits
+        if scored is not None:
+            next_logits = self.scorer.accept(scored, slot)
+            if next_logits is not None:  # fused: the chosen candidate's logits are the next step's, no separate feed
+                self.logits = next_logits
         n_list = cand_mask.sum(-1).tolist()
         for r, n in zip(self.active, n_list):
             self.stats[r].candidates += int(n)
@@ -416,9 +414,6 @@ def generate(
         ValueError: an empty prompt (a row with no real token), a seeds list of the wrong length, repeats that
             are not one integer >= 1 per row, or stop strings without a tokenizer.
     """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must have shape [batch, seq], got {tuple(input_ids.shape)}")
-    n_prompts, seq_len = input_ids.shape
     run = _Decoding(llm, input_ids, attention_mask, config, verifier=verifier, tokenizer=tokenizer, seeds=seeds,
                     prefix_cache=prefix_cache, repeats=repeats)
     for step in range(run.max_new_tokens):

@@ -21,19 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llm2_eval.scoring import VerifierCache, candidate_attention_mask
+from llm2_eval.head_verifier import HeadVerifier
+from llm2_eval.scoring import ScoredCandidates, VerifierCache, candidate_attention_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel
 
-    from llm2_eval.head_verifier import HeadVerifier
     from llm2_eval.kv_cache import CachedForward
 
 
 def can_fuse(llm: "PreTrainedModel", verifier: Any) -> bool:
     """Whether ``verifier`` is a head verifier running on ``llm``'s own backbone (the fused step applies)."""
-    from llm2_eval.head_verifier import HeadVerifier
-
     return isinstance(verifier, HeadVerifier) and verifier.backbone is getattr(llm, llm.base_model_prefix, None)
 
 
@@ -42,8 +40,8 @@ class FusedHeadScorer(VerifierCache):
 
     It shares the LLM's KV cache (``llm_fwd.cache``; the decoder selects its rows), so :meth:`select_rows` only
     follows the row bookkeeping. :meth:`score` scores every row's candidates (a single-candidate row too: its
-    forward is the feed of its only token) and keeps each candidate's hidden state; :meth:`accept` keeps the
-    chosen candidate's key/values and exposes its logits as :attr:`next_logits` ``[rows, vocab]`` float32.
+    forward is the feed of its only token) and returns each candidate's hidden state with the scores; :meth:`accept`
+    keeps the chosen candidate's key/values and returns its logits ``[rows, vocab]`` float32, the next step's.
 
     Args:
         llm: the causal LM (its ``lm_head`` makes the next logits).
@@ -62,9 +60,6 @@ class FusedHeadScorer(VerifierCache):
         device = next(self.backbone.parameters()).device
         self.read = torch.zeros(rows, dtype=torch.long, device=device)
         self.prompts_read = True
-        self._candidates = None
-        self._hidden: torch.Tensor | None = None
-        self.next_logits: torch.Tensor | None = None
 
     @property
     def cache(self):
@@ -75,8 +70,9 @@ class FusedHeadScorer(VerifierCache):
         """Follow the decoder's row selection (the shared cache is selected by the decoder itself)."""
         self.read = self.read[keep]
 
-    def score(self, seq, attn, positions, next_pos, cand_ids, n_cand):
-        """Scores ``[rows, K]`` float32 and tokens fed ``[rows]`` of every row's candidates (see the class).
+    def score(self, seq, attn, positions, next_pos, cand_ids, n_cand) -> ScoredCandidates:
+        """Scores ``[rows, K]`` float32 and tokens fed ``[rows]`` of every row's candidates, with their key/values
+        and hidden states (see the class).
 
         Every real column is already in the LLM's cache (the prompt by the prefill, each chosen token by
         :meth:`accept`), so the forward feeds the candidate slots alone.
@@ -88,21 +84,19 @@ class FusedHeadScorer(VerifierCache):
         hidden = self.backbone(input_ids=cand_ids[:, :k], attention_mask=candidate_attention_mask(attn, width, k, self.dtype),
                                position_ids=next_pos[:, None].expand(-1, k), **kw).last_hidden_state
         rows = torch.arange(seq.shape[0], device=seq.device)
-        self._candidates = (rows, width, [(layer.keys[:, :, -k:].clone(), layer.values[:, :, -k:].clone())
-                                          for layer in cache.layers])
+        kv = [(layer.keys[:, :, -k:].clone(), layer.values[:, :, -k:].clone()) for layer in cache.layers]
         if k > 1:
             cache.crop(-(k - 1))
-        self._hidden = hidden  # the LM head runs on the chosen candidate only (accept)
         scores = torch.zeros(cand_ids.shape, dtype=torch.float32, device=seq.device)
         scores[:, :k] = self.head(hidden)[..., 0].float()
         self.read.fill_(width)
-        return scores, torch.full_like(n_cand, k)
+        # the LM head runs on the chosen candidates only (accept)
+        return ScoredCandidates(scores=scores, fed=torch.full_like(n_cand, k), rows=rows, width=width,
+                                candidate_kv=kv, hidden=hidden)
 
-    def accept(self, slot: torch.Tensor) -> None:
-        """Keep the chosen candidates' key/values (:meth:`VerifierCache.accept`) and compute their next-token
-        logits (the LM head on the chosen candidates' hidden states only)."""
-        hidden = self._hidden
-        super().accept(slot)
-        chosen = hidden[torch.arange(slot.shape[0], device=slot.device), slot]
-        self.next_logits = self.lm_head(chosen).float()
-        self._hidden = None
+    def accept(self, scored: ScoredCandidates, slot: torch.Tensor) -> torch.Tensor:
+        """Keep the chosen candidates' key/values (:meth:`VerifierCache.accept`); returns their next-token logits
+        ``[rows, vocab]`` float32 (the LM head on the chosen candidates' hidden states only)."""
+        super().accept(scored, slot)
+        chosen = scored.hidden[torch.arange(slot.shape[0], device=slot.device), slot]
+        return self.lm_head(chosen).float()

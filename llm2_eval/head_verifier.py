@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from transformers import AutoModelForCausalLM
+
+from llm2_eval.loading import resolve_dtype, same_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel
@@ -198,22 +201,16 @@ def load_head_verifier(
     Args:
         path: the head directory.
         llm: the LLM it will guide; used as the backbone when it is the head's base (same path or same backbone
-            weights, :func:`llm2_eval.adapters.shares_base`).
+            weights, :func:`llm2_eval.loading.same_model`).
         dtype, device: of a base loaded from ``base_model`` (when ``llm`` is not the base).
 
     Raises:
         HeadVerifierError: a bad directory, a hidden size that differs from the LLM's, or a base that cannot be
             loaded (naming it).
     """
-    from llm2_eval.adapters import shares_base
-
     head, cfg = load_head(path)
     base = str(cfg["base_model"])
-    if llm is None or not shares_base({"base_model_name_or_path": base}, llm):
-        from transformers import AutoModelForCausalLM
-
-        from llm2_eval.verifier import resolve_dtype
-
+    if llm is None or not same_model(base, llm):
         if llm is not None:
             import logging
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import torch
+from transformers import DynamicCache
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel
@@ -20,8 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def new_cache(model: torch.nn.Module, full_attention: bool = False):
     """A ``DynamicCache`` for ``model``; ``full_attention=True`` keeps every position of every layer (croppable)."""
-    from transformers import DynamicCache
-
     if full_attention:
         return DynamicCache()
     try:

@@ -102,12 +102,12 @@ def check_verifier_first(pretrained: Any, verifier: str, kwargs: dict[str, Any])
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from llm2_eval.verifier import _looks_like_hub_id, check_tokenizers_compatible
+    from llm2_eval.paths import check_model_path, is_hub_id
+    from llm2_eval.verifier import check_tokenizers_compatible
 
     if not Path(verifier).exists():
-        if not _looks_like_hub_id(str(verifier)):
+        if not is_hub_id(str(verifier)):
             raise FileNotFoundError(f"verifier checkpoint not found: {verifier}")
-        from llm2_eval.paths import check_model_path
 
         check_model_path(verifier, "verifier=")  # a hub id cannot be fetched offline: named before the LLM loads
     llm_tok = kwargs.get("tokenizer") or pretrained

@@ -5,7 +5,8 @@ here BEFORE it reads a weight or writes a byte, so a refused command leaves ever
 
 - an output that is one of the command's inputs (the model, the data, a second model, a chat template), after
   resolving links (hard links too), is refused (:func:`check_not_an_input`);
-- a model path that does not exist is named as such, not as a hub lookup failure (:func:`check_model_path`);
+- a model path that does not exist is named as such, not as a hub lookup failure (:func:`check_model_path`; what
+  may be a hub id is :func:`is_hub_id`);
 - a directory holding a model that llm2 did not write (:func:`foreign_model_files`) is only written over on
   request, and ``init-verifier`` only replaces a directory that holds an llm2 checkpoint (:func:`is_llm2_checkpoint`).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -78,11 +80,21 @@ def check_parent_dirs(path: str | os.PathLike, option: str = "--output") -> None
             return
 
 
-def _looks_local(name: str) -> bool:
-    """Whether a model name can only be a local path (not a hub id ``name`` or ``org/name``)."""
-    if name.startswith((".", "/", "~")) or "\\" in name or name.endswith("/"):
-        return True
-    return len(name.split("/")) > 2
+#: a hub repository id: ``name`` or ``namespace/name``, each of letters, digits, ``-``, ``_`` and ``.``
+_HUB_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]+")
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` could be a Hugging Face hub id (``name`` or ``namespace/name``) rather than only a local
+    path. The one rule of the project for "a path or a hub id".
+
+    A name starting with ``.``, ``-``, ``/`` or ``~``, holding a backslash, a colon, a space or more than one
+    ``/``, ending in ``/``, holding ``..`` or ``--``, or longer than 96 characters can only be a local path.
+    Whether the hub has such a repository is not checked (nothing is downloaded).
+    """
+    name = str(name)
+    return (bool(_HUB_ID.fullmatch(name)) and not name.startswith((".", "-")) and ".." not in name
+            and "--" not in name and len(name) <= 96)
 
 
 def check_model_path(path: Any, option: str = "--model") -> None:
@@ -107,7 +119,7 @@ def check_model_path(path: Any, option: str = "--model") -> None:
     name = f"{option}{path}" if option.endswith("=") else f"{option} {path}"
     if p.exists():
         raise NotADirectoryError(f"{name}: is a file, not a model directory")
-    if _looks_local(str(path)):
+    if not is_hub_id(str(path)):
         raise FileNotFoundError(f"{name}: no such directory")
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False"):
         raise FileNotFoundError(

@@ -4,7 +4,9 @@ The candidates of a row are appended after its real sequence, all at position id
 to the real prefix and to itself only (:func:`candidate_attention_mask`); the verifier's score of a candidate is
 read at the candidate's own position. The candidate columns are cropped from the cache after the forward, so the
 cache only ever holds real tokens; the key/values of the candidate the row then chooses are kept as its next real
-column (:meth:`VerifierCache.accept`), so a row scored at consecutive steps feeds only its candidates.
+column (:meth:`VerifierCache.accept`), so a row scored at consecutive steps feeds only its candidates. A scoring
+forward returns the candidates' key/values with the scores (:class:`ScoredCandidates`), and the decoder hands them
+back to :meth:`VerifierCache.accept` with its choice.
 
 Only the rows that need scores (``|V_t| >= 2``) take part in a forward, with as many candidate slots as the widest
 of them needs. The verifier reads a row's real tokens when that row is scored: the tokens it has not read yet
@@ -17,6 +19,7 @@ takes every row, so that all prompts are read in one forward.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -62,6 +65,29 @@ def candidate_attention_mask(
     return out[:, None]
 
 
+@dataclass
+class ScoredCandidates:
+    """What one scoring forward gives the decoder, and what :meth:`VerifierCache.accept` needs back with its choice.
+
+    Attributes:
+        scores: float32 ``[rows, K]``, the verifier score ``s(x_<t, v)`` of each candidate slot of the scored rows
+            (0 for the rows left out, and meaningless past a row's count).
+        fed: long ``[rows]``, the tokens the forward fed per row (real pending tokens + candidate slots; 0 for the
+            rows left out).
+        rows: long ``[n]``, the working rows the forward took.
+        width: the real sequence columns at scoring (a chosen candidate becomes column ``width``).
+        candidate_kv: per layer, the candidates' keys and values ``[n, heads, k, head_dim]`` each.
+        hidden: a fused scorer's candidate hidden states ``[rows, k, hidden]`` (None for a separate verifier).
+    """
+
+    scores: torch.Tensor
+    fed: torch.Tensor
+    rows: torch.Tensor
+    width: int
+    candidate_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    hidden: torch.Tensor | None = None
+
+
 class VerifierCache:
     """The verifier of one decoding call: its KV cache, how many real columns each row has read, and scoring.
 
@@ -81,7 +107,6 @@ class VerifierCache:
         self.vocab = verifier.get_input_embeddings().num_embeddings
         self.read = torch.zeros(rows, dtype=torch.long, device=device)
         self.prompts_read = False
-        self._candidates = None  # (rows, width, per-layer candidate key/values) of the last scoring forward
 
     @property
     def cache(self):
@@ -113,7 +138,7 @@ class VerifierCache:
         next_pos: torch.Tensor,
         cand_ids: torch.Tensor,
         n_cand: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    ) -> ScoredCandidates | None:
         """Verifier scores of the candidates of the rows that need them (``n_cand >= 2``), in one forward.
 
         Args:
@@ -124,10 +149,9 @@ class VerifierCache:
             n_cand: ``[rows]`` candidate counts.
 
         Returns:
-            None when no row needs scores; else ``(scores, fed)``: ``scores`` float32 ``[rows, K]``, the verifier
-            score ``s(x_<t, v)`` of each candidate slot of the scored rows (0 for the rows left out, and
-            meaningless past a row's count); ``fed`` long ``[rows]``, the tokens this forward fed per row (real
-            pending tokens + candidate slots; 0 for the rows left out).
+            None when no row needs scores; else the scores and the tokens fed (:class:`ScoredCandidates`), with the
+            candidates' key/values that :meth:`accept` keeps for the chosen one. Until then the cache holds one
+            column past the sequence that no row has read.
         """
         need = n_cand > 1
         if not bool(need.any()):
@@ -147,9 +171,8 @@ class VerifierCache:
             torch.cat([positions[rows, start:], next_pos[rows, None].expand(-1, k)], dim=1),
             cache=cache,
         )
-        # the candidates' key/values, kept so that the chosen one becomes the row's next real column (accept)
-        self._candidates = (rows, width, [(layer.keys[:, :, -k:].clone(), layer.values[:, :, -k:].clone())
-                                          for layer in cache.layers])
+        # the candidates' key/values: the chosen one becomes the row's next real column (accept)
+        kv = [(layer.keys[:, :, -k:].clone(), layer.values[:, :, -k:].clone()) for layer in cache.layers]
         # keep one column past the sequence for the chosen candidate (accept); until then it is not read
         if whole:
             cache.crop(-(k - 1))
@@ -161,9 +184,9 @@ class VerifierCache:
         scores[rows, :k] = out[:, -k:, 0].float()
         fed = torch.zeros_like(n_cand)
         fed[rows] = attn[rows, start:].sum(-1) + k
-        return scores, fed
+        return ScoredCandidates(scores=scores, fed=fed, rows=rows, width=width, candidate_kv=kv)
 
-    def accept(self, slot: torch.Tensor) -> None:
+    def accept(self, scored: ScoredCandidates, slot: torch.Tensor) -> torch.Tensor | None:
         """The token chosen from the last scored candidates joins the cache as the row's next real column.
 
         A candidate attends to the real prefix and to itself, at position id = the sequence length: exactly what
@@ -171,19 +194,21 @@ class VerifierCache:
         of the real column, and the row need not feed it again as a pending token (docs/method.md section 3 step 6).
 
         Args:
+            scored: what the last :meth:`score` returned (the working rows unchanged since).
             slot: long ``[rows]``, the index into each working row's candidates of the token it chose; only the
-                rows of the last :meth:`score` forward are used (for each of them the slot is < its count).
+                rows of that forward are used (for each of them the slot is < its count).
+
+        Returns:
+            None (a fused scorer returns the next step's logits here, :class:`llm2_eval.fused.FusedHeadScorer`).
         """
-        if self._candidates is None:
-            return
-        rows, width, kv = self._candidates
-        self._candidates = None
+        rows, width, kv = scored.rows, scored.width, scored.candidate_kv
         pick = slot[rows]
         at = torch.arange(rows.numel(), device=pick.device)
         for layer, (keys, values) in zip(self.cache.layers, kv):  # score() left the cache width + 1 columns
             layer.keys[rows, :, width] = keys[at, :, pick]
             layer.values[rows, :, width] = values[at, :, pick]
         self.read[rows] = width + 1
+        return None
 
     def _sub_cache(self, rows: torch.Tensor, columns: int):
         """A new cache holding the first ``columns`` columns of the rows ``rows`` (a copy)."""

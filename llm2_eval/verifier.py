@@ -10,60 +10,25 @@ its base model's weights (:mod:`llm2_eval.adapters`); :func:`load_verifier` take
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+from llm2_eval.adapters import is_adapter_dir, load_adapter_verifier
+from llm2_eval.head_verifier import is_head_dir, load_head_verifier
+from llm2_eval.loading import build_verifier, head_name, resolve_dtype
+from llm2_eval.paths import check_model_path, check_not_an_input, is_hub_id, is_llm2_checkpoint, resolved
+
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 class TokenizerMismatchError(ValueError):
     """The LLM and the verifier do not share a tokenizer vocabulary (docs/method.md section 2)."""
-
-
-def resolve_dtype(dtype: "str | torch.dtype | None") -> "torch.dtype | str | None":
-    """Map a user dtype string to a ``torch.dtype``.
-
-    Args:
-        dtype: ``None``/``"auto"`` (keep the checkpoint's), ``"float32"``/``"fp32"``, ``"bfloat16"``/``"bf16"``,
-            ``"float16"``/``"fp16"``/``"half"``, or a ``torch.dtype``.
-
-    Returns:
-        A ``torch.dtype``, or ``"auto"`` for the checkpoint's own dtype.
-
-    Raises:
-        ValueError: for any other string, naming the accepted values.
-    """
-    import torch
-
-    if dtype is None or dtype == "auto":
-        return "auto"
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-        "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    }
-    try:
-        return names[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"dtype={dtype!r} is not supported; use one of auto, {', '.join(sorted(names))}") from None
-
-
-def head_name(model: "torch.nn.Module") -> str:
-    """Attribute name of a token-classification model's score head (``"score"`` or ``"classifier"``).
-
-    Raises:
-        ValueError: the model has neither.
-    """
-    import torch
-
-    for name in ("score", "classifier"):
-        if isinstance(getattr(model, name, None), torch.nn.Module):
-            return name
-    raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head")
 
 
 def init_verifier(
@@ -103,33 +68,23 @@ def init_verifier(
         ValueError: when transformers has no token-classification class for the architecture, or for an
             unknown ``head_init``.
     """
-    import shutil
-
-    import torch
-    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
-
-    from llm2_eval.paths import check_model_path, check_not_an_input, resolved
-
     if head_init not in ("normal", "zero"):
         raise ValueError(f"head_init={head_init!r}: expected 'normal' or 'zero'")
     out = resolved(output_dir)
     check_model_path(llm, "--model")
     check_not_an_input(out, {"--model": llm})
     _check_replaceable(out, overwrite)
-    torch.manual_seed(seed)
-    config = AutoConfig.from_pretrained(str(llm), num_labels=1)
-    config.classifier_dropout = 0.0
-    try:
-        model = AutoModelForTokenClassification.from_pretrained(str(llm), config=config, dtype=resolve_dtype(dtype))
-    except ValueError as err:
-        raise ValueError(f"cannot build a token-classification verifier from {llm}: {err}") from err
+    model = build_verifier(llm, dtype=dtype, seed=seed, zero_head=head_init == "zero")
     tokenizer = AutoTokenizer.from_pretrained(str(llm))
-    head = head_name(model)
-    if head_init == "zero":
-        with torch.no_grad():
-            for p in getattr(model, head).parameters():
-                p.zero_()
-    model.config.llm2_verifier = {"base_model": str(llm), "head": head, "num_labels": 1}
+    model.config.llm2_verifier = {"base_model": str(llm), "head": head_name(model), "num_labels": 1}
+    _save_replacing(out, overwrite, model, tokenizer)
+    return Path(output_dir)
+
+
+def _save_replacing(out: Path, overwrite: bool, model: "PreTrainedModel", tokenizer: Any) -> None:
+    """Write ``model`` and ``tokenizer`` to ``out`` atomically: saved into a new hidden sibling, which then takes
+    the place of ``out`` (an existing llm2 checkpoint there is moved aside first and deleted once replaced; on any
+    error everything is put back as it was)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = _new_sibling(out, "partial")
     old = None
@@ -153,13 +108,10 @@ def init_verifier(
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return Path(output_dir)
 
 
 def _new_sibling(out: Path, tag: str) -> Path:
     """A new, empty hidden directory next to ``out`` (a name no one else uses: nothing existing is touched)."""
-    import secrets
-
     while True:
         p = out.with_name(f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
         try:
@@ -172,8 +124,6 @@ def _new_sibling(out: Path, tag: str) -> Path:
 def _check_replaceable(out: Path, overwrite: bool) -> None:
     """Refuse to replace ``out`` unless it is missing, an empty directory, or (with ``overwrite``) an llm2
     checkpoint (see :func:`init_verifier`)."""
-    from llm2_eval.paths import is_llm2_checkpoint
-
     if not out.exists():
         return
     if not out.is_dir():
@@ -203,7 +153,7 @@ def load_verifier(
         path: verifier directory (format above), a PEFT adapter directory (``llm2 train-verifier --lora
             --lora-save adapter``, :mod:`llm2_eval.adapters`), a head-verifier directory (``--trainable head``,
             :mod:`llm2_eval.head_verifier`), or an already loaded token-classification model.
-        dtype: weight dtype (see :func:`resolve_dtype`); default the checkpoint's.
+        dtype: weight dtype (see :func:`llm2_eval.loading.resolve_dtype`); default the checkpoint's.
         device: where to put it; default CPU.
         attn_implementation: ``"sdpa"`` or ``"eager"``; decoding passes 4-D attention masks, which
             flash-attention does not accept.
@@ -220,37 +170,21 @@ def load_verifier(
         ValueError: when the checkpoint does not have exactly one label;
             :class:`llm2_eval.adapters.AdapterError` (a ValueError) for a bad adapter directory, naming the file.
     """
-    from transformers import AutoModelForTokenClassification
-
-    if isinstance(path, (str, os.PathLike)):
-        if not Path(path).exists() and not _looks_like_hub_id(str(path)):
-            raise FileNotFoundError(f"verifier checkpoint not found: {path}")
-        from llm2_eval.adapters import is_adapter_dir, load_adapter_verifier
-        from llm2_eval.head_verifier import is_head_dir, load_head_verifier
-
-        if is_head_dir(path):
-            model = load_head_verifier(path, llm=llm, dtype=dtype, device=device)
-            check_finite_weights(model.head, path)  # the backbone is the LLM itself
-            return model
-        if is_adapter_dir(path):
-            model = load_adapter_verifier(path, llm=llm, dtype=dtype, device=device,
-                                          attn_implementation=attn_implementation)
-            check_finite_weights(model, path)
-            return model
-        kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        try:
-            model = AutoModelForTokenClassification.from_pretrained(str(path), **kwargs)
-        except OSError as err:
-            if Path(path).exists():
-                raise
-            raise FileNotFoundError(
-                f"verifier checkpoint not found: {path} is not a local directory and could not be loaded from the "
-                f"hub ({err})"
-            ) from err
-    else:
+    if not isinstance(path, (str, os.PathLike)):
         model = path
+    elif not Path(path).exists() and not is_hub_id(str(path)):
+        raise FileNotFoundError(f"verifier checkpoint not found: {path}")
+    elif is_head_dir(path):
+        model = load_head_verifier(path, llm=llm, dtype=dtype, device=device)
+        check_finite_weights(model.head, path)  # the backbone is the LLM itself
+        return model
+    elif is_adapter_dir(path):
+        model = load_adapter_verifier(path, llm=llm, dtype=dtype, device=device,
+                                      attn_implementation=attn_implementation)
+        check_finite_weights(model, path)
+        return model
+    else:
+        model = _load_checkpoint(path, dtype, attn_implementation)
     if getattr(model.config, "num_labels", None) != 1:
         raise ValueError(
             f"verifier {getattr(path, 'name_or_path', path)} has num_labels={model.config.num_labels}; "
@@ -263,6 +197,26 @@ def load_verifier(
     return model
 
 
+def _load_checkpoint(path: "str | os.PathLike", dtype: Any, attn_implementation: str | None) -> "PreTrainedModel":
+    """A verifier checkpoint directory or hub id as saved (:func:`load_verifier`'s plain case).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a local directory and cannot be loaded from the hub.
+    """
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoModelForTokenClassification.from_pretrained(str(path), **kwargs)
+    except OSError as err:
+        if Path(path).exists():
+            raise
+        raise FileNotFoundError(
+            f"verifier checkpoint not found: {path} is not a local directory and could not be loaded from the "
+            f"hub ({err})"
+        ) from err
+
+
 def check_finite_weights(model: "torch.nn.Module", name: Any) -> None:
     """Refuse a verifier whose weights hold NaN or infinite values (a damaged checkpoint: every score would be NaN,
     and decoding would silently fall back to the LLM's choices).
@@ -270,18 +224,11 @@ def check_finite_weights(model: "torch.nn.Module", name: Any) -> None:
     Raises:
         ValueError: one line naming the verifier and the first such parameter.
     """
-    import torch
-
     with torch.no_grad():
         for pname, param in model.named_parameters():
             if param.is_floating_point() and not bool(torch.isfinite(param).all()):
                 raise ValueError(f"verifier {name}: the weight {pname} holds NaN or infinite values (a damaged "
                                  "checkpoint); retrain it or load another one")
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
 def check_tokenizers_compatible(

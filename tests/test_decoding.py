@@ -8,14 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llm2_eval.decoding import (
-    DecodeConfig,
-    candidate_attention_mask,
-    generate,
-    plausible_candidates,
-    sample_from_logits,
-    make_generators,
-)
+from llm2_eval.candidates import make_generators, plausible_candidates, sample_from_logits
+from llm2_eval.decoding import DecodeConfig, generate
+from llm2_eval.scoring import candidate_attention_mask
 from llm2_eval.verifier import load_verifier
 
 PROMPTS = [

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from tiny_models import build_tiny_llm
 
-from llm2_eval.decoding import DecodeConfig, generate, plausible_candidates
+from llm2_eval.candidates import plausible_candidates
+from llm2_eval.decoding import DecodeConfig, generate
 from verifier_train.explore import (
     ExploreConfig,
     ExploreInputError,

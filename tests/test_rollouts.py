@@ -1,4 +1,4 @@
-"""Rollout engines (verifier_train/rollouts.py) and the shared-prefix path of the decode loop (decoding.py).
+"""Rollout engines (verifier_train/rollouts/) and the shared-prefix path of the decode loop (decoding.py).
 
 CPU only, tiny random models from tests/tiny_models.py. Here the vLLM engine is tested through its import error;
 tests/test_vllm.py has its plain-Python parts and, where vLLM is installed (``tox -e vllm``), the engine for real.
@@ -14,7 +14,8 @@ import torch
 
 from tiny_models import build_tiny_llm
 
-from llm2_eval.decoding import DecodeConfig, SharedPrefix, generate
+from llm2_eval.decoding import DecodeConfig, generate
+from llm2_eval.kv_cache import SharedPrefix
 from verifier_train.rollouts import (
     VLLM_MISSING,
     HFRolloutEngine,

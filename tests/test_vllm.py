@@ -1,4 +1,4 @@
-"""The vLLM rollout engine (verifier_train/vllm_rollouts.py) against the hf engine, for real (docs/method.md section 4).
+"""The vLLM rollout engine (verifier_train/rollouts/vllm_engine.py) against the hf engine, for real (docs/method.md section 4).
 
 Two kinds of tests:
 
@@ -357,7 +357,7 @@ def test_explore_vllm_same_candidates_and_qualities_as_hf(vtiny, tmp_path):
 @needs_vllm
 def test_explore_vllm_candidates_capped_at_logprobs_k(vtiny, tmp_path):
     """With k smaller than the plausible sets, vLLM's candidates are the k most probable plausible tokens."""
-    from llm2_eval.decoding import plausible_candidates
+    from llm2_eval.candidates import plausible_candidates
     from verifier_train.records import chat_token_ids, response_start
 
     k = 3

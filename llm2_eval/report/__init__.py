@@ -1,6 +1,6 @@
 """``llm2 report``: accuracy against compute over lm-eval output directories.
 
-The last step of the data flow (README.md): ``lm_eval ... --output_path RUN_DIR --log_samples`` writes
+The last step of the data flow (docs/architecture.md): ``lm_eval ... --output_path RUN_DIR --log_samples`` writes
 ``RUN_DIR/<model>/results_<timestamp>.json`` and ``samples_<task>_<timestamp>.jsonl``; the ``llm2`` model with
 ``trace=PATH.jsonl`` also writes one JSON line per generated sequence. This module reads them and makes
 
@@ -26,9 +26,9 @@ A trace counts only for the run that wrote it: ``llm2`` stamps each trace with a
 in the results (:mod:`llm2_eval.trace`); a trace rewritten by another run is ignored with a note.
 
 Layout: :mod:`~llm2_eval.report.runs` reads the files of a run, :mod:`~llm2_eval.report.compute` counts its token
-forwards, :mod:`~llm2_eval.report.rows` makes the rows, :mod:`~llm2_eval.report.stats` and
-:mod:`~llm2_eval.report.compare` add their uncertainty, :mod:`~llm2_eval.report.table` and
-:mod:`~llm2_eval.report.plot` show them; this module writes the report and holds the ``llm2 report`` command::
+forwards, :mod:`~llm2_eval.report.rows` makes the rows (the row type: :mod:`~llm2_eval.report.row`),
+:mod:`~llm2_eval.report.stats` and :mod:`~llm2_eval.report.compare` add their uncertainty,
+:mod:`~llm2_eval.report.table` and :mod:`~llm2_eval.report.plot` show them; this module writes the report and holds the ``llm2 report`` command::
 
     llm2 report runs/gsm8k100_hf runs/gsm8k100_llm2 --output report/
     llm2 report runs/gsm8k300_llm2 --baseline runs/gsm8k300_greedy --output report/
@@ -46,15 +46,9 @@ import click
 from llm2_eval.report.compare import add_intervals, add_paired
 from llm2_eval.report.compute import TokenCounter
 from llm2_eval.report.plot import plot_accuracy_vs_compute
-from llm2_eval.report.rows import METHODS, ReportRow, classify_method, collect_rows, task_family, uses_verifier
-from llm2_eval.report.runs import (
-    ReportError,
-    find_results_files,
-    parse_model_args,
-    read_json,
-    read_samples,
-    read_trace,
-)
+from llm2_eval.report.row import METHODS, ReportRow
+from llm2_eval.report.rows import classify_method, collect_rows, task_family, uses_verifier
+from llm2_eval.report.runs import ReportError, find_results_files, parse_model_args, read_json, read_samples
 from llm2_eval.report.stats import RESAMPLES, SEED, Interval, PairedDifference
 from llm2_eval.report.table import markdown_table, rich_table, row_cells
 
@@ -62,7 +56,7 @@ __all__ = [
     "METHODS", "Interval", "PairedDifference", "Report", "ReportError", "ReportRow", "TokenCounter",
     "add_intervals", "add_paired", "classify_method", "collect_rows",
     "find_results_files", "markdown_table", "parse_model_args", "plot_accuracy_vs_compute", "read_json",
-    "read_samples", "read_trace", "report_command", "rich_table", "row_cells", "task_family", "uses_verifier",
+    "read_samples", "report_command", "rich_table", "row_cells", "task_family", "uses_verifier",
     "write_report",
 ]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from llm2_eval.report.rows import ReportRow
+from llm2_eval.report.row import ReportRow
 from llm2_eval.report.runs import ReportError
 from llm2_eval.report.stats import (
     RESAMPLES,

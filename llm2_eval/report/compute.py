@@ -2,19 +2,44 @@
 
 A token forward is one token fed through a model: prompt prefill, one per generated token, and the verifier's
 candidate slots. The ``llm2`` trace counts them exactly per sequence; for runs without one (``--model hf``, or
-``llm2`` without ``trace=``) the LLM's are estimated by tokenising the logged prompts and generations.
+``llm2`` without ``trace=``) the LLM's are estimated by tokenising the logged prompts and generations. Either way
+the result is a :class:`Compute`, which :mod:`~llm2_eval.report.rows` puts into the run's row.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
+from llm2_eval.paths import is_hub_id
 from llm2_eval.report.runs import ReportError, Sample, num
 
-if TYPE_CHECKING:  # pragma: no cover
-    from llm2_eval.report.rows import ReportRow
+
+@dataclass
+class Compute:
+    """The compute of one (run, task), in token forwards (tokens fed through a model) and seconds.
+
+    Attributes:
+        llm_token_forwards: the LLM's (None: unknown).
+        verifier_token_forwards: the verifier's (0 for runs without one; None: unknown).
+        source: ``"trace"`` (exact), ``"tokenizer"`` or ``"chars/4"`` (estimated), or ``"none"``.
+        estimated: counted from the logged samples, not from a trace.
+        decode_seconds: sum of the trace's per-sequence seconds (None without them).
+        trace_file: the trace the counts come from.
+        questions: the documents the trace covers (None without trace lines).
+        notes: what the reader should know about these numbers.
+    """
+
+    llm_token_forwards: float | None = None
+    verifier_token_forwards: float | None = None
+    source: str = "none"
+    estimated: bool = False
+    decode_seconds: float | None = None
+    trace_file: str | None = None
+    questions: int | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 class TokenCounter:
@@ -40,7 +65,7 @@ class TokenCounter:
             return None
         if name not in self._cache:
             tok = None
-            path_like = name.startswith(("/", "./", "../", "~")) or Path(name).drive != ""
+            path_like = not is_hub_id(name)
             if path_like and not Path(name).expanduser().exists():
                 self.errors[name] = "not found on this machine"
             else:
@@ -68,47 +93,47 @@ class TokenCounter:
 
 
 def compute_from_trace(
-    row: "ReportRow", trace_path: Path, trace: list[dict], samples: list[Sample] | None
-) -> None:
-    """Fill ``row``'s compute from the lines of its run's trace (exact counts, ``compute_source="trace"``).
+    task: str, k: int, n_questions: int | None, trace_path: Path, trace: list[dict], samples: list[Sample] | None
+) -> Compute:
+    """The compute of ``task`` from the lines of its run's trace (exact counts, ``source="trace"``).
 
-    Only lines of ``row.task`` (and, with logged samples, of their documents) count; when a (document, repeat)
+    Only lines of ``task`` (and, with logged samples, of their documents) count; when a (document, repeat)
     appears several times (a trace appended to by several runs) the last line wins, with a note. A trace that
-    covers fewer sequences than ``questions x k`` gets a note that the compute is a lower bound.
+    covers fewer sequences than ``questions x k`` (``n_questions``, else the documents it covers) gets a note that
+    the compute is a lower bound. A trace without lines of ``task`` gives ``source="none"`` and a note.
     """
     doc_ids = {str(s.doc_id) for s in samples} if samples is not None else None
     by_key: dict[tuple[str, int], dict] = {}
     duplicates = 0
     for line in trace:
-        if line["task"] != row.task or (doc_ids is not None and str(line["doc_id"]) not in doc_ids):
+        if line["task"] != task or (doc_ids is not None and str(line["doc_id"]) not in doc_ids):
             continue
         key = (str(line["doc_id"]), int(num(line.get("repeat", 0)) or 0))
         duplicates += key in by_key
         by_key[key] = line  # a trace appended to by several runs: the last line wins
     if not by_key:
-        row.notes.append(f"trace {trace_path} has no lines for task {row.task}")
-        return
+        return Compute(notes=[f"trace {trace_path} has no lines for task {task}"])
     lines = list(by_key.values())
-    row.trace_file = str(trace_path)
-    row.compute_source = "trace"
-    row.llm_token_forwards = float(sum(num(x["llm_token_forwards"]) for x in lines))
-    row.verifier_token_forwards = float(sum(num(x["verifier_token_forwards"]) for x in lines))
     secs = [num(x.get("seconds")) for x in lines]
-    row.decode_seconds = float(sum(s for s in secs if s is not None)) if any(s is not None for s in secs) else None
-    if row.n_questions is None:
-        row.n_questions = len({k[0] for k in by_key})
+    found = Compute(
+        llm_token_forwards=float(sum(num(x["llm_token_forwards"]) for x in lines)),
+        verifier_token_forwards=float(sum(num(x["verifier_token_forwards"]) for x in lines)),
+        source="trace", trace_file=str(trace_path), questions=len({key[0] for key in by_key}),
+        decode_seconds=float(sum(s for s in secs if s is not None)) if any(s is not None for s in secs) else None,
+    )
     if duplicates:
-        row.notes.append(f"{duplicates} duplicate trace lines (trace appended by several runs?); last kept")
-    expected = row.n_questions * row.k if row.n_questions else None
+        found.notes.append(f"{duplicates} duplicate trace lines (trace appended by several runs?); last kept")
+    questions = n_questions if n_questions is not None else found.questions
+    expected = questions * k if questions else None
     if expected is not None and len(lines) < expected:
-        row.notes.append(f"trace covers {len(lines)} of {expected} sequences: compute is a lower bound")
+        found.notes.append(f"trace covers {len(lines)} of {expected} sequences: compute is a lower bound")
+    return found
 
 
 def estimate_from_samples(
-    row: "ReportRow", samples: list[Sample], counter: TokenCounter, model: str, model_args: dict[str, str],
-    verifier: bool,
-) -> None:
-    """Estimate ``row``'s LLM token forwards from the logged samples of a run without trace (marked estimated).
+    samples: list[Sample], counter: TokenCounter, model: str, model_args: dict[str, str], verifier: bool,
+) -> Compute:
+    """Estimate the LLM token forwards of a run without trace from its logged samples (``estimated=True``).
 
     Prompt tokens count once per question for ``llm2`` (its repeats share one prefill), once per sample for other
     models, plus the tokens of every generation; counted with the run's tokenizer, else as characters / 4. The
@@ -128,16 +153,14 @@ def estimate_from_samples(
             gens.extend(resps)
     n_prompt = sum(c * m for c, m in zip(counter.count(prompts, tokenizer), prompt_mult))
     n_gen = sum(counter.count(gens, tokenizer))
-    row.llm_token_forwards = float(n_prompt + n_gen)
-    row.estimated = True
-    if tokenizer is not None:
-        row.compute_source = "tokenizer"
-    else:
-        row.compute_source = "chars/4"
+    found = Compute(llm_token_forwards=float(n_prompt + n_gen), estimated=True,
+                    source="tokenizer" if tokenizer is not None else "chars/4")
+    if tokenizer is None:
         name = counter.override or model_args.get("pretrained")
         why = f" ({counter.errors[name]})" if name in counter.errors else ""
-        row.notes.append(f"no tokenizer for {name or 'this run'}{why}: token counts are characters / 4")
+        found.notes.append(f"no tokenizer for {name or 'this run'}{why}: token counts are characters / 4")
     if verifier:
-        row.notes.append("LLM2 run without trace: verifier token forwards unknown (pass trace= to llm2)")
+        found.notes.append("LLM2 run without trace: verifier token forwards unknown (pass trace= to llm2)")
     else:
-        row.verifier_token_forwards = 0.0
+        found.verifier_token_forwards = 0.0
+    return found

@@ -1,4 +1,4 @@
-"""One report row per (run, task): what a run did (method, accuracy) and what it cost (token forwards, time).
+"""Reading runs into report rows (:class:`~llm2_eval.report.row.ReportRow`), one per (run, task).
 
 The method comes from the run's model args and the task's config (:func:`classify_method`); compute from the
 run's ``llm2`` trace when there is one, else estimated from its logged samples (:mod:`llm2_eval.report.compute`).
@@ -8,33 +8,30 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from llm2_eval.report.compute import TokenCounter, compute_from_trace, estimate_from_samples
+from llm2_eval.report.compute import Compute, TokenCounter, compute_from_trace, estimate_from_samples
+from llm2_eval.report.row import ReportRow
 from llm2_eval.report.runs import (
     NULLS,
     ReportError,
+    Sample,
+    TraceFile,
     find_results_files,
     num,
     parse_model_args,
-    TraceFile,
-    read_json,
-    read_samples,
     rank_trace_lines,
     rank_trace_paths,
+    read_json,
+    read_samples,
     read_trace_file,
     resolve_trace,
     results_timestamp,
     scores_by_doc,
     trace_lines_of_run,
 )
-from llm2_eval.report.stats import Interval, PairedDifference
-
-# the four methods the report compares, plus single-sample sampling runs (k = 1 with do_sample)
-METHODS = ("greedy", "LLM2", "maj@k", "LLM2+maj@k", "sample", "LLM2+sample")
-
 
 def task_family(task: str) -> str:
     """The benchmark a task belongs to (one plot panel each): ``gsm8k``, ``math500``, ``math`` or the task's
@@ -68,7 +65,8 @@ def uses_verifier(model: str | None, model_args: dict[str, str]) -> bool:
 
 
 def classify_method(verifier: bool, repeats: int, do_sample: bool) -> tuple[str, str]:
-    """``(method, label)`` of a run: method is one of :data:`METHODS`, label puts k into it (``maj@8``).
+    """``(method, label)`` of a run: method is one of :data:`~llm2_eval.report.row.METHODS`, label puts k into
+    it (``maj@8``).
 
     ``repeats`` > 1 is self-consistency (maj@k); k = 1 is greedy unless the task sampled (``sample``).
     """
@@ -104,73 +102,6 @@ def _metric(task_results: dict, name: str) -> tuple[float | None, float | None, 
     return num(value), num(stderr), key
 
 
-@dataclass
-class ReportRow:
-    """One (run, task) of the report. Accuracies are fractions in [0, 1]; compute is in token forwards
-    (tokens fed through a model: prompt prefill + generated tokens + verifier candidates); times in seconds."""
-
-    run: str
-    task: str
-    family: str
-    model: str
-    method: str  # one of METHODS
-    label: str  # method with k filled in, e.g. "maj@8"
-    k: int
-    n_questions: int | None
-    accuracy: float | None
-    accuracy_metric: str | None
-    accuracy_stderr: float | None
-    pass_at_1: float | None
-    llm_token_forwards: float | None
-    verifier_token_forwards: float | None
-    compute_source: str  # "trace", "tokenizer", "chars/4" or "none"
-    estimated: bool
-    wall_seconds: float | None  # total_evaluation_time_seconds of the results file
-    wall_shared_by: int  # number of tasks in that results file (the wall time covers all of them)
-    decode_seconds: float | None  # sum of the trace's per-sequence seconds (None without trace)
-    results_file: str
-    samples_file: str | None = None
-    trace_file: str | None = None
-    notes: list[str] = field(default_factory=list)
-    run_dir: str | None = None  # the directory (or results file) given to the report
-    # uncertainty (llm2_eval.report.compare): 95% intervals, and the paired difference to a --baseline run
-    accuracy_ci: Interval | None = None
-    pass_at_1_ci: Interval | None = None
-    paired: PairedDifference | None = None
-    is_baseline: bool = False
-    # per question (keyed by lm-eval's doc_id) from the logged samples; not written to report.json
-    scores_by_doc: dict[str, float] | None = field(default=None, repr=False)
-    pass_at_1_by_doc: dict[str, float] | None = field(default=None, repr=False)
-    doc_hashes: dict[str, str] | None = field(default=None, repr=False)
-
-    @property
-    def total_token_forwards(self) -> float | None:
-        """LLM + verifier token forwards (None when either is unknown)."""
-        if self.llm_token_forwards is None or self.verifier_token_forwards is None:
-            return None
-        return self.llm_token_forwards + self.verifier_token_forwards
-
-    def per_question(self, value: float | None) -> float | None:
-        """``value`` divided by the number of questions (None when unknown)."""
-        if value is None or not self.n_questions:
-            return None
-        return value / self.n_questions
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict with the derived totals and per-question averages."""
-        d = asdict(self)
-        for key in _PER_QUESTION:
-            d.pop(key)
-        d["total_token_forwards"] = self.total_token_forwards
-        d["llm_token_forwards_per_question"] = self.per_question(self.llm_token_forwards)
-        d["verifier_token_forwards_per_question"] = self.per_question(self.verifier_token_forwards)
-        d["total_token_forwards_per_question"] = self.per_question(self.total_token_forwards)
-        return d
-
-
-_PER_QUESTION = ("scores_by_doc", "pass_at_1_by_doc", "doc_hashes")
-
-
 class _Reader:
     """Reads run directories into :class:`ReportRow` s, caching traces and tokenizers across runs."""
 
@@ -185,86 +116,150 @@ class _Reader:
         return self._traces[key]
 
     def rows_of_results(self, run: str, run_dir: Path, path: Path) -> list[ReportRow]:
+        """The rows of one lm-eval results file (one per task that is not a group).
+
+        Raises:
+            ReportError: the file is not an lm-eval results file, or one of its files is unreadable.
+        """
         data = read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
             raise ReportError(f"{path} is not an lm-eval results file (no 'results' object)")
+        run_info = _RunInfo.of(data, run, path)
+        trace = self.trace_of_run(run_info, run_dir, path) if run_info.traced else _RunTrace()
+        groups = {g for g, subs in (data.get("group_subtasks") or {}).items() if subs}
+        tasks = [t for t in data["results"] if t not in groups]
+        return [self.row_of_task(run_info, task, data, len(tasks), trace) for task in tasks]
+
+    def trace_of_run(self, run: "_RunInfo", run_dir: Path, path: Path) -> "_RunTrace":
+        """The trace lines this run wrote (llm2_eval.trace stamps them with its run id), from its ``trace=`` file
+        or, for a data-parallel run, merged from one file per rank; with a note when none is found."""
+        spec = run.model_args["trace"]
+        trace_path = resolve_trace(spec, run_dir, path.parent)
+        lines, note = None, None
+        if trace_path is not None:
+            lines, note = trace_lines_of_run(self.trace(trace_path), run.run_id)
+        ranks = rank_trace_paths(spec, run_dir, path.parent) if lines is None else {}
+        if ranks:  # a data-parallel run: one trace per rank, merged
+            lines, note = rank_trace_lines({r: self.trace(p) for r, p in ranks.items()}, run.run_id)
+            first = next(iter(ranks.values()))
+            trace_path = first.with_name(first.name.replace(f".rank{next(iter(ranks))}", ".rank*"))
+        elif trace_path is None:
+            note = f"trace {spec} not found: compute estimated from samples"
+        return _RunTrace(trace_path, lines, note)
+
+    def row_of_task(self, run: "_RunInfo", task: str, data: dict, n_tasks: int, trace: "_RunTrace") -> ReportRow:
+        """The row of one task of a results file: method, accuracy (and per question from the logged samples),
+        compute from the trace or the samples, and notes."""
+        res = data["results"][task] or {}
+        tcfg = (data.get("configs") or {}).get(task) or {}
+        try:
+            k = max(1, int(tcfg.get("repeats") or 1))
+        except (TypeError, ValueError):
+            k = 1
+        method, label = classify_method(run.verifier, k, _do_sample(tcfg.get("generation_kwargs") or {}))
+        acc, acc_se, acc_key = _accuracy(res)
+        pass1 = _metric(res, "pass_at_1")[0]
+        samples_path = run.path.parent / f"samples_{task}_{run.timestamp}.jsonl"
+        samples = read_samples(samples_path) if samples_path.is_file() else None
+        n_q = len({str(s.doc_id) for s in samples}) if samples is not None else _effective(data, task)
+        compute = self.compute_of(run, task, k, n_q, trace, samples)
+        row = ReportRow(
+            run=run.name, task=task, family=task_family(task), model=run.model, method=method, label=label, k=k,
+            n_questions=n_q if n_q is not None else compute.questions, accuracy=acc, accuracy_metric=acc_key,
+            accuracy_stderr=acc_se, pass_at_1=pass1, llm_token_forwards=compute.llm_token_forwards,
+            verifier_token_forwards=compute.verifier_token_forwards, compute_source=compute.source,
+            estimated=compute.estimated, wall_seconds=run.wall_seconds, wall_shared_by=n_tasks,
+            decode_seconds=compute.decode_seconds, results_file=str(run.path),
+            samples_file=str(samples_path) if samples is not None else None, trace_file=compute.trace_file,
+        )
+        if samples is None:
+            row.notes.append(f"no logged samples ({samples_path.name}); run lm_eval with --log_samples")
+        if trace.note:
+            row.notes.append(trace.note)
+        if samples is not None:
+            _add_per_question(row, res, samples, samples_path)
+        row.notes.extend(compute.notes)
+        return row
+
+    def compute_of(self, run: "_RunInfo", task: str, k: int, n_questions: int | None, trace: "_RunTrace",
+                   samples: list[Sample] | None) -> Compute:
+        """The task's compute: from the run's trace when it has lines of the task, else estimated from the logged
+        samples (one per document), else unknown; the notes of both attempts are kept."""
+        found = Compute()
+        if trace.lines is not None:
+            found = compute_from_trace(task, k, n_questions, trace.path, trace.lines, samples)
+        if found.source == "none" and samples is not None:
+            estimate = estimate_from_samples(_one_per_doc(samples), self.counter, run.model, run.model_args,
+                                             run.verifier)
+            estimate.notes[:0] = found.notes
+            return estimate
+        return found
+
+
+@dataclass
+class _RunInfo:
+    """What every row of one results file shares: run name, model, model args, verifier use, wall time."""
+
+    name: str
+    path: Path
+    model: str
+    model_args: dict[str, str]
+    verifier: bool
+    wall_seconds: float | None
+    timestamp: str
+    run_id: str | None
+
+    @classmethod
+    def of(cls, data: dict, run: str, path: Path) -> "_RunInfo":
         config = data.get("config") or {}
         model = str(config.get("model") or "")
         model_args = parse_model_args(config.get("model_args"))
-        configs = data.get("configs") or {}
-        groups = {g for g, subs in (data.get("group_subtasks") or {}).items() if subs}
-        tasks = [t for t in data["results"] if t not in groups]
-        n_samples = data.get("n-samples") or {}
-        wall = num(data.get("total_evaluation_time_seconds"))
-        verifier = uses_verifier(model, model_args)
-        ts = results_timestamp(path)
+        run_id = config.get("llm2_run_id")
+        return cls(name=run, path=path, model=model, model_args=model_args,
+                   verifier=uses_verifier(model, model_args), wall_seconds=num(data.get("total_evaluation_time_seconds")),
+                   timestamp=results_timestamp(path), run_id=run_id if isinstance(run_id, str) and run_id else None)
 
-        trace_path = None
-        trace_note = None
-        trace_lines: list[dict] | None = None
-        if model_args.get("trace", "").strip().lower() not in NULLS:
-            trace_path = resolve_trace(model_args["trace"], run_dir, path.parent)
-            run_id = config.get("llm2_run_id")
-            run_id = run_id if isinstance(run_id, str) and run_id else None
-            if trace_path is not None:  # keep only the lines this run wrote (llm2_eval.trace stamps them)
-                trace_lines, trace_note = trace_lines_of_run(self.trace(trace_path), run_id)
-            ranks = rank_trace_paths(model_args["trace"], run_dir, path.parent) if trace_lines is None else {}
-            if ranks:  # a data-parallel run: one trace per rank, merged
-                trace_lines, trace_note = rank_trace_lines({r: self.trace(p) for r, p in ranks.items()}, run_id)
-                first = next(iter(ranks.values()))
-                trace_path = first.with_name(first.name.replace(f".rank{next(iter(ranks))}", ".rank*"))
-            elif trace_path is None:
-                trace_note = f"trace {model_args['trace']} not found: compute estimated from samples"
+    @property
+    def traced(self) -> bool:
+        """Whether the run was asked to write a trace (``trace=`` model arg)."""
+        return self.model_args.get("trace", "").strip().lower() not in NULLS
 
-        rows = []
-        for task in tasks:
-            res = data["results"][task] or {}
-            tcfg = configs.get(task) or {}
-            try:
-                k = max(1, int(tcfg.get("repeats") or 1))
-            except (TypeError, ValueError):
-                k = 1
-            method, label = classify_method(verifier, k, _do_sample(tcfg.get("generation_kwargs") or {}))
-            acc, acc_se, acc_key = _metric(res, "maj_at_k")
-            if acc_key is None:
-                for name in ("exact_match", "acc"):
-                    acc, acc_se, acc_key = _metric(res, name)
-                    if acc_key is not None:
-                        break
-            pass1 = _metric(res, "pass_at_1")[0]
 
-            samples_path = path.parent / f"samples_{task}_{ts}.jsonl"
-            samples = read_samples(samples_path) if samples_path.is_file() else None
-            n_q = len({str(s.doc_id) for s in samples}) if samples is not None else None
-            if n_q is None:
-                eff = (n_samples.get(task) or {}).get("effective") if isinstance(n_samples, dict) else None
-                n_q = int(eff) if num(eff) is not None else None
+@dataclass
+class _RunTrace:
+    """The trace of one run: its path, the lines this run wrote (None: no trace read), a note for the rows."""
 
-            row = ReportRow(
-                run=run, task=task, family=task_family(task), model=model, method=method, label=label, k=k,
-                n_questions=n_q, accuracy=acc, accuracy_metric=acc_key, accuracy_stderr=acc_se, pass_at_1=pass1,
-                llm_token_forwards=None, verifier_token_forwards=None, compute_source="none", estimated=False,
-                wall_seconds=wall, wall_shared_by=len(tasks), decode_seconds=None, results_file=str(path),
-                samples_file=str(samples_path) if samples is not None else None,
-            )
-            if samples is None:
-                row.notes.append(f"no logged samples ({samples_path.name}); run lm_eval with --log_samples")
-            if trace_note:
-                row.notes.append(trace_note)
-            if samples is not None:
-                row.scores_by_doc = scores_by_doc(samples, acc_key, samples_path) if acc_key else None
-                if pass1 is not None:
-                    pass1_key = _metric(res, "pass_at_1")[2] or "pass_at_1,none"
-                    row.pass_at_1_by_doc = scores_by_doc(samples, pass1_key, samples_path)
-                row.doc_hashes = {str(s.doc_id): s.doc_hash for s in samples if s.doc_hash is not None} or None
-                if acc_key and row.scores_by_doc is None:
-                    row.notes.append(f"{samples_path.name} has no per-question {acc_key.split(',')[0]}")
-            if trace_lines is not None:
-                compute_from_trace(row, trace_path, trace_lines, samples)
-            if row.compute_source == "none" and samples is not None:
-                estimate_from_samples(row, _one_per_doc(samples), self.counter, model, model_args, verifier)
-            rows.append(row)
-        return rows
+    path: Path | None = None
+    lines: list[dict] | None = None
+    note: str | None = None
+
+
+def _accuracy(res: dict) -> tuple[float | None, float | None, str | None]:
+    """``(value, stderr, key)`` of a task's accuracy: ``maj_at_k``, else ``exact_match``, else ``acc``."""
+    for name in ("maj_at_k", "exact_match", "acc"):
+        found = _metric(res, name)
+        if found[2] is not None:
+            return found
+    return None, None, None
+
+
+def _effective(data: dict, task: str) -> int | None:
+    """The number of documents lm-eval evaluated for ``task`` (``n-samples``' ``effective``), or None."""
+    n_samples = data.get("n-samples") or {}
+    eff = (n_samples.get(task) or {}).get("effective") if isinstance(n_samples, dict) else None
+    return int(eff) if num(eff) is not None else None
+
+
+def _add_per_question(row: ReportRow, res: dict, samples: list[Sample], samples_path: Path) -> None:
+    """Fill ``row``'s per-question scores (accuracy and pass@1) and document hashes from its logged samples."""
+    acc_key = row.accuracy_metric
+    row.scores_by_doc = scores_by_doc(samples, acc_key, samples_path) if acc_key else None
+    if row.pass_at_1 is not None:
+        pass1_key = _metric(res, "pass_at_1")[2] or "pass_at_1,none"
+        row.pass_at_1_by_doc = scores_by_doc(samples, pass1_key, samples_path)
+    row.doc_hashes = {str(s.doc_id): s.doc_hash for s in samples if s.doc_hash is not None} or None
+    if acc_key and row.scores_by_doc is None:
+        row.notes.append(f"{samples_path.name} has no per-question {acc_key.split(',')[0]}")
 
 
 def _one_per_doc(samples: list) -> list:

@@ -249,15 +249,6 @@ def read_trace_file(path: Path) -> TraceFile:
     return TraceFile(Path(path), headers, lines)
 
 
-def read_trace(path: Path) -> list[dict]:
-    """The sequence lines of an ``llm2`` trace (see :func:`read_trace_file`; header lines left out).
-
-    Raises:
-        ReportError: as :func:`read_trace_file`.
-    """
-    return read_trace_file(path).lines
-
-
 def _runs_of(trace: TraceFile) -> str:
     runs = [f"{h['run_id']} (started {h.get('start_time', '?')})" for h in trace.headers]
     return ", ".join(runs[-3:]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from llm2_eval.report.rows import ReportRow
+from llm2_eval.report.row import ReportRow
 
 _COLUMNS = (
     "run", "task", "method", "model", "n", "accuracy %", "95% CI", "pass@1 %", "pass@1 95% CI",

@@ -394,7 +394,7 @@ def build_decisions(cfg: BuildConfig, *, engine: "RolloutEngine | None" = None, 
 
 def _load_engine(cfg: BuildConfig) -> "RolloutEngine":
     if cfg.backend == "vllm":
-        from verifier_train.vllm_rollouts import VLLMRolloutEngine
+        from verifier_train.rollouts import VLLMRolloutEngine
 
         return VLLMRolloutEngine(cfg.model, dtype=cfg.dtype, seed=cfg.seed)
     from transformers import AutoModelForCausalLM

