@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from verifier_train.decisions.build import BuildConfig, DecisionsError, build_decisions
+from verifier_train.decisions.score import format_report, load_benchmark, score_verifiers
 
 
 @click.group("decisions")
