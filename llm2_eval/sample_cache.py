@@ -108,6 +108,20 @@ def check_store_args(path: str | os.PathLike, header: Mapping[str, Any], model_a
                          f"{OPTION} path, or the same model args")
 
 
+def check_store(path: str | os.PathLike, inputs: Mapping[str, Any], model_args: Mapping[str, Any]) -> None:
+    """The start-up check of a ``sample_cache=`` path, before any weight loads: :func:`check_store_path`, then an
+    existing store's header against ``model_args`` (:func:`check_store_args`; the base seed is compared when the
+    store opens).
+
+    Raises:
+        ValueError: one line naming ``sample_cache=PATH`` and why it is refused.
+    """
+    check_store_path(path, inputs)
+    header = read_store_header(path)
+    if header is not None:
+        check_store_args(path, header, model_args)
+
+
 _HELD: dict[str, "SampleStore"] = {}  # the stores this process writes, by resolved path
 
 

@@ -10,7 +10,7 @@ A run of ``lm_eval --model llm2 --model_args ...,trace=PATH.jsonl`` draws a run 
        "rank": 0, "world_size": 1}
 
   (``tasks`` from the command line's ``--tasks``, None when not run from lm-eval's CLI);
-- puts ``"run_id"`` on every sequence line;
+- puts ``"run_id"`` on every sequence line (:func:`sequence_line`);
 - writes ``llm2_run_id`` and ``llm2_trace`` into the config of lm-eval's results file (the model's
   ``get_model_info``).
 
@@ -22,6 +22,9 @@ the same model args, tasks, request options (``--gen_kwargs``, ``--limit``, ... 
 world size and a cache is in use, new lines are appended under the old run id (:func:`same_settings`,
 :func:`continue_trace`), so the trace covers every request of the resumed run.
 
+:class:`TraceWriter` is the one object through which the ``llm2`` model opens, continues, writes and closes its
+trace.
+
 A trace never destroys a file llm2 did not write (:func:`check_trace_path`): an existing file that is not an llm2
 trace, and a path inside the LLM, the verifier or lm-eval's cache, are refused before anything is written. The
 trace is locked while written (:func:`llm2_eval.paths.lock_for_writing`): two processes never share one.
@@ -32,6 +35,8 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
+import math
 import os
 import sys
 import uuid
@@ -40,6 +45,8 @@ from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
 
 from llm2_eval.paths import lock_for_writing, resolved, same_path
+
+log = logging.getLogger(__name__)
 
 HEADER_KEY = "llm2_trace"  # its value is the trace format version
 FORMAT_VERSION = 1
@@ -267,3 +274,97 @@ def check_cache_args(db: Any, model_args: Mapping[str, Any]) -> str | None:
                          "this configuration's; use another --use_cache path, or the same model args")
     return None
 
+
+
+def sequence_line(run_id: str, task: str, doc_id: int, repeat: int, stats: Any, finish_reason: str,
+                  seconds: float, padding: bool = False) -> dict:
+    """The trace line of one generated sequence (a JSON object; non-finite floats as None).
+
+    Args:
+        run_id: the run id of the trace's header.
+        task, doc_id, repeat: the request (lm-eval's task name and document id) and the copy index among its
+            ``repeats``.
+        stats: the sequence's counters (:class:`llm2_eval.decoding.RowStats`: steps, candidates, scored steps, flips,
+            score margins, LLM and verifier token forwards).
+        finish_reason: why the sequence ended (``"eos"``, ``"stop"``, ``"length"``).
+        seconds: the batch's decoding time divided by its rows.
+        padding: decoded, but lm-eval drops its result (data-parallel padding): ``llm2 report`` skips such a line.
+    """
+    st = stats
+    line = {
+        "run_id": run_id, "task": task, "doc_id": doc_id, "repeat": repeat,
+        "steps": st.steps,
+        "mean_candidates": st.candidates / st.steps if st.steps else 0.0,
+        "scored_steps": st.scored_steps, "flips": st.flips,
+        "mean_score_margin": st.margin_sum / st.scored_steps if st.scored_steps else 0.0,
+        "llm_token_forwards": st.llm_tokens, "verifier_token_forwards": st.verifier_tokens,
+        "finish_reason": finish_reason, "seconds": round(seconds, 4),
+    }
+    if padding:
+        line["padding"] = True
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in line.items()}
+
+
+class TraceWriter:
+    """The trace of one ``llm2`` model object, from start-up to its last line.
+
+    Created at start-up, after the models load: the path is checked (:func:`check_trace_path`); an existing trace
+    written with the same settings (:func:`same_settings`) is left pending, because whether this run resumes it is
+    known only when the run starts (lm-eval attaches its response cache after building the model): :meth:`start`
+    then continues it (:func:`continue_trace`) or rewrites it. Any other file is rewritten at once with ``stamp`` as
+    its header (:func:`open_trace`). Each :meth:`write` appends one sequence line and flushes it.
+
+    Args:
+        path: this rank's trace file (:func:`trace_path_for_rank`).
+        stamp: this run's header (:func:`new_stamp`), with the run id every rank shares.
+        inputs: what the trace must never be or be inside (:func:`check_trace_path`).
+
+    Attributes:
+        stamp: the header of the trace being written: this run's, or that of the run a resumed run continues.
+
+    Raises:
+        ValueError: a refused path (:func:`check_trace_path`).
+        OSError: the file cannot be created; :class:`llm2_eval.paths.FileLockedError` when another process writes it.
+    """
+
+    def __init__(self, path: str | Path, stamp: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
+        check_trace_path(path, inputs)
+        self.path = Path(path)
+        self.stamp = dict(stamp)
+        old = read_header(self.path)
+        self._pending = old if old is not None and same_settings(old, self.stamp) else None
+        self._file = None if self._pending is not None else open_trace(self.path, self.stamp)
+
+    def start(self, resumed: bool) -> None:
+        """Settle a pending trace when the run starts: continue it under its run id when the run is ``resumed``
+        (its finished requests are cached), else rewrite it with this run's header. Later calls do nothing."""
+        if self._pending is None:
+            return
+        old, self._pending = self._pending, None
+        if resumed:
+            self._file, self.stamp = continue_trace(self.path), old
+            log.info("llm2: continuing trace %s of run %s (a resumed run: its finished requests are cached)",
+                     self.path, old["run_id"])
+        else:
+            self._file = open_trace(self.path, self.stamp)
+
+    @property
+    def name(self) -> str:
+        """The trace file's path, as opened."""
+        return self._file.name if self._file is not None else str(self.path)
+
+    def run_info(self) -> dict[str, str]:
+        """``{"llm2_run_id", "llm2_trace"}``: what lm-eval's results record, so ``llm2 report`` pairs them."""
+        return {"llm2_run_id": self.stamp["run_id"], "llm2_trace": self.name}
+
+    def write(self, task: str, doc_id: int, repeat: int, stats: Any, finish_reason: str, seconds: float,
+              padding: bool = False) -> None:
+        """Append the :func:`sequence_line` of one generated sequence under the trace's run id, flushed."""
+        line = sequence_line(self.stamp["run_id"], task, doc_id, repeat, stats, finish_reason, seconds, padding)
+        self._file.write(json.dumps(line, allow_nan=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file (and release its lock)."""
+        if self._file is not None:
+            self._file.close()

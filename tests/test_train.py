@@ -280,6 +280,21 @@ def test_resume_continues_from_the_saved_step(tiny_llm, synthetic, tmp_path):
     assert state["global_step"] == 4
 
 
+def test_overwrite_validates_the_data_before_removing_anything(tiny_llm, synthetic, tmp_path):
+    """``--overwrite`` with a bad data file fails at the data and leaves the existing output as it was."""
+    from verifier_train.records import RecordError
+    from verifier_train.train import train_verifier
+
+    out = tmp_path / "run"
+    train_verifier(_cfg(tiny_llm, [synthetic["path"]], out, max_steps=1, save_steps=1, micro_batch=4))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert (out / "checkpoints" / "checkpoint-1").is_dir() and (out / "train_log.jsonl").is_file()
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"messages": "not a list"}])
+    with pytest.raises(RecordError):
+        train_verifier(_cfg(tiny_llm, [bad], out, max_steps=1, micro_batch=4, overwrite=True))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_lora_merges_into_a_plain_checkpoint(tiny_llm, synthetic, tmp_path):
     from safetensors.torch import load_file
 

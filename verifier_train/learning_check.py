@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -20,7 +21,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm2_eval.answers import gsm8k_gold, gsm8k_is_correct
+from llm2_eval.decoding import DecodeConfig, generate
+from llm2_eval.verifier import load_verifier
+from verifier_train.explore import ExploreConfig, explore
+from verifier_train.records import chat_token_ids
 from verifier_train.synthetic import LLMTraining, World, make_problems, train_flawed_llm, write_jsonl
+from verifier_train.train import TrainConfig, VerifierTrainer, train_verifier
 
 
 @dataclass
@@ -96,12 +106,6 @@ def decode_problems(
     Raises:
         RuntimeError: when the re-derived flips disagree with the decoder's counters (a bookkeeping bug).
     """
-    import torch
-
-    from llm2_eval.answers import gsm8k_gold, gsm8k_is_correct
-    from llm2_eval.decoding import DecodeConfig, generate
-    from verifier_train.records import chat_token_ids
-
     cfg = DecodeConfig(alpha=alpha, beta=beta, max_new_tokens=max_new_tokens, eos_token_ids=[tok.eos_token_id])
     res = DecodeResult(accuracy=0.0, correct=[])
     for b0 in range(0, len(problems), batch_size):
@@ -150,8 +154,6 @@ def reversed_preference():
     held-out pair accuracy see the roles exchanged; nothing else changes. A loop that learns must then end below
     greedy. Not for real training.
     """
-    from verifier_train.train import VerifierTrainer
-
     module = sys.modules[VerifierTrainer.__module__]
     original = module.pair_scores
 
@@ -169,8 +171,6 @@ def reversed_preference():
 def flipped_outcomes(src: str | Path, dst: str | Path) -> Path:
     """A copy of an outcome file (``llm2 explore --strategy outcome``) with every outcome reversed (right <-> wrong):
     the reversed control of the outcome-label learning check."""
-    import json
-
     with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as g:
         for line in f:
             if line.strip():
@@ -237,13 +237,6 @@ def run_learning_check(workdir: str | Path, cfg: CheckConfig | None = None, log:
         ``"reversed_heldout_pair_accuracy"``, low when the reversal took), ``"explore"`` (summary),
         ``"seconds"`` per stage, ``"paths"``.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llm2_eval.verifier import load_verifier
-    from verifier_train.explore import ExploreConfig, explore
-    from verifier_train.train import TrainConfig, train_verifier
-
     cfg = cfg or CheckConfig()
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -255,29 +248,10 @@ def run_learning_check(workdir: str | Path, cfg: CheckConfig | None = None, log:
         train_flawed_llm(llm_dir, cfg.world, cfg.llm)
     seconds["llm"] = time.perf_counter() - t
     say(f"flawed LLM ready ({seconds['llm']:.1f} s)")
-
-    train = make_problems(cfg.train_problems, seed=1, world=cfg.world)
-    seen = {(p["start"], tuple(p["addends"])) for p in train}
-    test = [p for p in make_problems(cfg.test_problems * 3, seed=2, world=cfg.world)
-            if (p["start"], tuple(p["addends"])) not in seen][: cfg.test_problems]
-    write_jsonl(work / "train.jsonl", train)
-    write_jsonl(work / "test.jsonl", test)
+    test = _write_problems(cfg, work)
 
     t = time.perf_counter()
-    triplets = work / ("outcomes.jsonl" if cfg.labels == "outcome" else "triplets.jsonl")
-    if cfg.labels == "outcome":
-        summary = explore(ExploreConfig(
-            model=str(llm_dir), data=str(work / "train.jsonl"), output=str(triplets), strategy="outcome", gold="self",
-            self_samples=cfg.outcome_samples, self_max_tokens=32, self_batch=64, dtype="float32", device="cpu",
-            batch_rows=64, progress=False,
-        ))
-        summary.update(negatives=summary["self_samples"] - summary["outcome_right"], candidates=summary["self_samples"])
-    else:
-        summary = explore(ExploreConfig(
-            model=str(llm_dir), data=str(work / "train.jsonl"), output=str(triplets), strategy="rollout",
-            positions="all", alpha=cfg.alpha, candidates=cfg.candidates, rollouts=cfg.rollouts, tau=cfg.tau,
-            max_rollout_tokens=32, dtype="float32", device="cpu", batch_rows=64, progress=False,
-        ))
+    summary, triplets = _explore(cfg, work, llm_dir)
     seconds["explore"] = time.perf_counter() - t
     say(f"explored {summary['examples']} problems: {summary['negatives']} negatives of {summary['candidates']} "
         f"candidates ({seconds['explore']:.1f} s)")
@@ -295,38 +269,8 @@ def run_learning_check(workdir: str | Path, cfg: CheckConfig | None = None, log:
     for name, reverse in variants:
         out = work / f"verifier_{name}"
         t = time.perf_counter()
-        if cfg.labels == "outcome":
-            data = flipped_outcomes(triplets, work / "outcomes_reversed.jsonl") if reverse else triplets
-            if cfg.outcome_trainable == "head":
-                tc = TrainConfig(
-                    model=str(llm_dir), data=[str(data)], output=str(out), trainable="head", objective="outcome",
-                    head=cfg.head, epochs=cfg.head_epochs, head_lr=cfg.head_lr, head_batch=512, bf16=False,
-                    eval_fraction=0.1, eval_steps=10_000, progress=False, overwrite=True,
-                    feature_cache=str(work / "features"),
-                )
-            else:
-                tc = TrainConfig(
-                    model=str(llm_dir), data=[str(data)], output=str(out), objective="outcome", lr=cfg.lr,
-                    epochs=cfg.outcome_epochs, global_batch=cfg.global_batch * 4, micro_batch=cfg.global_batch * 4,
-                    bf16=False, gradient_checkpointing=False, eval_fraction=0.1, eval_steps=10_000,
-                    logging_steps=10_000, warmup_ratio=0.1, max_length=512, progress=False, overwrite=True,
-                    save_steps=10_000,
-                )
-            trained = train_verifier(tc)
-            acc = trained.metrics.get("eval_end_accuracy")  # head runs only; the full run reports eval_loss
-        else:
-            tc = TrainConfig(
-                model=str(llm_dir), data=[str(triplets)], output=str(out), lr=cfg.lr, epochs=cfg.epochs,
-                global_batch=cfg.global_batch, micro_batch=cfg.global_batch, bf16=False, gradient_checkpointing=False,
-                eval_fraction=0.1, eval_steps=10_000, logging_steps=10_000, warmup_ratio=0.1, max_length=512,
-                progress=False, overwrite=True, save_steps=10_000,
-            )
-            with reversed_preference() if reverse else nullcontext():
-                trained = train_verifier(tc)
-            acc = trained.metrics.get("eval_pair_accuracy")
+        acc = _train_variant(cfg, work, llm_dir, triplets, out, reverse)
         seconds[f"train_{name}"] = time.perf_counter() - t
-        if reverse and acc is not None:  # the trainer saw swapped roles: back to the right preference
-            acc = 1.0 - acc
         result[("reversed_" if reverse else "") + "heldout_pair_accuracy"] = acc
         verifier = load_verifier(out, dtype=torch.float32, llm=llm).eval()
         t = time.perf_counter()
@@ -344,3 +288,73 @@ def run_learning_check(workdir: str | Path, cfg: CheckConfig | None = None, log:
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     result["paths"] = {"workdir": str(work), "llm": str(llm_dir), "triplets": str(triplets)}
     return result
+
+
+def _write_problems(cfg: CheckConfig, work: Path) -> list[dict[str, Any]]:
+    """Write ``train.jsonl`` (seed 1) and ``test.jsonl`` (seed 2, none sharing start and addends with a training
+    problem) into ``work``; the test problems."""
+    train = make_problems(cfg.train_problems, seed=1, world=cfg.world)
+    seen = {(p["start"], tuple(p["addends"])) for p in train}
+    test = [p for p in make_problems(cfg.test_problems * 3, seed=2, world=cfg.world)
+            if (p["start"], tuple(p["addends"])) not in seen][: cfg.test_problems]
+    write_jsonl(work / "train.jsonl", train)
+    write_jsonl(work / "test.jsonl", test)
+    return test
+
+
+def _explore(cfg: CheckConfig, work: Path, llm_dir: Path) -> tuple[dict[str, Any], Path]:
+    """Explore the training problems (:func:`verifier_train.explore.explore`): rollout triplets, or with
+    ``labels="outcome"`` self-sampled outcomes; the summary (``negatives`` and ``candidates`` for both) and file."""
+    triplets = work / ("outcomes.jsonl" if cfg.labels == "outcome" else "triplets.jsonl")
+    if cfg.labels == "outcome":
+        summary = explore(ExploreConfig(
+            model=str(llm_dir), data=str(work / "train.jsonl"), output=str(triplets), strategy="outcome", gold="self",
+            self_samples=cfg.outcome_samples, self_max_tokens=32, self_batch=64, dtype="float32", device="cpu",
+            batch_rows=64, progress=False,
+        ))
+        summary.update(negatives=summary["self_samples"] - summary["outcome_right"], candidates=summary["self_samples"])
+    else:
+        summary = explore(ExploreConfig(
+            model=str(llm_dir), data=str(work / "train.jsonl"), output=str(triplets), strategy="rollout",
+            positions="all", alpha=cfg.alpha, candidates=cfg.candidates, rollouts=cfg.rollouts, tau=cfg.tau,
+            max_rollout_tokens=32, dtype="float32", device="cpu", batch_rows=64, progress=False,
+        ))
+    return summary, triplets
+
+
+def _train_variant(cfg: CheckConfig, work: Path, llm_dir: Path, triplets: Path, out: Path,
+                   reverse: bool) -> float | None:
+    """Train the verifier of one variant into ``out`` (:func:`verifier_train.train.train_verifier`); with
+    ``reverse``, on flipped outcomes or with the preference reversed (:func:`reversed_preference`). Returns the
+    held-out accuracy as seen with the right preference (head end accuracy, or pair accuracy; None when the run
+    reports neither)."""
+    if cfg.labels == "outcome":
+        data = flipped_outcomes(triplets, work / "outcomes_reversed.jsonl") if reverse else triplets
+        if cfg.outcome_trainable == "head":
+            tc = TrainConfig(
+                model=str(llm_dir), data=[str(data)], output=str(out), trainable="head", objective="outcome",
+                head=cfg.head, epochs=cfg.head_epochs, head_lr=cfg.head_lr, head_batch=512, bf16=False,
+                eval_fraction=0.1, eval_steps=10_000, progress=False, overwrite=True,
+                feature_cache=str(work / "features"),
+            )
+        else:
+            tc = TrainConfig(
+                model=str(llm_dir), data=[str(data)], output=str(out), objective="outcome", lr=cfg.lr,
+                epochs=cfg.outcome_epochs, global_batch=cfg.global_batch * 4, micro_batch=cfg.global_batch * 4,
+                bf16=False, gradient_checkpointing=False, eval_fraction=0.1, eval_steps=10_000,
+                logging_steps=10_000, warmup_ratio=0.1, max_length=512, progress=False, overwrite=True,
+                save_steps=10_000,
+            )
+        acc = train_verifier(tc).metrics.get("eval_end_accuracy")  # head runs only; the full run reports eval_loss
+    else:
+        tc = TrainConfig(
+            model=str(llm_dir), data=[str(triplets)], output=str(out), lr=cfg.lr, epochs=cfg.epochs,
+            global_batch=cfg.global_batch, micro_batch=cfg.global_batch, bf16=False, gradient_checkpointing=False,
+            eval_fraction=0.1, eval_steps=10_000, logging_steps=10_000, warmup_ratio=0.1, max_length=512,
+            progress=False, overwrite=True, save_steps=10_000,
+        )
+        with reversed_preference() if reverse else nullcontext():
+            acc = train_verifier(tc).metrics.get("eval_pair_accuracy")
+    if reverse and acc is not None:  # the trainer saw swapped roles: back to the right preference
+        acc = 1.0 - acc
+    return acc

@@ -36,6 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, PreTrainedTokenizerFast
+
+from verifier_train.records import chat_token_ids, response_start
+
 NAMES = ("Sam", "Ana", "Tom", "Mia", "Leo", "Ivy")
 ITEMS = ("apples", "eggs", "books", "coins", "cards", "shells")
 CHAT_TEMPLATE = (
@@ -139,9 +145,6 @@ def build_tokenizer():
     The model that goes with it is a Llama: transformers 5 replaces the tokenizer of a saved Qwen2 checkpoint by
     its own Qwen2 tokenizer class on ``AutoTokenizer.from_pretrained``; for Llama it keeps ours.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab: dict[str, int] = {}
     for w in (*SPECIALS, *WORDS, *(str(i) for i in range(10)), *(f"##{i}" for i in range(10))):
         vocab.setdefault(w, len(vocab))
@@ -192,11 +195,6 @@ def train_flawed_llm(out_dir: str | Path, world: World | None = None, cfg: LLMTr
     Returns:
         ``out_dir`` as a Path.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
-
-    from verifier_train.records import chat_token_ids, response_start
-
     world, cfg = world or World(), cfg or LLMTraining()
     tok = build_tokenizer()
     rng = random.Random(cfg.seed)

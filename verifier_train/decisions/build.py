@@ -34,17 +34,19 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm2_eval.answers import gsm8k_gold, gsm8k_is_correct
 from llm2_eval.jsonl import iter_jsonl
 from llm2_eval.prompts import gsm8k_prompt
 from llm2_eval.splits import split_train_dev
+from llm2_eval.verifier import resolve_dtype
 from verifier_train.explore.inputs import derive_seed, end_token_ids
 from verifier_train.records import JsonlAppender, chat_token_ids
-
-if TYPE_CHECKING:  # pragma: no cover
-    from verifier_train.rollouts import RolloutEngine
+from verifier_train.rollouts import HFRolloutEngine, RolloutEngine, RolloutParams, RolloutRequest
 
 KIND = "llm2-decisions"
 VERSION = 1
@@ -167,8 +169,6 @@ def decision_positions(
         ``[[t, [candidate ids], [their log-probabilities]], ...]`` for the decision points, candidates by
         decreasing probability (log-probabilities renormalised over the row, so rows read as log p).
     """
-    import torch
-
     out = []
     lp = torch.log_softmax(logprobs.float(), dim=-1)
     top = lp.max(dim=-1).values
@@ -231,14 +231,12 @@ class DecisionBuilder:
         check: answer checker (default GSM8K numeric equality).
     """
 
-    def __init__(self, cfg: BuildConfig, tokenizer: Any, engine: "RolloutEngine", check: Checker | None = None):
+    def __init__(self, cfg: BuildConfig, tokenizer: Any, engine: RolloutEngine, check: Checker | None = None):
         self.cfg, self.tok, self.engine = cfg, tokenizer, engine
         self.check = check or (lambda text, gold, tokens: gsm8k_is_correct(text, gold))
         self.end_ids = sorted(end_token_ids(tokenizer) | set(engine.eos_token_ids))
 
     def _params(self, greedy: bool):
-        from verifier_train.rollouts import RolloutParams
-
         return RolloutParams(temperature=self.cfg.temperature, max_new_tokens=self.cfg.max_rollout_tokens,
                              eos_token_ids=tuple(self.end_ids), greedy=greedy)
 
@@ -247,8 +245,6 @@ class DecisionBuilder:
 
     def solve(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Steps 1-2 for ``rows`` (from :func:`dev_questions`): their question lines."""
-        from verifier_train.rollouts import RolloutRequest
-
         prompts = [chat_token_ids(self.tok, [{"role": "user", "content": gsm8k_prompt(r["question"])}],
                                   add_generation_prompt=True) for r in rows]
         asks = [(p, [RolloutRequest(prefix_len=len(p), continuation=[], seeds=[0])]) for p in prompts]
@@ -271,8 +267,6 @@ class DecisionBuilder:
 
     def measure(self, question: dict[str, Any], pos: int) -> tuple[list, list, list]:
         """The rollout asks of one point: ``(candidates, sampled asks, greedy asks)`` (asks None for an end token)."""
-        from verifier_train.rollouts import RolloutRequest
-
         entry = next(p for p in question["positions"] if p[0] == pos)
         cands, sampled, greedy = [], [], []
         for v, lp in zip(entry[1], entry[2]):
@@ -328,7 +322,7 @@ class DecisionBuilder:
         return bool(text) and bool(self.check(text, gold, resp))
 
 
-def build_decisions(cfg: BuildConfig, *, engine: "RolloutEngine | None" = None, tokenizer: Any = None,
+def build_decisions(cfg: BuildConfig, *, engine: RolloutEngine | None = None, tokenizer: Any = None,
                     check: Checker | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build (or resume) the benchmark file of ``cfg`` (module docstring).
 
@@ -353,8 +347,6 @@ def build_decisions(cfg: BuildConfig, *, engine: "RolloutEngine | None" = None, 
         questions, done = [], set()
     rows = dev_questions(cfg.data, cfg.dev_size, cfg.questions)
     if tokenizer is None:
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     if engine is None:
         engine = _load_engine(cfg)
@@ -392,15 +384,11 @@ def build_decisions(cfg: BuildConfig, *, engine: "RolloutEngine | None" = None, 
     }
 
 
-def _load_engine(cfg: BuildConfig) -> "RolloutEngine":
+def _load_engine(cfg: BuildConfig) -> RolloutEngine:
+    """The rollout engine of ``cfg.backend``: vLLM (the optional ``vllm`` is imported only here) or transformers."""
     if cfg.backend == "vllm":
         from verifier_train.rollouts import VLLMRolloutEngine
 
         return VLLMRolloutEngine(cfg.model, dtype=cfg.dtype, seed=cfg.seed)
-    from transformers import AutoModelForCausalLM
-
-    from llm2_eval.verifier import resolve_dtype
-    from verifier_train.rollouts import HFRolloutEngine
-
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=resolve_dtype(cfg.dtype)).eval()
     return HFRolloutEngine(model)

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from verifier_train.decisions.build import BuildConfig, DecisionsError
+from verifier_train.decisions.build import BuildConfig, DecisionsError, build_decisions
+from verifier_train.decisions.score import format_report, load_benchmark, score_verifiers
 
 
 @click.group("decisions")
@@ -36,8 +37,6 @@ def decisions_command() -> None:
 @click.option("--chunk", default=BuildConfig.chunk, show_default=True, help="Points per engine call.")
 def build_command(**kwargs: Any) -> None:
     """Build (or resume) a decision benchmark from the model's own greedy dev solutions."""
-    from verifier_train.decisions.build import build_decisions
-
     try:
         summary = build_decisions(BuildConfig(**kwargs), progress=lambda s: click.echo(s, err=True))
     except (DecisionsError, OSError) as err:
@@ -58,8 +57,6 @@ def score_command(benchmark: str, verifiers: tuple[str, ...], model: str | None,
                   output: str | None, seed: int) -> None:
     """Score verifiers on a decision benchmark: decision gain per beta (with bootstrap intervals over questions),
     the oracle gain, pairwise accuracy on pairs whose values differ significantly."""
-    from verifier_train.decisions.score import format_report, load_benchmark, score_verifiers
-
     try:
         grid = [float(b) for b in betas.split(",") if b.strip()]
     except ValueError:

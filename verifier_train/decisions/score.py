@@ -26,10 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
+
 from llm2_eval.jsonl import iter_jsonl
 from llm2_eval.report.stats import wilson_interval
+from llm2_eval.verifier import load_verifier, resolve_dtype
 from verifier_train.decisions.build import KIND, DecisionsError
 from verifier_train.explore.significance import fisher_two_sided
+from verifier_train.packing import PackedCollator, additive_mask, pack_solution
+from verifier_train.train.loss import pair_scores
 
 #: level of the two-sided Fisher test that makes a candidate pair "significantly different"
 SIGNIFICANCE = 0.05
@@ -94,8 +101,6 @@ def significant_pairs(cands: Sequence[dict[str, Any]], among: Sequence[int]) -> 
 
 def _ratio_interval(per_q: dict[str, list[float]], seed: int, resamples: int = 10_000) -> list[float]:
     """Percentile-bootstrap 95% interval of ``sum(values) / count`` resampling questions with replacement."""
-    import numpy as np
-
     sums = np.array([sum(v) for v in per_q.values()], dtype=np.float64)
     counts = np.array([len(v) for v in per_q.values()], dtype=np.float64)
     if counts.sum() == 0:
@@ -188,10 +193,6 @@ def _packed_reads(bench: Benchmark, read: Callable, batch: int) -> dict[str, lis
     packed sequence (:func:`verifier_train.packing.pack_solution`: each candidate at the position id of the token it
     replaces, attending to the prefix and itself); ``read(collated batch) -> (at gold slots [B, P, ...], at negative
     slots [B, P, ...])``."""
-    import torch
-
-    from verifier_train.packing import PackedCollator, pack_solution
-
     by_q: dict[str, list[dict]] = {}
     for p in bench.points:
         by_q.setdefault(p["question"], []).append(p)
@@ -235,8 +236,6 @@ def verifier_scores_on(bench: Benchmark, verifier: Any, *, batch: int = 4) -> di
         verifier: a loaded verifier (``logits[..., 0]`` are scores; :func:`llm2_eval.verifier.load_verifier`).
         batch: questions per forward.
     """
-    from verifier_train.train.loss import pair_scores
-
     device = next(verifier.parameters()).device
     reads = _packed_reads(bench, lambda b: pair_scores(verifier, {k: v.to(device) for k, v in b.items()}), batch)
     return {pid: [float(x) for x in v] for pid, v in reads.items()}
@@ -245,10 +244,6 @@ def verifier_scores_on(bench: Benchmark, verifier: Any, *, batch: int = 4) -> di
 def candidate_hidden_states(bench: Benchmark, llm: Any, *, batch: int = 4) -> dict[str, Any]:
     """The LLM's last hidden state (after the final norm) at every stored candidate, ``{point id: [n, H]}``: what
     any head verifier on this LLM reads (:mod:`llm2_eval.head_verifier`), computed once for several heads."""
-    import torch
-
-    from verifier_train.packing import additive_mask
-
     backbone = getattr(llm, llm.base_model_prefix)
     dev, dtype = next(backbone.parameters()).device, next(backbone.parameters()).dtype
 
@@ -269,16 +264,10 @@ def score_verifiers(bench: Benchmark, verifiers: Sequence[str], *, betas: Sequen
     Raises:
         DecisionsError: a verifier that cannot be loaded (its message, one line).
     """
-    from llm2_eval.verifier import load_verifier
-
     report: dict[str, Any] = {"benchmark": bench.path, "settings": bench.settings,
                               "llm": evaluate(bench, None, betas, seed), "verifiers": {}}
     llm = None
     if model:
-        from transformers import AutoModelForCausalLM
-
-        from llm2_eval.verifier import resolve_dtype
-
         llm = AutoModelForCausalLM.from_pretrained(model, dtype=resolve_dtype(dtype)).eval()
     for v in verifiers:
         try:

@@ -20,10 +20,10 @@ Python API: ``train_verifier(TrainConfig(model=..., data=[...], output=...))``. 
 
 from verifier_train.train.checkpoints import cast_checkpoint
 from verifier_train.train.cli import train_command
-from verifier_train.train.config import CHECKPOINTS, TRAIN_LOG, TRAINING_CARD, TrainConfig
+from verifier_train.train.config import CHECKPOINTS, TRAIN_LOG, TRAINING_CARD, TrainConfig, bf16_supported
 from verifier_train.train.data import FileStats, PackedDataset, PairData, load_pair_data
 from verifier_train.train.loss import eval_metrics, pair_scores, pairwise_loss
-from verifier_train.train.run import TrainResult, bf16_supported, train_verifier
+from verifier_train.train.run import TrainResult, train_verifier
 from verifier_train.train.trainer import JsonLogCallback, RichProgressCallback, VerifierTrainer
 
 __all__ = [

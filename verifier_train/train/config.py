@@ -7,13 +7,27 @@ the command's options from them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import torch
 
 TRAIN_LOG = "train_log.jsonl"
 TRAINING_CARD = "training_card.json"
 CHECKPOINTS = "checkpoints"
 #: default ``head_lr`` = this x ``lr`` (measured: see the README, "Head learning rate")
 HEAD_LR_FACTOR = 50.0
+
+
+def bf16_supported() -> bool:
+    """Whether bf16 mixed precision is sensible here: a bf16-capable GPU, or a CPU with AVX512-BF16 / AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _opt(default: Any, help: str, **cli: Any) -> Any:
@@ -162,3 +176,8 @@ class TrainConfig:
     def resolved_head_lr(self) -> float:
         """The score head's peak learning rate in effect (``head_lr``, else ``HEAD_LR_FACTOR * lr``)."""
         return float(self.head_lr) if self.head_lr is not None else HEAD_LR_FACTOR * float(self.lr)
+
+    @property
+    def resolved_bf16(self) -> bool:
+        """Whether the run uses bf16: ``bf16``, or when not set (None), :func:`bf16_supported`."""
+        return bf16_supported() if self.bf16 is None else bool(self.bf16)

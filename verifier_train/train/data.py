@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from llm2_eval.paths import file_identity, same_path
 from verifier_train.packing import PackedExample, pack_solution
 from verifier_train.records import (
     ReadStats,
@@ -129,43 +130,11 @@ def load_pair_data(
     seen: set[bytes] = set()
     for path in paths:
         fs = FileStats(path=str(path))
-        rs = ReadStats()
-        for rec in iter_records(path, on_error=on_error, stats=rs):  # type: ignore[arg-type]
-            try:
-                ids = chat_token_ids(tokenizer, rec.messages)
-                problem = check_samples(ids, rec.samples, limit)
-                misplaced = problem is not None and any(p >= len(ids) or ids[p] != g for p, g, _ in rec.samples)
-                shift = position_shift(ids, rec.samples) if misplaced else None  # not for an out-of-vocabulary id
-                if shift is not None:
-                    problem += (
-                        f" (every triplet matches {abs(shift)} tokens {'later' if shift > 0 else 'earlier'}: the data "
-                        "was tokenised with another chat template; pass that template with --chat-template FILE)"
-                    )
-            except Exception as err:  # a chat template that rejects the messages
-                problem = f"cannot apply the chat template: {err}"
-            if problem is not None:
-                if on_error == "skip":
-                    rs.skipped.append(f"{path}:{rec.line}: {problem}")
-                    continue
-                raise RecordError(path, rec.line, problem)
-            fs.records += 1
-            fs.pairs += len(rec.samples)
-            key = hashlib.sha256(json.dumps([rec.messages, rec.samples], sort_keys=True).encode()).digest()
-            fs.duplicates += key in seen
-            seen.add(key)
-            ex = pack_solution(ids, rec.samples, max_length)
-            fs.kept_pairs += ex.num_pairs
-            fs.dropped_pairs += ex.dropped_pairs
-            if ex.num_pairs == 0:
-                fs.empty_records += 1
-                continue
-            packed.append(ex)
-        fs.skipped = list(rs.skipped)
+        packed += _read_file(path, tokenizer, limit, max_length, on_error, fs, seen)
         files.append(fs)
-    for f in files:
-        if f.duplicates:
-            warnings.append(f"--data {f.path}: {f.duplicates} of its {f.records} records repeat an earlier record "
-                            "(same messages and samples) and are trained on again (two writers on one output?)")
+    warnings += [
+        f"--data {f.path}: {f.duplicates} of its {f.records} records repeat an earlier record (same messages and "
+        "samples) and are trained on again (two writers on one output?)" for f in files if f.duplicates]
     if not packed:
         detail = "; ".join(
             f"{f.path}: {f.records} valid records, {len(f.skipped)} skipped"
@@ -173,6 +142,65 @@ def load_pair_data(
                if f.dropped_pairs and f.kept_pairs == 0 else "")
             for f in files)
         raise ValueError(f"no trainable pair in the data ({detail})")
+    train, held_out = _split(packed, eval_fraction, seed)
+    return PairData(train=train, eval=held_out, files=files, warnings=warnings)
+
+
+def _record_problem(ids: list[int], samples: list, limit: int) -> str | None:
+    """What is wrong with a record's triplets against its tokens ``ids`` (:func:`check_samples`), None when
+    nothing; when every triplet matches a fixed number of tokens away, the message names the chat template."""
+    problem = check_samples(ids, samples, limit)
+    misplaced = problem is not None and any(p >= len(ids) or ids[p] != g for p, g, _ in samples)
+    shift = position_shift(ids, samples) if misplaced else None  # not for an out-of-vocabulary id
+    if shift is not None:
+        problem += (
+            f" (every triplet matches {abs(shift)} tokens {'later' if shift > 0 else 'earlier'}: the data "
+            "was tokenised with another chat template; pass that template with --chat-template FILE)"
+        )
+    return problem
+
+
+def _read_file(path: str | os.PathLike, tokenizer: "PreTrainedTokenizerBase", limit: int, max_length: int | None,
+               on_error: str, fs: FileStats, seen: set[bytes]) -> list[PackedExample]:
+    """The packed solutions of one data file with at least one pair, validated record by record; counts go to
+    ``fs``, and each record's key (messages and samples) to ``seen`` (repeats of earlier records are counted).
+
+    Raises:
+        RecordError: (``on_error="fail"``) the first bad record, naming the file and line.
+    """
+    packed: list[PackedExample] = []
+    rs = ReadStats()
+    for rec in iter_records(path, on_error=on_error, stats=rs):  # type: ignore[arg-type]
+        try:
+            ids = chat_token_ids(tokenizer, rec.messages)
+            problem = _record_problem(ids, rec.samples, limit)
+        except Exception as err:  # a chat template that rejects the messages
+            problem = f"cannot apply the chat template: {err}"
+        if problem is not None:
+            if on_error == "skip":
+                rs.skipped.append(f"{path}:{rec.line}: {problem}")
+                continue
+            raise RecordError(path, rec.line, problem)
+        fs.records += 1
+        fs.pairs += len(rec.samples)
+        key = hashlib.sha256(json.dumps([rec.messages, rec.samples], sort_keys=True).encode()).digest()
+        fs.duplicates += key in seen
+        seen.add(key)
+        ex = pack_solution(ids, rec.samples, max_length)
+        fs.kept_pairs += ex.num_pairs
+        fs.dropped_pairs += ex.dropped_pairs
+        if ex.num_pairs == 0:
+            fs.empty_records += 1
+            continue
+        packed.append(ex)
+    fs.skipped = list(rs.skipped)
+    return packed
+
+
+def _split(packed: list[PackedExample], eval_fraction: float,
+           seed: int) -> tuple[list[PackedExample], list[PackedExample]]:
+    """``(train, held out)``: a deterministic share (seeded shuffle) of the solutions held out, at least one when
+    ``eval_fraction > 0`` and there are two or more, never all."""
     order = list(range(len(packed)))
     random.Random(seed).shuffle(order)
     n_eval = 0
@@ -181,14 +209,12 @@ def load_pair_data(
     held = set(order[:n_eval])
     train = [e for i, e in enumerate(packed) if i not in held]
     held_out = [packed[i] for i in sorted(held)]
-    return PairData(train=train, eval=held_out, files=files, warnings=warnings)
+    return train, held_out
 
 
 def _repeated_files(paths: Sequence[str | os.PathLike]) -> list[str]:
     """A warning for each data file given again (the same file, or the same content under another name): its
     records would count twice."""
-    from llm2_eval.paths import file_identity, same_path
-
     out, ids = [], [file_identity(p) for p in paths]
     for i, p in enumerate(paths):
         for j in range(i):

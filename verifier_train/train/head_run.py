@@ -13,12 +13,16 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from llm2_eval.head_verifier import ScoreHead, save_head
+from verifier_train.records import use_chat_template
+from verifier_train.train.config import TRAIN_LOG, TRAINING_CARD, TrainConfig
+from verifier_train.train.data import load_pair_data
 from verifier_train.train.head import (
     DEFAULT_CACHE,
     cache_key,
@@ -30,34 +34,24 @@ from verifier_train.train.head import (
     pair_features,
     split_groups,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from verifier_train.train.config import TrainConfig
-
-TRAIN_LOG = "train_log.jsonl"
-TRAINING_CARD = "training_card.json"
+from verifier_train.train.resume import check_output
 
 
-def _say(cfg: "TrainConfig", msg: str) -> None:
+def _say(cfg: TrainConfig, msg: str) -> None:
     if cfg.progress:
         print(msg, flush=True)
 
 
-def _dtype(cfg: "TrainConfig") -> torch.dtype:
-    from verifier_train.train.run import bf16_supported  # noqa: PLC0415 - run.py imports this module lazily
-
-    use_bf16 = bf16_supported() if cfg.bf16 is None else bool(cfg.bf16)
-    return torch.bfloat16 if use_bf16 else torch.float32
+def _dtype(cfg: TrainConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.resolved_bf16 else torch.float32
 
 
-def _load_llm(cfg: "TrainConfig", dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
-
+def _load_llm(cfg: TrainConfig, dtype: torch.dtype):
     llm = AutoModelForCausalLM.from_pretrained(str(cfg.model), dtype=dtype, attn_implementation=cfg.attn_implementation)
     return llm.eval().to("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _outcome(cfg: "TrainConfig", tok: Any, cache_dir: Path, dtype: torch.dtype, head: ScoreHead, log: Any) -> dict:
+def _outcome(cfg: TrainConfig, tok: Any, cache_dir: Path, dtype: torch.dtype, head: ScoreHead, log: Any) -> dict:
     seqs = outcome_sequences(cfg.data, tok)
     feats, reused = cached(cache_dir, lambda: outcome_features(
         _load_llm(cfg, dtype), seqs, progress=lambda a, b: _say(cfg, f"features: {a}/{b} samples") if a == b else None))
@@ -94,11 +88,7 @@ def _outcome(cfg: "TrainConfig", tok: Any, cache_dir: Path, dtype: torch.dtype, 
             "eval_questions": len(held), "metrics": eval_fn()}
 
 
-def _pairwise(cfg: "TrainConfig", tok: Any, cache_dir: Path, dtype: torch.dtype, head: ScoreHead, log: Any) -> dict:
-    from transformers import AutoConfig
-
-    from verifier_train.train.data import load_pair_data
-
+def _pairwise(cfg: TrainConfig, tok: Any, cache_dir: Path, dtype: torch.dtype, head: ScoreHead, log: Any) -> dict:
     vocab = getattr(AutoConfig.from_pretrained(str(cfg.model)), "vocab_size", None) or len(tok)
     data = load_pair_data(cfg.data, tok, vocab_size=int(vocab), max_length=cfg.max_length, on_error=cfg.on_error,
                           eval_fraction=cfg.eval_fraction, seed=cfg.seed)
@@ -128,18 +118,13 @@ def _pairwise(cfg: "TrainConfig", tok: Any, cache_dir: Path, dtype: torch.dtype,
             "files": [fs.summary() for fs in data.files], "metrics": eval_fn()}
 
 
-def train_head(cfg: "TrainConfig") -> tuple[Path, int, dict[str, Any], dict[str, Any]]:
+def train_head(cfg: TrainConfig) -> tuple[Path, int, dict[str, Any], dict[str, Any]]:
     """Train a head verifier (module docstring); ``(output dir, steps, final metrics, training card)``.
 
     Raises:
         ValueError: bad settings or data (file:line), as :func:`verifier_train.train.run.train_verifier`.
         FileExistsError: an output holding a model llm2 did not write (without ``--overwrite``).
     """
-    from transformers import AutoConfig, AutoTokenizer
-
-    from verifier_train.records import use_chat_template
-    from verifier_train.train.resume import check_output
-
     check_output(cfg)
     if not cfg.model or not Path(str(cfg.model)).exists():
         raise FileNotFoundError(f"--model {cfg.model}: not found (a head verifier trains on a local LLM)")
