@@ -64,8 +64,8 @@ from verifier_train.explore.run import explore
 
 __all__ = [
     "BACKENDS", "FORMATS", "GOLD_SOURCES", "SAMPLE_MODES", "STRATEGIES", "BadExample", "Checker", "Counters",
-    "Example", "ExploreConfig", "ExploreInputError", "Explorer", "Solution", "candidate_draws", "candidate_mask", "default_checker",
-    "derive_seed", "end_token_ids", "explore", "explore_command", "gsm8k_solution_text", "in_shard", "iter_input",
-    "parse_example", "parse_positions", "parse_shard", "response_positions", "rollout_seed", "sample_scores",
-    "select_positions", "shard_output_path", "summary_path",
+    "Example", "ExploreConfig", "ExploreInputError", "Explorer", "Solution", "candidate_draws", "candidate_mask",
+    "default_checker", "derive_seed", "end_token_ids", "explore", "explore_command", "gsm8k_solution_text",
+    "in_shard", "iter_input", "parse_example", "parse_positions", "parse_shard", "response_positions",
+    "rollout_seed", "sample_scores", "select_positions", "shard_output_path", "summary_path",
 ]

@@ -54,7 +54,8 @@ def is_negative(
     counts: tuple[int, int] | None = None,
     gold_counts: tuple[int, int] | None = None,
 ) -> bool:
-    """The label rule: whether candidate ``v`` with quality ``q = q(v)`` is a negative (docs/method.md section 4 step 5).
+    """The label rule: whether candidate ``v`` with quality ``q = q(v)`` is a negative (docs/method.md section 4
+    step 5).
 
     ``absolute`` (paper Eq. 6): ``q(v) < tau``. ``relative``: ``q(v) <= q(gold) - margin`` (the candidate's
     continuations reach the answer clearly less often than the gold token's, measured with the same rollout
@@ -115,7 +116,8 @@ def worse_than_gold_p(counts: tuple[int, int], gold_counts: tuple[int, int]) -> 
 def candidate_draws(
     logits: torch.Tensor, cand_ids: torch.Tensor, n: int, seed: int
 ) -> list[int]:
-    """Draw ``min(n, K)`` distinct candidates from ``p_t`` restricted to the candidate set (docs/method.md section 4 step 3).
+    """Draw ``min(n, K)`` distinct candidates from ``p_t`` restricted to the candidate set (docs/method.md section
+    4 step 3).
 
     Args:
         logits: ``[vocab]`` logits (or log-probs) of one position.

@@ -161,10 +161,10 @@ class _Run:
         return Example(ex_id, ln, question, solution, gold, cfg.checker or default_checker(fmt))
 
     def chunk(self, ex: Explorer, lines: list[tuple[int, str]]) -> list[tuple[int, dict | None]]:
-        """Explore input lines ``(line number, text)`` as one batch (:func:`~verifier_train.explore.batch.explore_batch`):
-        per line explored, ``(line number, record or None)`` (None: a ``--gold self`` question without a correct
-        sample). Bad lines fail or are skipped (:meth:`bad`); with ``--gold self`` the solutions of all lines are
-        sampled first, together.
+        """Explore input lines ``(line number, text)`` as one batch
+        (:func:`~verifier_train.explore.batch.explore_batch`): per line explored, ``(line number, record or None)``
+        (None: a ``--gold self`` question without a correct sample). Bad lines fail or are skipped (:meth:`bad`);
+        with ``--gold self`` the solutions of all lines are sampled first, together.
 
         Raises:
             ExploreInputError: a bad first line with ``on_error="fail"`` (a bad later line ends the chunk there and
@@ -179,14 +179,15 @@ class _Run:
                     self.deferred_error = (ln, str(err))
                     break
                 self.bad(ln, str(err))
-        if self.cfg.gold == "self" and self.cfg.strategy != "outcome" and ready:
+        outcome = self.cfg.strategy == "outcome"  # explores the questions themselves, with no solution
+        if self.cfg.gold == "self" and not outcome and ready:
             for e, solution in zip(ready, ex.self_solutions(ready)):
                 e.solution = solution
-        todo = [e for e in ready if e.solution is not None or self.cfg.strategy == "outcome"]
+        todo = [e for e in ready if e.solution is not None or outcome]
         explored = iter(explore_batch(ex, todo, stop_at_bad=self.cfg.on_error == "fail") if todo else [])
         out: list[tuple[int, dict | None]] = []
         for e in ready:
-            if e.solution is None and self.cfg.strategy != "outcome":
+            if e.solution is None and not outcome:  # --gold self: no correct sample
                 self.self_failed.append(e.id)
                 out.append((e.line, None))
                 continue
