@@ -59,6 +59,6 @@ def explore_batch(
     records = [r for r in out if isinstance(r, dict)]
     seconds = round((time.perf_counter() - t0) / max(len(records), 1), 3)
     for r in records:
-        ex.c.add(r)
+        ex.counters.add(r)
         r["seconds"] = seconds
     return out

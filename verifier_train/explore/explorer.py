@@ -141,6 +141,12 @@ class Explorer:
         engine: the rollout engine (:mod:`verifier_train.rollouts`): teacher-forced scores and rollouts.
         contrast: the second model's engine (sample strategy with ``--contrast-model``), else None.
         end_ids: end-of-turn token ids.
+
+    Attributes:
+        vocab: width of the score rows used (the tokenizer's and the engine's vocabulary, the smaller).
+        ctx: the context limit in tokens (``--max-context``, else the engine's; None = unknown).
+        settings: the settings written on every record (:meth:`ExploreConfig.settings`).
+        counters: the run's totals (:class:`Counters`).
     """
 
     def __init__(self, cfg: ExploreConfig, tokenizer: Any, engine: RolloutEngine, contrast: Any, end_ids: set[int]):
@@ -148,7 +154,7 @@ class Explorer:
         self.vocab = min(len(tokenizer), engine.vocab_size)
         self.ctx = cfg.max_context or engine.max_context
         self.settings = cfg.settings()
-        self.c = Counters()
+        self.counters = Counters()
 
     def params(self, max_new: int) -> RolloutParams:
         """Rollout sampling settings with a budget of ``max_new`` tokens (``--temperature``, ``--top-p``)."""
@@ -205,7 +211,7 @@ class Explorer:
         """
         found: list[str | None] = []
         for e, samples in zip(examples, self.sample_solutions(examples)):
-            self.c.add_self_samples(samples)
+            self.counters.add_self_samples(samples)
             texts = ((self.decode(r.tokens).strip(), r) for r in samples)
             found.append(next((text for text, r in texts
                                if text and r.finish_reason == "eos" and e.check(text, e.gold, r.tokens)), None))

@@ -316,7 +316,7 @@ def _write_records(run: _Run, ex: Explorer, appender: JsonlAppender) -> None:
                     progress.advance()
                     continue
                 appender.write(record)
-                s = run.summary(ex.c, ex.engine, False)
+                s = run.summary(ex.counters, ex.engine, False)
                 progress.example_done(s, record, len(run.todo))
                 _write_json_atomic(sum_path, s)
             if run.deferred_error is not None:
@@ -325,7 +325,7 @@ def _write_records(run: _Run, ex: Explorer, appender: JsonlAppender) -> None:
 
 def _finish(run: _Run, ex: Explorer) -> dict[str, Any]:
     """The final summary, with the warnings of a run that wrote nothing to train on; written and returned."""
-    cfg, c = run.cfg, ex.c
+    cfg, c = run.cfg, ex.counters
     final = run.summary(c, ex.engine, True)
     end = []
     if c.examples and not c.response_positions:
