@@ -8,8 +8,16 @@ pairwise loss. One module per idea:
 - :mod:`~verifier_train.explore.config`: :class:`ExploreConfig`, every setting and default;
 - :mod:`~verifier_train.explore.inputs`: input lines and their parsing, shards, seeds, response positions and
   their subsampling;
-- :mod:`~verifier_train.explore.labels`: candidate sets, rollout and sample strategies, the label rule (Eq. 5-6);
+- :mod:`~verifier_train.explore.labels`: candidate sets, the draws among them, the label rules (Eq. 5-6);
+- :mod:`~verifier_train.explore.explorer`: the loaded models and the phases every strategy shares (self-sampled
+  gold solutions, the teacher-forced forward, the record), the run's counters;
+- :mod:`~verifier_train.explore.rollout`, :mod:`~verifier_train.explore.sample`,
+  :mod:`~verifier_train.explore.outcome`: the strategies, each a function over a batch of examples, in phases;
+- :mod:`~verifier_train.explore.batch`: one batch of examples through its phases;
+- :mod:`~verifier_train.explore.models`, :mod:`~verifier_train.explore.output`: the models to load, the output
+  file's checks and resume;
 - :mod:`~verifier_train.explore.run`: :func:`explore`, the resumable run over a file with its summary;
+- :mod:`~verifier_train.explore.shards`: the summaries of ``--shard i/N`` runs added up;
 - :mod:`~verifier_train.explore.cli`: the ``llm2 explore`` command.
 
 Python API: ``explore(ExploreConfig(model=..., data=..., output=...))``. Command line::
@@ -45,9 +53,8 @@ from verifier_train.explore.inputs import (
     shard_output_path,
     summary_path,
 )
+from verifier_train.explore.explorer import Counters, Example, Explorer, Solution
 from verifier_train.explore.labels import (
-    Counters,
-    Explorer,
     candidate_draws,
     candidate_mask,
     default_checker,
@@ -57,8 +64,8 @@ from verifier_train.explore.run import explore
 
 __all__ = [
     "BACKENDS", "FORMATS", "GOLD_SOURCES", "SAMPLE_MODES", "STRATEGIES", "BadExample", "Checker", "Counters",
-    "ExploreConfig", "ExploreInputError", "Explorer", "candidate_draws", "candidate_mask", "default_checker",
-    "derive_seed", "end_token_ids", "explore", "explore_command", "gsm8k_solution_text", "in_shard", "iter_input",
-    "parse_example", "parse_positions", "parse_shard", "response_positions", "rollout_seed", "sample_scores",
-    "select_positions", "shard_output_path", "summary_path",
+    "Example", "ExploreConfig", "ExploreInputError", "Explorer", "Solution", "candidate_draws", "candidate_mask",
+    "default_checker", "derive_seed", "end_token_ids", "explore", "explore_command", "gsm8k_solution_text",
+    "in_shard", "iter_input", "parse_example", "parse_positions", "parse_shard", "response_positions",
+    "rollout_seed", "sample_scores", "select_positions", "shard_output_path", "summary_path",
 ]

@@ -6,7 +6,9 @@ resumed run must use the same (docs/method.md section 4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from llm2_eval.candidates import resolve_alpha
@@ -26,13 +28,39 @@ GOLD_SOURCES = ("dataset", "self")
 LABEL_RULES = ("absolute", "relative", "significant")
 PROMPT_STYLES = ("question", "task")
 
+def _option(
+    default: Any = MISSING,
+    *,
+    help: str | None = None,
+    choices: Sequence[str] | None = None,
+    name: str | None = None,
+    path: bool = False,
+    text: str | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A settings field with its ``llm2 explore`` option (:mod:`verifier_train.explore.cli` builds the options).
+
+    Args:
+        default: the default (none: a required option).
+        help: the option's help text.
+        choices: the allowed values.
+        name: the option's name when it is not ``--field-name``.
+        path: the value is a file path (``click.Path(dir_okay=False)``).
+        text: the default as typed on the command line, when the field holds it parsed.
+        factory: a default factory (a repeatable option collected into the field).
+    """
+    cli = {"help": help, "choices": choices, "name": name, "path": path, "text": text}
+    if factory is not None:
+        return field(default_factory=factory, metadata={"cli": cli})
+    return field(default=default, metadata={"cli": cli})
+
+
 # Settings that change the output; a resumed run must use the same ones (see ExploreConfig.settings()).
 _RESULT_KEYS = (
-    "model", "strategy", "backend", "dtype", "data_format", "prompt", "chat_template", "gold", "self_samples", "self_max_tokens", "positions",
-    "include_eot", "alpha", "top_k", "candidates", "rollouts", "label", "tau", "margin", "significance",
-    "min_gold_quality",
-    "gold_rollouts", "temperature", "top_p",
-    "max_rollout_tokens", "mode", "contrast_model", "gamma", "num_samples", "keep_duplicates", "seed",
+    "model", "strategy", "backend", "dtype", "data_format", "prompt", "chat_template", "gold", "self_samples",
+    "self_max_tokens", "positions", "include_eot", "alpha", "top_k", "candidates", "rollouts", "label", "tau",
+    "margin", "significance", "min_gold_quality", "gold_rollouts", "temperature", "top_p", "max_rollout_tokens",
+    "mode", "contrast_model", "gamma", "num_samples", "keep_duplicates", "seed",
 )
 
 
@@ -124,54 +152,84 @@ class ExploreConfig:
         checker: answer checker (default by format: GSM8K numbers / MATH math-verify); tests inject stubs.
     """
 
-    model: str
-    data: str
-    output: str
-    strategy: str = "rollout"
-    backend: str = "hf"
-    data_format: str = "auto"
-    prompt: str = "question"
-    chat_template: str | None = None
-    gold: str = "dataset"
-    self_samples: int = 4
-    self_max_tokens: int = 512
-    self_batch: int = 16
-    positions: str = "all"
-    include_eot: bool = False
-    alpha: float | None = None
-    top_k: int = 0
-    candidates: int = 2
-    rollouts: int = 4
-    label: str = "absolute"
-    tau: float = 0.5
-    margin: float = 0.25
-    significance: float = 0.05
-    min_gold_quality: float = 0.25
-    gold_rollouts: bool = False
-    temperature: float | None = None
-    top_p: float = 1.0
-    max_rollout_tokens: int = 512
-    mode: str = "base"
-    contrast_model: str | None = None
-    gamma: float = 1.0
-    num_samples: int = 2
-    keep_duplicates: bool = True
-    seed: int = 0
-    start: int = 0
-    limit: int | None = None
-    exclude_dev: bool = False
-    shard: tuple[int, int] = (0, 1)
-    on_error: str = "fail"
-    dtype: str = "auto"
-    device: str = "auto"
-    batch_rows: int = 32
-    threads: int = 0
-    cpu_prepack: bool = False
-    tensor_parallel_size: int = 1
-    vllm_args: dict[str, Any] = field(default_factory=dict)
-    vllm_logprobs: int = 20
-    max_context: int | None = None
-    progress: bool = True
+    model: str = _option(help="LLM directory or hub id (System 1).")
+    data: str = _option(help="Input JSON Lines (GSM8K or MATH format).", path=True)
+    output: str = _option(help="Output JSON Lines (appended; resumable).", path=True)
+    strategy: str = _option(
+        "rollout", choices=STRATEGIES,
+        help="rollout: paper Eq. 5-6; sample: released code, no rollouts; outcome: the model's own samples with "
+        "their outcome, for --objective outcome (needs --gold self).")
+    backend: str = _option("hf", choices=BACKENDS)
+    data_format: str = _option("auto", choices=FORMATS, name="--format")
+    prompt: str = _option(
+        "question", choices=PROMPT_STYLES,
+        help="User message: the bare question, or the question + the llm2 task's instruction (what gsm8k_llm2 / "
+        "math500_llm2 send).")
+    chat_template: str | None = _option(
+        None, path=True,
+        help="Jinja chat-template file to tokenise with (default: the tokenizer's own); give the same one to "
+        "train-verifier.")
+    gold: str = _option("dataset", choices=GOLD_SOURCES,
+                        help="dataset: the file's solution; self: the LLM's first correct sampled solution.")
+    self_samples: int = _option(4)
+    self_max_tokens: int = _option(512)
+    self_batch: int = _option(16, help="--gold self: questions sampled together (one batch for vLLM).")
+    positions: str = _option("all", help="all | stride:K | sample:P")
+    include_eot: bool = _option(False, help="Also explore the end-of-turn token position.")
+    alpha: float | None = _option(
+        None, help="Candidates have p >= alpha * p_max (default 0.1; no threshold with --top-k alone).")
+    top_k: int = _option(
+        0, help="At most the top-k tokens; with --alpha too, the tokens that pass both (as decoding does).")
+    candidates: int = _option(2, help="n per position.")
+    rollouts: int = _option(4, help="m per candidate.")
+    label: str = _option(
+        "absolute", choices=LABEL_RULES,
+        help="absolute: negative iff q(v) < tau (Eq. 6); relative: negative iff q(v) <= q(gold) - margin; "
+        "significant: negative iff a one-sided Fisher exact test on the rollout counts says q(v) < q(gold) at "
+        "--significance.")
+    tau: float = _option(0.5, help="Negative iff q < tau (Eq. 6).")
+    margin: float = _option(0.25, help="relative: how far below q(gold) a negative's quality must be.")
+    significance: float = _option(
+        0.05, help="significant: level of the one-sided test (negative iff p <= this; a one-rollout difference "
+        "never is, and at 4 rollouts only 0/4 vs 4/4 passes 0.05).")
+    min_gold_quality: float = _option(
+        0.25, help="relative, significant: positions with q(gold) below this are not judged (their candidates are "
+        "not rolled out).")
+    gold_rollouts: bool = _option(False, help="Also measure q(gold) (always on with --label relative or significant).")
+    temperature: float | None = _option(
+        None, help="Rollout temperature (default 0.7) / sample-strategy temperature (default 1.0).")
+    top_p: float = _option(1.0)
+    max_rollout_tokens: int = _option(512)
+    mode: str = _option(
+        "base", choices=SAMPLE_MODES,
+        help="sample: negatives drawn from the LLM (base), uniformly, from l1 + gamma * (l1 - l2) (contrast) or "
+        "from the second model (expert).")
+    contrast_model: str | None = _option(
+        None, help="Second model (same vocabulary), needed by contrast/expert; with any mode, candidates must then "
+        "be plausible under both models.")
+    gamma: float = _option(1.0)
+    num_samples: int = _option(2)
+    keep_duplicates: bool = _option(
+        True, help="sample: a token drawn twice is two pairs (the authors' builder), or written once.")
+    seed: int = _option(0)
+    start: int = _option(0, help="Skip the first N examples.")
+    limit: int | None = _option(None, help="Explore at most N examples (after --start).")
+    exclude_dev: bool = _option(
+        False, help="Leave out the GSM8K dev slice (the last 200 train questions; task gsm8k_llm2_dev).")
+    shard: tuple[int, int] = _option(
+        (0, 1), text="0/1", help="i/N: examples j with j mod N == i, per-shard output.")
+    on_error: str = _option("fail", choices=("fail", "skip"))
+    dtype: str = _option("auto")
+    device: str = _option("auto")
+    batch_rows: int = _option(32, help="hf: rollouts decoded together.")
+    threads: int = _option(0, help="CPU threads for torch (0 = default; 1 on a busy shared CPU).")
+    cpu_prepack: bool = _option(False, help="hf backend on CPU: oneDNN-prepacked linear weights (faster; float32).")
+    tensor_parallel_size: int = _option(1)
+    vllm_args: dict[str, Any] = _option(
+        factory=dict, name="--vllm-arg", help="KEY=VALUE passed to vllm.LLM (repeatable).")
+    vllm_logprobs: int = _option(20)
+    max_context: int | None = _option(None, help="Context limit (default: the model's).")
+    progress: bool = _option(True)
     checker: Checker | None = None
 
     ROLLOUT_TEMPERATURE = 0.7
@@ -237,13 +295,13 @@ class ExploreConfig:
         must read the same content; the path may differ)."""
         d = {k: getattr(self, k) for k in _RESULT_KEYS}
         d["temperature"] = self.resolved_temperature
-        d["alpha"] = resolve_alpha(self.alpha, self.top_k)  # the value in effect (0.1 as written before)
+        d["alpha"] = resolve_alpha(self.alpha, self.top_k)  # the value in effect (0.1 when neither is given)
         if self.strategy == "rollout":
             for k in ("mode", "contrast_model", "gamma", "num_samples", "keep_duplicates"):
                 d.pop(k)
             d["gold_rollouts"] = self.measures_gold
-            # each rule writes only its own keys; the default and the relative rule are written as before (so
-            # outputs of earlier versions still resume)
+            # each rule writes only its own keys (the absolute rule, the default, writes no "label"), so outputs
+            # written before a rule existed keep resuming
             unused = {"absolute": ("label", "margin", "significance", "min_gold_quality"),
                       "relative": ("tau", "significance"), "significant": ("tau", "margin")}[self.label]
             for k in unused:
@@ -254,19 +312,16 @@ class ExploreConfig:
                       "contrast_model", "gamma", "num_samples", "keep_duplicates"):
                 d.pop(k)
         else:
-            for k in ("candidates", "rollouts", "label", "tau", "margin", "significance", "min_gold_quality", "gold_rollouts",
-                      "top_p", "max_rollout_tokens"):
+            for k in ("candidates", "rollouts", "label", "tau", "margin", "significance", "min_gold_quality",
+                      "gold_rollouts", "top_p", "max_rollout_tokens"):
                 d.pop(k)
             if self.mode != "contrast":
                 d.pop("gamma")
             if not self.contrast_model:
                 d.pop("contrast_model")
-        if self.prompt == "question":  # the default is written as before (outputs of earlier versions resume)
+        if self.prompt == "question":  # the default prompt is not written (outputs without the key resume)
             d.pop("prompt")
         if self.chat_template:
-            import hashlib
-            from pathlib import Path
-
             p = Path(self.chat_template)
             digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
             d["chat_template"] = {"path": str(self.chat_template), "sha256": digest}

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from llm2_eval.answers import gsm8k_gold, math_gold
+from llm2_eval.paths import file_identity
 
 
 class ExploreInputError(ValueError):
@@ -201,8 +202,6 @@ def input_identity(path: str | os.PathLike) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=16)
 def _identity(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
-    from llm2_eval.paths import file_identity
-
     return file_identity(path)
 
 

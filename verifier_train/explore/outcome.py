@@ -21,57 +21,32 @@ outcome`` trains on these records (:mod:`verifier_train.train.outcome`).
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
-from verifier_train.explore.inputs import derive_seed
-
-if TYPE_CHECKING:  # pragma: no cover
-    from verifier_train.explore.config import Checker
-    from verifier_train.explore.labels import Explorer
+from verifier_train.explore.explorer import Example, Explorer
 
 
-def outcome_records(ex: "Explorer", items: Sequence[tuple[Any, int, str, str, "Checker"]]) -> list[dict[str, Any]]:
-    """Sample and judge the solutions of several questions, ``(ex_id, line, user message, gold, check)`` each.
+def outcome_records(ex: Explorer, examples: Sequence[Example]) -> list[dict[str, Any]]:
+    """The outcome strategy over a batch of questions: one phase, their sampled solutions
+    (:meth:`~verifier_train.explore.explorer.Explorer.sample_solutions`, one engine call), each judged.
 
     Returns:
-        One record per question (module docstring), in order; the explorer's counters are updated once per record.
-    """
-    from verifier_train.records import chat_token_ids
-    from verifier_train.rollouts import RolloutRequest
+        One record per question (module docstring), in order, without ``seconds`` (set by the batch).
 
-    t0 = time.perf_counter()
-    work = []
-    for ex_id, _, question, _, _ in items:
-        prompt = ex.check_self_prompt(question)
-        seeds = [derive_seed(ex.cfg.seed, ex_id, "self", j) for j in range(ex.cfg.self_samples)]
-        work.append((prompt, [RolloutRequest(prefix_len=len(prompt), continuation=[], seeds=seeds)]))
-    groups = ex.engine.rollouts_many(work, ex._params(ex.cfg.self_max_tokens))
+    Raises:
+        BadExample: a prompt plus ``--self-max-tokens`` exceeds the model context.
+    """
     records = []
-    for (ex_id, line, question, gold, check), group in zip(items, groups):
+    for e, samples in zip(examples, ex.sample_solutions(examples)):
         outcomes = []
-        for r in group[0]:
-            body = [t for t in r.tokens if t not in ex.end_ids]
-            text = ex._decode(body).strip()
-            ok = bool(text) and r.finish_reason == "eos" and bool(check(text, gold, r.tokens))
+        for r in samples:
+            text = ex.decode([t for t in r.tokens if t not in ex.end_ids]).strip()
+            ok = bool(text) and r.finish_reason == "eos" and bool(e.check(text, e.gold, r.tokens))
             outcomes.append({"response": text, "correct": int(ok), "finish": r.finish_reason, "tokens": len(r.tokens)})
-        right = sum(o["correct"] for o in outcomes)
-        tokens = sum(o["tokens"] for o in outcomes)
-        c = ex.c
-        c.examples += 1
-        c.self_samples += len(outcomes)
-        c.rollouts += len(outcomes)
-        c.generated_tokens += tokens
-        c.truncated += sum(o["finish"] != "eos" for o in outcomes)
-        c.outcome_right += right
-        c.outcome_mix["all right" if right == len(outcomes) else "all wrong" if right == 0 else "mixed"] += 1
-        messages = [{"role": "user", "content": question}]
-        chat_token_ids(ex.tok, messages, add_generation_prompt=True)  # the template must take the messages
         records.append({
-            "id": ex_id, "line": line, "messages": messages, "samples": [], "gold_answer": gold,
-            "outcomes": outcomes, "right": right, "rollouts": len(outcomes), "generated_tokens": tokens,
+            "id": e.id, "line": e.line, "messages": [{"role": "user", "content": e.question}], "samples": [],
+            "gold_answer": e.gold, "outcomes": outcomes, "right": sum(o["correct"] for o in outcomes),
+            "rollouts": len(outcomes), "generated_tokens": sum(o["tokens"] for o in outcomes),
             "settings": ex.settings,
         })
-    for r in records:
-        r["seconds"] = round((time.perf_counter() - t0) / max(len(records), 1), 3)
     return records

@@ -32,209 +32,37 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llm2_eval.jsonl import iter_jsonl
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 from llm2_eval.prompts import task_prompt
+from llm2_eval.splits import gsm8k_dev_questions
+from verifier_train.explore.batch import explore_batch
 from verifier_train.explore.config import ExploreConfig
+from verifier_train.explore.explorer import Counters, Example, Explorer
 from verifier_train.explore.inputs import (
     BadExample,
     ExploreInputError,
-    end_token_ids,
     in_shard,
     iter_input,
     parse_example,
     shard_output_path,
     summary_path,
 )
-from verifier_train.explore.labels import Counters, Explorer, default_checker
-from verifier_train.records import JsonlAppender, _is_json_object, check_chat_template, use_chat_template
-
-if TYPE_CHECKING:  # pragma: no cover
-    from verifier_train.rollouts import RolloutEngine
-
-
-def _load_tokenizer(path: str, chat_template: str | None = None):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    use_chat_template(tok, chat_template)
-    if getattr(tok, "chat_template", None) is None:
-        raise ValueError(f"the tokenizer of {path} has no chat template; exploration tokenises chat messages")
-    check_chat_template(tok, f"--chat-template {chat_template}" if chat_template else f"the chat template of {path}")
-    return tok
-
-
-def _device(spec: str) -> str:
-    import torch
-
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return spec
-
-
-def _load_hf(path: str, dtype: str, device: str, prepack: bool = False):
-    from transformers import AutoModelForCausalLM
-
-    from llm2_eval.verifier import resolve_dtype
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(device).eval()
-    if prepack:  # llm2_eval.cpu_kernels: raises ValueError off the CPU or for a dtype it cannot pack
-        from llm2_eval.cpu_kernels import prepack_linears
-
-        try:
-            prepack_linears(model)
-        except ValueError as err:
-            raise ValueError(f"--cpu-prepack: {path}: {err}") from None
-    return model
-
-
-def _existing_settings(path: Path) -> dict | None:
-    """The settings of the first line of an existing output that has them (None: a new output, or one that holds
-    no more than a fragment cut by a crash).
-
-    Raises:
-        ValueError: the file holds complete lines but none is an exploration record (not an ``llm2 explore``
-            output: it is never appended to).
-    """
-    if not path.exists():
-        return None
-    for _, obj in iter_jsonl(path, on_error="skip"):
-        if isinstance(obj.get("settings"), dict):
-            return obj["settings"]
-    *complete, fragment = path.read_bytes().split(b"\n")
-    # a complete line and no record, or an unterminated last line that is not the start of a record cut by a crash
-    # (records begin with their id) or is a whole JSON object (kept, and appended to, on resume)
-    start, head = fragment.lstrip(), b'{"id": '
-    if any(line.strip() for line in complete) or (start and (
-            not (start.startswith(head) or head.startswith(start)) or _is_json_object(fragment))):
-        raise ValueError(f"--output {path}: the file exists and is not an llm2 explore output (no line has "
-                         "'settings'); choose a new --output")
-    return None
-
-
-def _check_paths(cfg: ExploreConfig, out_path: Path, sum_path: Path) -> None:
-    """Refuse a missing model path and an output (or summary) that is an input (before anything is written).
-
-    Raises:
-        FileNotFoundError / NotADirectoryError: a model path that does not exist / is a file.
-        ValueError: the output or its summary is the data, a model or the chat template.
-    """
-    from llm2_eval.paths import check_model_path, check_not_an_input, check_parent_dirs
-
-    check_parent_dirs(out_path, "--output")
-    check_model_path(cfg.model, "--model")
-    contrast = cfg.contrast_model if cfg.strategy == "sample" and cfg.mode == "contrast" else None
-    if contrast:
-        check_model_path(contrast, "--contrast-model")
-    inputs = {"--data": cfg.data, "--model": cfg.model, "--contrast-model": cfg.contrast_model,
-              "--chat-template": cfg.chat_template}
-    check_not_an_input(out_path, inputs)
-    check_not_an_input(sum_path, inputs, option="the summary")
-    if sum_path.is_dir():
-        raise ValueError(f"the summary {sum_path} of --output {out_path} is a directory; choose another --output")
-
-
-def _check_unlocked(out_path: Path) -> None:
-    """Refuse an existing output that another process is writing (it holds the lock), without changing it.
-
-    Raises:
-        llm2_eval.paths.FileLockedError: naming ``--output``.
-    """
-    from llm2_eval.paths import lock_for_writing
-
-    if out_path.is_file():
-        f = out_path.open("rb")
-        lock_for_writing(f, f"--output {out_path}")
-        f.close()
-
-
-def _check_resume(out_path: Path, old: dict | None, new: dict, warnings: list[str]) -> None:
-    """Refuse to resume an output written with other settings or from another input (by content); an output
-    of an earlier version, without the input's identity, resumes with a warning appended to ``warnings``.
-
-    Raises:
-        ValueError: naming the settings that differ, or the two inputs.
-    """
-    from llm2_eval.paths import same_content
-
-    if old is None:
-        return
-    old = dict(old)
-    old_input, new_input = old.pop("input", None), new.get("input") or {}
-    rest = {k: v for k, v in new.items() if k != "input"}
-    if old != rest:
-        diff = sorted(k for k in set(old) | set(rest) if old.get(k) != rest.get(k))
-        raise ValueError(
-            f"{out_path} was written with other settings ({', '.join(diff)}); resume with the same options or "
-            "choose a new --output"
-        )
-    if old_input is None:
-        warnings.append(f"{out_path} records no input identity (written by an earlier version): cannot check that "
-                        "--data is the input it was explored from")
-    elif not same_content(old_input, new_input):
-        raise ValueError(
-            f"{out_path} was explored from another input ({old_input.get('path')}: {old_input.get('size')} bytes, "
-            f"sha256 {str(old_input.get('sha256'))[:12]}) than --data {new_input.get('path')} "
-            f"({new_input.get('size')} bytes, sha256 {str(new_input.get('sha256'))[:12]}); choose a new --output"
-        )
-
-
-def _missing_paths(path: Path) -> list[Path]:
-    """``path`` and its missing parent folders, innermost first (empty when ``path`` exists)."""
-    out = []
-    while not path.exists() and path.parent != path:
-        out.append(path)
-        path = path.parent
-    return out
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no partial or empty temporary file is left behind
-        raise
-
-
-def _build_engines(cfg: ExploreConfig, tokenizer: Any, engine: "RolloutEngine | None") -> tuple[Any, Any, set[int]]:
-    """``(engine, contrast engine or None, end-of-turn ids)``, loading the models the settings name."""
-    device = _device(cfg.device)
-    if cfg.threads > 0:
-        import torch
-
-        torch.set_num_threads(int(cfg.threads))
-    model_config = gen_config = None
-    if engine is None:
-        from verifier_train.rollouts import HFRolloutEngine, VLLMRolloutEngine
-
-        if cfg.backend == "vllm":
-            engine = VLLMRolloutEngine(
-                cfg.model, dtype=cfg.dtype, seed=cfg.seed, tensor_parallel_size=cfg.tensor_parallel_size,
-                logprobs_k=cfg.vllm_logprobs, threads=cfg.threads, engine_kwargs=cfg.vllm_args,
-            )
-        else:
-            model = _load_hf(cfg.model, cfg.dtype, device, cfg.cpu_prepack)
-            model_config, gen_config = model.config, getattr(model, "generation_config", None)
-            engine = HFRolloutEngine(model, batch_rows=cfg.batch_rows)
-    else:
-        model = getattr(engine, "model", None)
-        model_config = getattr(model, "config", None)
-        gen_config = getattr(model, "generation_config", None)
-    contrast = None
-    if cfg.strategy == "sample" and cfg.contrast_model:  # contrast / expert, or base / uniform restricted to both
-        from llm2_eval.verifier import check_tokenizers_compatible
-        from verifier_train.rollouts import HFRolloutEngine
-
-        check_tokenizers_compatible(tokenizer, _load_tokenizer(cfg.contrast_model), llm_name="LLM",
-                                    verifier_name="contrast model")
-        contrast = HFRolloutEngine(_load_hf(cfg.contrast_model, cfg.dtype, device, cfg.cpu_prepack))
-    # the engine's own EOS ids too: a vLLM engine holds no transformers model to read them from
-    ends = end_token_ids(tokenizer, model_config, gen_config) | set(getattr(engine, "eos_token_ids", ()))
-    return engine, contrast, ends
+from verifier_train.explore.labels import default_checker
+from verifier_train.explore.models import build_engines, load_tokenizer
+from verifier_train.explore.output import (
+    check_paths,
+    check_resume,
+    check_unlocked,
+    existing_settings,
+    missing_paths,
+    remove_created,
+)
+from verifier_train.records import JsonlAppender
+from verifier_train.rollouts import RolloutEngine
 
 
 class _Run:
@@ -254,8 +82,6 @@ class _Run:
         ]
         self.excluded_dev = 0
         if cfg.exclude_dev:
-            from llm2_eval.splits import gsm8k_dev_questions
-
             dev = gsm8k_dev_questions()
             kept = [x for x in self.selected if _question(x[2]) not in dev]
             self.excluded_dev = len(self.selected) - len(kept)
@@ -310,8 +136,8 @@ class _Run:
             "settings": cfg.settings(),
         }
 
-    def prepare(self, ex: Explorer, ln: int, raw: str) -> tuple:
-        """Parse one input line: ``(ex_id, question, solution, gold, check)`` (``solution`` None for ``--gold self``).
+    def prepare(self, ex: Explorer, ln: int, raw: str) -> Example:
+        """Parse one input line (``solution`` None for ``--gold self``).
 
         Raises:
             BadExample: the line cannot be explored (the caller fails or skips it).
@@ -327,57 +153,52 @@ class _Run:
         if key in self.seen_ids:
             raise BadExample(f"duplicate example id {ex_id!r}")
         self.seen_ids.add(key)
-        check = cfg.checker or default_checker(fmt)
         if cfg.prompt == "task":
             question = task_prompt(fmt, question)
         if cfg.gold == "self":
             ex.check_self_prompt(question)
             solution = None
-        return ex_id, question, solution, gold, check
+        return Example(ex_id, ln, question, solution, gold, cfg.checker or default_checker(fmt))
 
     def chunk(self, ex: Explorer, lines: list[tuple[int, str]]) -> list[tuple[int, dict | None]]:
-        """Explore input lines ``(line number, text)``: per line explored, ``(line number, record or None)`` (None: a
-        ``--gold self`` question without a correct sample). Bad lines fail or are skipped (:meth:`bad`); with
-        ``--gold self`` the solutions of all lines are sampled together first, and all lines' rollouts go to the
-        engine together (:meth:`Explorer.run_many`).
+        """Explore input lines ``(line number, text)`` as one batch
+        (:func:`~verifier_train.explore.batch.explore_batch`): per line explored, ``(line number, record or None)``
+        (None: a ``--gold self`` question without a correct sample). Bad lines fail or are skipped (:meth:`bad`);
+        with ``--gold self`` the solutions of all lines are sampled first, together.
 
         Raises:
             ExploreInputError: a bad first line with ``on_error="fail"`` (a bad later line ends the chunk there and
                 is kept in ``deferred_error``, raised by the caller once the lines before it are written).
         """
-        ready = []
+        ready: list[Example] = []
         for ln, raw in lines:
             try:
-                ready.append((ln, self.prepare(ex, ln, raw)))
+                ready.append(self.prepare(ex, ln, raw))
             except BadExample as err:
                 if ready and self.cfg.on_error == "fail":  # the lines before it are explored and written first
                     self.deferred_error = (ln, str(err))
                     break
                 self.bad(ln, str(err))
-        if self.cfg.strategy == "outcome":
-            from verifier_train.explore.outcome import outcome_records
-
-            recs = outcome_records(ex, [(i, ln, q, g, c) for ln, (i, q, _, g, c) in ready]) if ready else []
-            return [(ln, r) for (ln, _), r in zip(ready, recs)]
-        if self.cfg.gold == "self" and ready:
-            found = ex.self_solutions([(i, q, g, c) for _, (i, q, _, g, c) in ready])
-            ready = [(ln, (i, q, sol, g, c)) for (ln, (i, q, _, g, c)), sol in zip(ready, found)]
-        todo = [(ex_id, ln, q, sol, g, c) for ln, (ex_id, q, sol, g, c) in ready if sol is not None]
-        explored = iter(ex.run_many(todo, stop_at_bad=self.cfg.on_error == "fail"))  # one batch of rollouts
-        out = []
-        for ln, (ex_id, _, solution, _, _) in ready:
-            if solution is None:
-                self.self_failed.append(ex_id)
-                out.append((ln, None))
+        outcome = self.cfg.strategy == "outcome"  # explores the questions themselves, with no solution
+        if self.cfg.gold == "self" and not outcome and ready:
+            for e, solution in zip(ready, ex.self_solutions(ready)):
+                e.solution = solution
+        todo = [e for e in ready if e.solution is not None or outcome]
+        explored = iter(explore_batch(ex, todo, stop_at_bad=self.cfg.on_error == "fail") if todo else [])
+        out: list[tuple[int, dict | None]] = []
+        for e in ready:
+            if e.solution is None and not outcome:  # --gold self: no correct sample
+                self.self_failed.append(e.id)
+                out.append((e.line, None))
                 continue
             got = next(explored)
             if isinstance(got, BadExample):
                 if out and self.cfg.on_error == "fail":
-                    self.deferred_error = (ln, str(got))  # an earlier line than any deferred in preparation
+                    self.deferred_error = (e.line, str(got))  # an earlier line than any deferred in preparation
                     break
-                self.bad(ln, str(got))
+                self.bad(e.line, str(got))
                 continue
-            out.append((ln, got))
+            out.append((e.line, got))
         return out
 
 
@@ -400,7 +221,18 @@ def _example_id(raw: str, ln: int) -> Any:
     return obj.get("id", ln) if isinstance(obj, dict) else ln
 
 
-def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> dict[str, Any]:
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no partial or empty temporary file is left behind
+        raise
+
+
+def explore(config: ExploreConfig, *, engine: RolloutEngine | None = None) -> dict[str, Any]:
     """Run token quality exploration over ``config.data`` (docs/method.md section 4; paper Eq. 5-6).
 
     Args:
@@ -432,82 +264,92 @@ def explore(config: ExploreConfig, *, engine: "RolloutEngine | None" = None) -> 
         FileNotFoundError: a missing input file or model directory.
     """
     cfg = config
-    out_path = shard_output_path(cfg.output, cfg.shard)
-    sum_path = summary_path(out_path)
-    _check_paths(cfg, out_path, sum_path)
-    _check_unlocked(out_path)  # before the models load; JsonlAppender takes the lock for good
-    run = _Run(cfg, out_path)
-    _check_resume(out_path, _existing_settings(out_path), json.loads(json.dumps(cfg.settings())), run.warnings)
-    if cfg.top_k and cfg.alpha is not None:
-        run.warnings.append(f"alpha={cfg.alpha} and top_k={cfg.top_k} are both given: the candidates are the tokens "
-                            "that pass both (llm2_eval.candidates)")
-    if run.warnings:
-        from rich.console import Console
-
-        for w in run.warnings:
-            Console(stderr=True).print(f"[yellow]{w}[/yellow]", highlight=False, soft_wrap=True)
-    tokenizer = _load_tokenizer(cfg.model, cfg.chat_template)
-    engine, contrast, ends = _build_engines(cfg, tokenizer, engine)
+    run = _start(cfg)
+    tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
+    engine, contrast, ends = build_engines(cfg, tokenizer, engine)
     ex = Explorer(cfg, tokenizer, engine, contrast, ends)
-    created = _missing_paths(out_path)  # what this run creates: removed again if it fails before any record
-    appender = JsonlAppender(out_path, key="id", name=f"--output {out_path}")
+    created = missing_paths(run.out_path)  # what this run creates: removed again if it fails before any record
+    appender = JsonlAppender(run.out_path, key="id", name=f"--output {run.out_path}")
     run.dropped_bytes = appender.dropped_bytes
     run.resume(appender)
     try:
-        with _Progress(cfg.progress, len(run.todo)) as progress:
-            step = cfg.self_batch if cfg.gold == "self" else 1
-            for at in range(0, len(run.todo), step):
-                lines = [(ln, raw) for _, ln, raw in run.todo[at : at + step]]
-                done = run.chunk(ex, lines)
-                for _ in range(len(lines) - len(done)):  # bad lines, skipped
-                    progress.advance()
-                for _, record in done:
-                    if record is None:
-                        progress.advance()
-                        continue
-                    appender.write(record)
-                    s = run.summary(ex.c, engine, False)
-                    progress.example_done(s, record, len(run.todo))
-                    _write_json_atomic(sum_path, s)
-                if run.deferred_error is not None:
-                    run.bad(*run.deferred_error)
+        _write_records(run, ex, appender)
     except BaseException:
         appender.close()
-        if created and out_path.stat().st_size == 0:  # a refusal leaves no empty output behind
-            out_path.unlink()
-            for d in created[1:]:
-                try:
-                    d.rmdir()
-                except OSError:  # something else was put there meanwhile: kept
-                    break
+        remove_created(run.out_path, created)  # a refusal leaves no empty output behind
         raise
     appender.close()
-    final = run.summary(ex.c, engine, True)
+    return _finish(run, ex)
+
+
+def _start(cfg: ExploreConfig) -> _Run:
+    """The checks of a run before any model loads (paths, lock, resume) and its selected lines; prints warnings.
+
+    Raises:
+        as :func:`explore` (all but the model-loading errors).
+    """
+    out_path = shard_output_path(cfg.output, cfg.shard)
+    sum_path = summary_path(out_path)
+    check_paths(cfg, out_path, sum_path)
+    check_unlocked(out_path)  # before the models load; JsonlAppender takes the lock for good
+    run = _Run(cfg, out_path)
+    check_resume(out_path, existing_settings(out_path), json.loads(json.dumps(cfg.settings())), run.warnings)
+    if cfg.top_k and cfg.alpha is not None:
+        run.warnings.append(f"alpha={cfg.alpha} and top_k={cfg.top_k} are both given: the candidates are the tokens "
+                            "that pass both (llm2_eval.candidates)")
+    _warn(run.warnings)
+    return run
+
+
+def _write_records(run: _Run, ex: Explorer, appender: JsonlAppender) -> None:
+    """Explore the lines still to do, chunk by chunk, appending each record and rewriting the summary after it."""
+    cfg, sum_path = run.cfg, summary_path(run.out_path)
+    with _Progress(cfg.progress, len(run.todo)) as progress:
+        step = cfg.self_batch if cfg.gold == "self" else 1
+        for at in range(0, len(run.todo), step):
+            lines = [(ln, raw) for _, ln, raw in run.todo[at : at + step]]
+            done = run.chunk(ex, lines)
+            for _ in range(len(lines) - len(done)):  # bad lines, skipped
+                progress.advance()
+            for _, record in done:
+                if record is None:
+                    progress.advance()
+                    continue
+                appender.write(record)
+                s = run.summary(ex.counters, ex.engine, False)
+                progress.example_done(s, record, len(run.todo))
+                _write_json_atomic(sum_path, s)
+            if run.deferred_error is not None:
+                run.bad(*run.deferred_error)
+
+
+def _finish(run: _Run, ex: Explorer) -> dict[str, Any]:
+    """The final summary, with the warnings of a run that wrote nothing to train on; written and returned."""
+    cfg, c = run.cfg, ex.counters
+    final = run.summary(c, ex.engine, True)
     end = []
-    if ex.c.examples and not ex.c.response_positions:
-        end.append(f"the {ex.c.examples} records hold no response position (does the chat template render the "
+    if c.examples and not c.response_positions:
+        end.append(f"the {c.examples} records hold no response position (does the chat template render the "
                    "solutions?): nothing to train on")
-    if cfg.gold == "self" and run.self_failed and not ex.c.examples and not run.resumed:
+    if cfg.gold == "self" and run.self_failed and not c.examples and not run.resumed:
         end.append(f"--gold self: none of the {len(run.self_failed)} questions was solved in {cfg.self_samples} "
                    "samples, so no record was written")
     if end:
-        from rich.console import Console
-
         final["warnings"] = run.warnings + end
-        for w in end:
-            Console(stderr=True).print(f"[yellow]{w}[/yellow]", highlight=False, soft_wrap=True)
-    _write_json_atomic(sum_path, final)
+        _warn(end)
+    _write_json_atomic(summary_path(run.out_path), final)
     return final
+
+
+def _warn(lines: list[str]) -> None:
+    for w in lines:
+        Console(stderr=True).print(f"[yellow]{w}[/yellow]", highlight=False, soft_wrap=True)
 
 
 class _Progress:
     """The rich progress bar of a run (rates per example), plus one log line per example when not on a terminal."""
 
     def __init__(self, enabled: bool, total: int):
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
         self.console = Console(stderr=True)
         self.bar = Progress(
             TextColumn("[bold]explore"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rates]}"),

@@ -36,6 +36,32 @@ def shard_files(output: str | os.PathLike, shards: int) -> list[tuple[Path, Path
     return [(o, summary_path(o)) for o in outs]
 
 
+def read_shard_summaries(output: str | os.PathLike, shards: int) -> list[dict[str, Any]]:
+    """The N shard summaries of ``output``, in shard order, each checked to be of its shard and of shard 0's
+    settings.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`read_shard_summaries`.
+    """
+    files = shard_files(output, shards)
+    summaries: list[dict[str, Any]] = []
+    for i, (_, summ) in enumerate(files):
+        if not summ.is_file():
+            raise FileNotFoundError(f"{summ}: no summary of --shard {i}/{shards} (run llm2 explore --shard "
+                                    f"{i}/{shards} --output {output})")
+        try:
+            s = json.loads(summ.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{summ}: not a readable exploration summary ({err})") from err
+        if not isinstance(s, dict) or s.get("shard") != f"{i}/{shards}":
+            got = s.get("shard") if isinstance(s, dict) else None
+            raise ValueError(f"{summ}: the summary of shard {got!r}, not {i}/{shards}")
+        if summaries and s.get("settings") != summaries[0].get("settings"):
+            raise ValueError(f"{summ}: explored with other settings (or another input) than {files[0][1]}")
+        summaries.append(s)
+    return summaries
+
+
 def merge_shard_summaries(output: str | os.PathLike, shards: int) -> dict[str, Any]:
     """The summary of a sharded exploration: the N shard summaries of ``output`` added up.
 
@@ -55,26 +81,10 @@ def merge_shard_summaries(output: str | os.PathLike, shards: int) -> dict[str, A
         ``outputs`` (the shard files) and ``finished`` (all shards finished).
 
     Raises:
-        FileNotFoundError: a shard's summary is missing (names the file and its ``--shard i/N``).
-        ValueError: a summary that is not valid JSON, of another shard, or whose settings or input differ from
-            shard 0's (names the file).
+        FileNotFoundError / ValueError: as :func:`read_shard_summaries`.
     """
     files = shard_files(output, shards)
-    summaries = []
-    for i, (out, summ) in enumerate(files):
-        if not summ.is_file():
-            raise FileNotFoundError(f"{summ}: no summary of --shard {i}/{shards} (run llm2 explore --shard "
-                                    f"{i}/{shards} --output {output})")
-        try:
-            s = json.loads(summ.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{summ}: not a readable exploration summary ({err})") from err
-        if not isinstance(s, dict) or s.get("shard") != f"{i}/{shards}":
-            got = s.get("shard") if isinstance(s, dict) else None
-            raise ValueError(f"{summ}: the summary of shard {got!r}, not {i}/{shards}")
-        if summaries and s.get("settings") != summaries[0].get("settings"):
-            raise ValueError(f"{summ}: explored with other settings (or another input) than {files[0][1]}")
-        summaries.append(s)
+    summaries = read_shard_summaries(output, shards)
     merged: dict[str, Any] = {k: v for k, v in summaries[0].items() if k not in SUMS + LISTS}
     for k in SUMS:
         vals = [s.get(k) for s in summaries]
