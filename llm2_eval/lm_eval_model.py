@@ -33,6 +33,7 @@ from rich.progress import Progress
 from transformers import AutoTokenizer
 
 from llm2_eval.adapters import tokenizer_source
+from llm2_eval.candidates import context_seed
 from llm2_eval.cpu_kernels import prepack_linears, use_gqa_attention
 from llm2_eval.data_parallel import check_launch, cpu_launch_rank, join_cpu_launch, shared_run_stamp
 from llm2_eval.decoding import DecodeConfig, DecodeOutput, generate
@@ -45,6 +46,7 @@ from llm2_eval.model_args import (
     parse_llm2_args,
     request_decode_config,
 )
+from llm2_eval.loading import eos_token_ids
 from llm2_eval.paths import check_model_path
 from llm2_eval.request_batches import EncodedBatch, Key, Plan, cut_batches, group_requests, padding_flags
 from llm2_eval.sample_cache import SampleStore, check_store, check_store_path, sample_key
@@ -59,14 +61,6 @@ from llm2_eval.trace import (
 from llm2_eval.verifier import check_tokenizers_compatible, load_verifier
 
 log = logging.getLogger(__name__)
-
-
-def _seed_for(base: int, context: list[int], copy_index: int) -> int:
-    h = hashlib.blake2b(digest_size=8)
-    h.update(int(base).to_bytes(8, "little", signed=True))
-    h.update(torch.tensor(context, dtype=torch.int64).numpy().tobytes())
-    h.update(int(copy_index).to_bytes(8, "little"))
-    return int.from_bytes(h.digest(), "little") >> 1
 
 
 _NEUTRAL = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
@@ -240,11 +234,7 @@ class LLM2LM(HFLM):
     def _eos_token_ids(self) -> list[int]:
         """The ids that end a sequence: the model's ``generation_config.eos_token_id`` (one or a list) and the
         tokenizer's ``eos_token_id``."""
-        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        eos = set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            eos.add(self.tokenizer.eos_token_id)
-        return sorted(int(t) for t in eos)
+        return list(eos_token_ids(getattr(self.model, "generation_config", None), self.tokenizer))
 
     def _adopt_cpu_data_parallel(self) -> None:
         """Split the requests over the processes of a CPU launch (``accelerate launch`` / ``torchrun``), which
@@ -444,7 +434,7 @@ class LLM2LM(HFLM):
             key = hashlib.blake2b(torch.tensor(real, dtype=torch.int64).numpy().tobytes(), digest_size=16).digest()
             first = self._prompt_counts.get(key, 0)
             self._prompt_counts[key] = first + n
-            seeds += [_seed_for(base, real, first + k) for k in range(n)]
+            seeds += [context_seed(base, real, first + k) for k in range(n)]
         return seeds
 
     def _start_trace(self) -> None:

@@ -43,7 +43,7 @@ from llm2_eval.answers import gsm8k_gold, gsm8k_is_correct
 from llm2_eval.jsonl import iter_jsonl
 from llm2_eval.prompts import gsm8k_prompt
 from llm2_eval.splits import split_train_dev
-from llm2_eval.verifier import resolve_dtype
+from llm2_eval.loading import resolve_dtype
 from verifier_train.explore.inputs import derive_seed, end_token_ids
 from verifier_train.records import JsonlAppender, chat_token_ids
 from verifier_train.rollouts import HFRolloutEngine, RolloutEngine, RolloutParams, RolloutRequest

@@ -32,7 +32,8 @@ from transformers import AutoModelForCausalLM
 
 from llm2_eval.jsonl import iter_jsonl
 from llm2_eval.report.stats import wilson_interval
-from llm2_eval.verifier import load_verifier, resolve_dtype
+from llm2_eval.loading import resolve_dtype
+from llm2_eval.verifier import load_verifier
 from verifier_train.decisions.build import KIND, DecisionsError
 from verifier_train.explore.significance import fisher_two_sided
 from verifier_train.packing import PackedCollator, additive_mask, pack_solution

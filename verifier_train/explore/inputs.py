@@ -24,8 +24,6 @@ not depend on which examples ran before.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import random
 import re
@@ -33,6 +31,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from llm2_eval.answers import gsm8k_gold, math_gold
+from llm2_eval.candidates import derive_seed
+from llm2_eval.loading import eos_token_ids
 from llm2_eval.paths import file_identity
 
 
@@ -42,12 +42,6 @@ class ExploreInputError(ValueError):
 
 class BadExample(ValueError):
     """The current example cannot be explored (reason in the message); the run loop fails or skips it."""
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any JSON-serialisable parts (stable across runs, machines and Python versions)."""
-    data = json.dumps(parts, sort_keys=True, default=str).encode()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
 
 
 def rollout_seed(seed: int, example_id: Any, pos: int, token: int, rollout: int) -> int:
@@ -206,15 +200,9 @@ def _identity(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
 
 
 def end_token_ids(tokenizer: Any, model_config: Any = None, generation_config: Any = None) -> set[int]:
-    """End-of-turn ids: the tokenizer's EOS and the generation config's ``eos_token_id`` (int or list)."""
-    ids: set[int] = set()
-    for src in (tokenizer, generation_config, model_config):
-        v = getattr(src, "eos_token_id", None) if src is not None else None
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, (list, tuple)):
-            ids.update(int(x) for x in v)
-    return ids
+    """End-of-turn ids as a set: the tokenizer's EOS and the configs' ``eos_token_id`` (int or list)
+    (:func:`llm2_eval.loading.eos_token_ids`)."""
+    return set(eos_token_ids(tokenizer, generation_config, model_config))
 
 
 def response_positions(

@@ -13,7 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm2_eval.cpu_kernels import prepack_linears
-from llm2_eval.verifier import check_tokenizers_compatible, resolve_dtype
+from llm2_eval.loading import resolve_dtype
+from llm2_eval.verifier import check_tokenizers_compatible
 from verifier_train.explore.config import ExploreConfig
 from verifier_train.explore.inputs import end_token_ids
 from verifier_train.records import check_chat_template, use_chat_template

@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import random
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
