@@ -1,4 +1,4 @@
-"""Head learning-rate sweep in the learning-check world (README, "Head learning rate").
+"""Head learning-rate sweep in the learning-check world (docs/learning-check.md, "Head learning rate").
 
 A new zero score head passes no gradient to the backbone until it moves, so ``llm2 train-verifier`` gives it its
 own learning rate (``--head-lr``, default ``HEAD_LR_FACTOR`` x ``--lr``). This script trains one verifier per

@@ -5,7 +5,7 @@ Why: on a CPU, decoding multiplies a few rows (the batch, or a verifier's candid
 matrix. A plain ``F.linear`` repacks the whole weight on each call, which for a handful of rows costs more than
 the arithmetic: on a 2-core AVX2 machine a ``[16, 896] x [896, 4864]`` product takes 7.0 ms with ``F.linear``
 and 3.0 ms with a prepacked weight, and a 0.5B model's batch-16 decode step 887 -> 438 ms (``benchmarks/decode.py
---prepack`` and the README have the measured decode numbers). The kernels are torch's own (oneDNN, the ops
+--prepack`` and benchmarks/README.md have the measured decode numbers). The kernels are torch's own (oneDNN, the ops
 that torch's inductor uses for the same purpose); this module only swaps the modules.
 
 With a multi-token query and a mask (the verifier's candidate forwards), transformers' SDPA path repeats the

@@ -174,7 +174,7 @@ def test_torchrun_two_processes_train_like_one_and_resume_exactly(tiny_llm, pair
 
 
 def test_accelerate_config_starts_two_processes_official_normalisation(tiny_llm, pair_data, references, tmp_path):
-    """``accelerate launch --config_file docs/accelerate/ddp.yaml`` (the config the README and docs/scaling.md
+    """``accelerate launch --config_file docs/accelerate/ddp.yaml`` (the config docs/training.md and docs/scaling.md
     give) really starts 2 processes on CPU, and ``--loss-normalization official`` trains like one process.
     (docs/accelerate/fsdp.yaml also starts 2 CPU processes, but on CPU accelerate runs them as plain DDP: the
     Trainer's ``is_fsdp_enabled`` is False; FSDP and DeepSpeed need GPUs.)"""

@@ -165,7 +165,7 @@ if __name__ == "__main__":
 
 def table_and_plot(rows_path: Path = HERE / "curve.jsonl", png: Path = HERE / "curve.png",
                    label_seconds: dict[str, float] | None = None) -> str:
-    """The README table (markdown) of curve.jsonl's rows on the largest benchmark and a plot of decision gain vs CPU-hours, one line per recipe.
+    """The experiments/README.md table (markdown) of curve.jsonl's rows on the largest benchmark and a plot of decision gain vs CPU-hours, one line per recipe.
 
     ``label_seconds``: seconds of label generation per question, per label source (from the exploration
     summaries), added to each row's CPU cost.

