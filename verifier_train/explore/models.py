@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
-from llm2_eval.cpu_kernels import prepack_linears
-from llm2_eval.loading import resolve_dtype
+from llm2_eval.loading import load_causal_lm
 from llm2_eval.verifier import check_tokenizers_compatible
 from verifier_train.explore.config import ExploreConfig
 from verifier_train.explore.inputs import end_token_ids
@@ -43,18 +42,12 @@ def resolve_device(spec: str) -> str:
 
 
 def load_hf(path: str, dtype: str, device: str, prepack: bool = False) -> Any:
-    """A transformers causal LM in eval mode on ``device``; ``prepack``: its linear weights prepacked for oneDNN.
+    """A transformers causal LM in eval mode on ``device`` (:func:`llm2_eval.loading.load_causal_lm`).
 
     Raises:
         ValueError: ``prepack`` off the CPU or for a dtype :func:`llm2_eval.cpu_kernels.prepack_linears` cannot pack.
     """
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(device).eval()
-    if prepack:
-        try:
-            prepack_linears(model)
-        except ValueError as err:
-            raise ValueError(f"--cpu-prepack: {path}: {err}") from None
-    return model
+    return load_causal_lm(path, dtype=dtype, device=device, prepack=prepack)
 
 
 def build_engines(cfg: ExploreConfig, tokenizer: Any, engine: RolloutEngine | None) -> tuple[Any, Any, set[int]]:
