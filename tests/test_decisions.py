@@ -21,7 +21,7 @@ from tiny_models import build_tokenizer
 from llm2_eval.cli import main as llm2_cli
 from verifier_train.decisions import BuildConfig, DecisionsError, build_decisions
 from verifier_train.decisions.build import sample_points
-from verifier_train.decisions.score import evaluate, load_benchmark, verifier_scores_on
+from verifier_train.decisions.score import evaluate, held_out_beta_gain, load_benchmark, verifier_scores_on
 from verifier_train.explore.significance import fisher_two_sided
 from verifier_train.rollouts import EngineStats, Rollout, RolloutEngine
 
@@ -160,8 +160,23 @@ def test_scores_oracle_and_reversed_verifiers(tok, data, tmp_path):
     assert good["all"]["best_beta"] == "10.0"
     lo, hi = good["all"]["betas"]["10.0"]["gain"]["ci95"]
     assert lo <= 0.5 <= hi
+    assert good["all"]["held_out_beta"]["gain"]["mean"] == pytest.approx(0.5)  # every question agrees on 10
+    assert good["all"]["held_out_beta"]["chosen"] == {"0.1": 0, "10.0": 4}
     bad = evaluate(bench, scores(-1.0), [10.0])
     assert bad["all"]["betas"]["10.0"]["gain"]["mean"] == pytest.approx(-0.5)
+
+
+def test_held_out_beta_is_chosen_without_the_question_it_scores():
+    # over all points "b" is best (mean 2/3 vs 1/3), but only because of question z: chosen on the other questions,
+    # x and y get "b" (gain 0 there) and z gets "a" (gain -1 there).
+    per_beta = {"a": {"x": [1.0], "y": [1.0], "z": [-1.0]}, "b": {"x": [0.0], "y": [0.0], "z": [2.0]}}
+    r = held_out_beta_gain(per_beta)
+    assert r["chosen"] == {"a": 1, "b": 2}  # leaving x out: a 0/2 vs b 2/2 -> b; same for y; leaving z out -> a
+    assert r["gain"]["mean"] == pytest.approx(-1 / 3, abs=1e-4)  # below both betas' own means (1/3, 2/3)
+    assert r["gain"]["points"] == 3 and r["gain"]["questions"] == 3
+    # a question without points is skipped, and a grid tie goes to the earlier beta
+    tie = held_out_beta_gain({"a": {"x": [0.5], "w": []}, "b": {"x": [0.5], "w": []}})
+    assert tie["chosen"] == {"a": 1, "b": 0} and tie["gain"]["points"] == 1
 
 
 def test_pairwise_accuracy_counts_only_significant_pairs(tok, data, tmp_path):

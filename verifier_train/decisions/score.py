@@ -10,7 +10,9 @@ Per beta this module reports, over the points:
   *questions* (the points of a question stay together: a ratio estimator, sum of gains / points, per resample);
 - **greedy-continuation gain**: the same with the outcome of the greedy continuation of each candidate (what LLM2
   writes after a flip when nothing else flips) instead of ``q``;
-- **changed**: the share of points where LLM2's choice differs from the LLM's.
+- **changed**: the share of points where LLM2's choice differs from the LLM's;
+- the **held-out-beta gain**: beta chosen for each question on all the other questions (leave one question out), so
+  that choosing beta on the benchmark does not inflate the gain (:func:`held_out_beta_gain`).
 
 And, independent of beta: the **oracle gain** (``max q - q(argmax z)``: always the best candidate; the ceiling of
 LLM2 at this alpha for this model), also over the wider stored candidate set (``wide_alpha``); **pairwise accuracy**
@@ -157,12 +159,14 @@ def evaluate(bench: Benchmark, scores: dict[str, list[float]] | None, betas: Seq
         if scores is not None:
             part["pairs"] = _pair_accuracy(info, scores, only)
             part["betas"] = {}
+            per_beta: dict[str, dict[str, list[float]]] = {}
             for beta in betas:
                 def choice(pid, c, n, b, beta=beta):
                     s = scores[pid]
                     return max(n, key=lambda i: (c[i]["logprob"] + beta * s[i], i == b))
+                per_beta[str(beta)] = collect(lambda pid, c, n, b: _q(c[choice(pid, c, n, b)]) - _q(c[b]), only)
                 part["betas"][str(beta)] = {
-                    "gain": _summary(collect(lambda pid, c, n, b: _q(c[choice(pid, c, n, b)]) - _q(c[b]), only), seed),
+                    "gain": _summary(per_beta[str(beta)], seed),
                     "greedy_gain": _summary(collect(
                         lambda pid, c, n, b: float(c[choice(pid, c, n, b)]["greedy_correct"]) - float(c[b]["greedy_correct"]),
                         only), seed),
@@ -170,8 +174,38 @@ def evaluate(bench: Benchmark, scores: dict[str, list[float]] | None, betas: Seq
                 }
             if part["betas"]:
                 part["best_beta"] = max(part["betas"], key=lambda k: part["betas"][k]["gain"]["mean"])
+                part["held_out_beta"] = held_out_beta_gain(per_beta, seed)
         report[tag] = part
     return report
+
+
+def held_out_beta_gain(per_beta: dict[str, dict[str, list[float]]], seed: int = 0) -> dict[str, Any]:
+    """The decision gain when beta is chosen without looking at the question it is applied to: for each question,
+    the beta of the grid with the best mean gain over all *other* questions (leave one question out; ties go to the
+    earlier beta of the grid), then that beta's gains on this question. Unlike the best beta's own gain, which is
+    a maximum over the grid on the same points and so biased upwards, this estimates what choosing beta on
+    held-out data yields (its bootstrap interval resamples questions but not the choice itself).
+
+    Args:
+        per_beta: ``{beta: {question: [gain per point]}}`` (the same questions and points under every beta).
+
+    Returns:
+        ``{"gain": {"mean", "ci95", "points", "questions"}, "chosen": {beta: questions it was chosen for}}``.
+    """
+    grid = list(per_beta)
+    sums = {b: sum(sum(v) for v in per_beta[b].values()) for b in grid}
+    total = sum(len(v) for v in per_beta[grid[0]].values())
+    chosen: dict[str, list[float]] = {}
+    counts = dict.fromkeys(grid, 0)
+    for q, values in per_beta[grid[0]].items():
+        if not values:
+            chosen[q] = []
+            continue
+        rest = total - len(values)
+        best = max(grid, key=lambda b: ((sums[b] - sum(per_beta[b][q])) / rest if rest else 0.0, -grid.index(b)))
+        chosen[q] = per_beta[best][q]
+        counts[best] += 1
+    return {"gain": _summary(chosen, seed), "chosen": counts}
 
 
 def _pair_accuracy(info: Sequence[tuple], scores: dict[str, list[float]], only_matter: bool) -> dict[str, Any]:
@@ -297,6 +331,9 @@ def format_report(report: dict[str, Any]) -> str:
             acc = f"{pa['accuracy']:.3f} [{pa['ci95'][0]:.3f}, {pa['ci95'][1]:.3f}] on {pa['pairs']} pairs" \
                 if pa["accuracy"] is not None else "no significant pair"
             lines.append(f"  [{tag}] pairwise accuracy {acc}; best beta {part.get('best_beta')}")
+            if "held_out_beta" in part:
+                h = part["held_out_beta"]["gain"]
+                lines.append(f"    beta chosen on the other questions: gain {100 * h['mean']:+.2f} {_ci(h)}")
             for beta, m in part["betas"].items():
                 lines.append(f"    beta {beta:>5}: gain {100 * m['gain']['mean']:+.2f} {_ci(m['gain'])}  greedy-continuation "
                              f"{100 * m['greedy_gain']['mean']:+.2f} {_ci(m['greedy_gain'])}  changed {100 * m['changed']:.1f}%")
