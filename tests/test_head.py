@@ -177,6 +177,41 @@ def test_outcome_loss_weighs_each_sample_once_whatever_its_length():
     assert batch["outcome_mask"].sum().item() == 9 and batch["attention_mask"][1].sum().item() == 4
 
 
+def test_balance_weights_reach_the_full_and_lora_outcome_loss(tmp_path, tiny_llm, questions):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from verifier_train.train.head import balance_weights
+    from verifier_train.train.outcome import OutcomeCollator, load_outcome_data, outcome_loss
+
+    w = balance_weights([1.0, 0.0, 0.0, 1.0, 1.0], ["a", "a", "a", "b", "b"])
+    assert w.tolist() == pytest.approx([1.5, 0.75, 0.75, 1.0, 1.0])  # a: 1 right vs 2 wrong; b: one kind only
+
+    class Fixed(torch.nn.Module):  # scores 0 everywhere: BCE log 2 per token
+        def forward(self, input_ids=None, attention_mask=None):
+            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, 1))
+
+    batch = OutcomeCollator()([{"ids": [1] * 5, "start": 1, "end": 5, "label": 1.0, "weight": 1.5},
+                               {"ids": [1] * 3, "start": 1, "end": 3, "label": 0.0, "weight": 0.75}])
+    total, _ = outcome_loss(Fixed(), batch)
+    assert total.item() == pytest.approx(2.25 * torch.log(torch.tensor(2.0)).item())
+
+    out, _ = _outcomes(tmp_path, tiny_llm, questions)
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    for r in recs:  # one sample of each question flipped: every question becomes mixed (1 vs 3 or 2 vs 2)
+        if all(o["correct"] == r["outcomes"][0]["correct"] for o in r["outcomes"]):
+            r["outcomes"][0]["correct"] = 1 - r["outcomes"][0]["correct"]
+    out.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    tok = AutoTokenizer.from_pretrained(str(tiny_llm))
+    plain = load_outcome_data([str(out)], tok, max_length=4096, eval_fraction=0.0, seed=0)
+    bal = load_outcome_data([str(out)], tok, max_length=4096, eval_fraction=0.0, seed=0, balance=True)
+    assert {s["weight"] for s in plain.train} == {1.0}
+    expected = balance_weights([s["label"] for s in bal.train], [s["group"] for s in bal.train])
+    assert [s["weight"] for s in bal.train] == pytest.approx(expected.tolist())
+    assert any(abs(s["weight"] - 1.0) > 1e-6 for s in bal.train)  # the file holds mixed questions
+
+
 def test_full_verifier_trains_on_outcome_labels(tmp_path, tiny_llm, questions):
     out, _ = _outcomes(tmp_path, tiny_llm, questions)
     res = train_verifier(TrainConfig(model=str(tiny_llm), data=[str(out)], output=str(tmp_path / "v"),

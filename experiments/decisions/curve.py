@@ -149,15 +149,14 @@ def train_config(recipe: str, n: int, out: Path, tok, args):
         data = divergence_pairs(data, work / f"divergence{n}.pairs.jsonl", tok)
     objective = "outcome" if source == "outcome" else "pairwise"
     common = dict(model=MODEL, data=[str(data)], output=str(out), objective=objective, eval_fraction=0.1,
-                  eval_steps=10**9, progress=False, overwrite=True)
+                  eval_steps=10**9, progress=False, overwrite=True, balance=objective == "outcome")
     if part in ("lora", "full"):
         return TrainConfig(**common, trainable=part, lora=part == "lora",
                            lora_save="adapter" if part == "lora" else "merged", epochs=args.lora_epochs,
                            lr=args.lora_lr)
     head = "mlp" if part == "mlp" else "linear"
     return TrainConfig(**common, trainable="head", head=head, head_hidden=256,
-                       head_dropout=0.1 if head == "mlp" else 0.0, epochs=args.epochs, head_lr=1e-3,
-                       balance=objective == "outcome")
+                       head_dropout=0.1 if head == "mlp" else 0.0, epochs=args.epochs, head_lr=1e-3)
 
 if __name__ == "__main__":
     main()

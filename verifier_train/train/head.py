@@ -180,24 +180,30 @@ def cached(directory: Path, build: Any) -> tuple[dict[str, torch.Tensor], bool]:
 # ---------------------------------------------------------------- training
 
 
+def balance_weights(labels: Sequence[float], groups: Sequence[str]) -> torch.Tensor:
+    """Per-sample weights ``[N]`` (``--balance``): the right and the wrong samples of a question get equal total
+    weight, ``n_q / (2 n_right)`` each right one and ``n_q / (2 n_wrong)`` each wrong one, so a question's weights
+    still sum to its sample count; a question with one kind only keeps weight 1 per sample."""
+    w = torch.ones(len(groups))
+    by_q: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_q.setdefault(g, []).append(i)
+    for idx in by_q.values():
+        right = [i for i in idx if float(labels[i]) > 0.5]
+        wrong = [i for i in idx if float(labels[i]) <= 0.5]
+        if right and wrong:
+            for side in (right, wrong):
+                for i in side:
+                    w[i] = len(idx) / (2 * len(side))
+    return w
+
+
 def outcome_weights(seq: torch.Tensor, labels_per_seq: torch.Tensor, groups: Sequence[str], balance: bool) -> torch.Tensor:
     """Token weights: ``1 / response tokens`` of the token's sample (each sample weighs 1); with ``balance``, the
-    right and the wrong samples of a question get equal total weight (a question with one kind only: unchanged).
+    right and the wrong samples of a question get equal total weight (:func:`balance_weights`).
     Normalised to mean 1 over tokens."""
     counts = torch.bincount(seq, minlength=len(groups)).clamp(min=1).float()
-    w_seq = torch.ones(len(groups))
-    if balance:
-        by_q: dict[str, list[int]] = {}
-        for i, g in enumerate(groups):
-            by_q.setdefault(g, []).append(i)
-        for idx in by_q.values():
-            right = [i for i in idx if labels_per_seq[i] > 0.5]
-            wrong = [i for i in idx if labels_per_seq[i] <= 0.5]
-            if right and wrong:
-                for i in right:
-                    w_seq[i] = len(idx) / (2 * len(right))
-                for i in wrong:
-                    w_seq[i] = len(idx) / (2 * len(wrong))
+    w_seq = balance_weights(labels_per_seq, groups) if balance else torch.ones(len(groups))
     w = (w_seq / counts)[seq]
     return w * (len(w) / w.sum())
 

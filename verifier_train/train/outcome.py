@@ -3,9 +3,11 @@
 The records are those of ``llm2 explore --strategy outcome`` (:mod:`verifier_train.explore.outcome`). Each sample is
 one sequence ``[user message, assistant: the sampled response]`` (chat template); the verifier's score is read at
 every response token (its own position, LLM2's read-out; the end-of-turn token included) and trained with binary
-cross-entropy against the sample's outcome (1 right, 0 wrong), each sample weighing the same (its tokens' mean):
+cross-entropy against the sample's outcome (1 right, 0 wrong), each sample weighing the same (its tokens' mean),
+or with ``--balance`` its weight ``w_i`` (:func:`verifier_train.train.head.balance_weights`: right and wrong samples
+of a question weigh the same in total):
 
-    L = mean over samples i of  mean over response tokens t of  BCE(s_t, y_i)
+    L = sum over samples i of  w_i * mean over response tokens t of  BCE(s_t, y_i)     (w_i = 1 without --balance)
 
 (OVM, Yu et al. 2023; the head-only variant trains the same loss on cached features, :mod:`.head`). Held-out
 split by question. :class:`OutcomeCollator` pads a batch; :func:`outcome_loss` is what the trainer minimises.
@@ -56,14 +58,15 @@ class OutcomeData:
 
 
 def load_outcome_data(paths: Sequence[str], tokenizer: Any, *, max_length: int, eval_fraction: float,
-                      seed: int) -> OutcomeData:
+                      seed: int, balance: bool = False) -> OutcomeData:
     """Read outcome files into sequences (:func:`verifier_train.train.head.outcome_sequences`), drop those longer
-    than ``max_length`` (counted), split held-out questions (seeded).
+    than ``max_length`` (counted), split held-out questions (seeded). Each sample carries its ``weight``: 1, or
+    with ``balance`` its :func:`~verifier_train.train.head.balance_weights` weight among its question's kept samples.
 
     Raises:
         ValueError: a record that is not an outcome record (file:line), or no sample left.
     """
-    from verifier_train.train.head import outcome_sequences, split_groups
+    from verifier_train.train.head import balance_weights, outcome_sequences, split_groups
 
     files = []
     kept = []
@@ -79,6 +82,9 @@ def load_outcome_data(paths: Sequence[str], tokenizer: Any, *, max_length: int, 
         files.append(f)
     if not kept:
         raise ValueError(f"no sample within --max-length {max_length} in {', '.join(map(str, paths))}")
+    weights = balance_weights([s["label"] for s in kept], [s["group"] for s in kept]) if balance else None
+    for i, s in enumerate(kept):
+        s["weight"] = float(weights[i]) if weights is not None else 1.0
     held = split_groups([s["group"] for s in kept], eval_fraction, seed)
     train = [s for s in kept if s["group"] not in held]
     random.Random(seed).shuffle(train)
@@ -87,7 +93,7 @@ def load_outcome_data(paths: Sequence[str], tokenizer: Any, *, max_length: int, 
 
 class OutcomeCollator:
     """Right-pad samples into ``input_ids`` / ``attention_mask`` ``[B, T]``, ``outcome_mask`` bool ``[B, T]`` (the
-    response tokens) and ``outcome_target`` float ``[B]``."""
+    response tokens), ``outcome_target`` and ``outcome_weight`` float ``[B]`` (a sample without ``weight``: 1)."""
 
     def __init__(self, pad_token_id: int = 0):
         self.pad = int(pad_token_id)
@@ -103,15 +109,20 @@ class OutcomeCollator:
             attn[i, : len(f["ids"])] = 1
             mask[i, f["start"]: f["end"]] = True
         return {"input_ids": ids, "attention_mask": attn, "outcome_mask": mask,
-                "outcome_target": torch.tensor([float(f["label"]) for f in feats])}
+                "outcome_target": torch.tensor([float(f["label"]) for f in feats]),
+                "outcome_weight": torch.tensor([float(f.get("weight", 1.0)) for f in feats])}
 
 
 def outcome_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum over the batch's samples of their mean token BCE, per-token scores [B, T])`` (module docstring)."""
+    """``(sum over the batch's samples of their weight x mean token BCE, per-token scores [B, T])`` (module
+    docstring; a batch without ``outcome_weight`` weighs every sample 1)."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     scores = verifier_scores(out)
     mask = batch["outcome_mask"]
     target = batch["outcome_target"].to(scores.dtype)[:, None].expand_as(scores)
     per_token = F.binary_cross_entropy_with_logits(scores, target, reduction="none") * mask
     per_sample = per_token.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    weight = batch.get("outcome_weight")
+    if weight is not None:
+        per_sample = per_sample * weight.to(per_sample.dtype)
     return per_sample.sum(), scores

@@ -251,7 +251,7 @@ def _read_data(config: TrainConfig) -> tuple[Any, str | None, Any]:
     vocab = getattr(AutoConfig.from_pretrained(str(src)), "vocab_size", None) or len(tokenizer)
     if config.objective == "outcome":
         data = load_outcome_data(config.data, tokenizer, max_length=config.max_length,
-                                 eval_fraction=config.eval_fraction, seed=config.seed)
+                                 eval_fraction=config.eval_fraction, seed=config.seed, balance=config.balance)
     else:
         data = load_pair_data(
             config.data, tokenizer, vocab_size=int(vocab), max_length=config.max_length, on_error=config.on_error,

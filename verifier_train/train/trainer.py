@@ -121,9 +121,9 @@ class VerifierTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: D102
         inputs = self._prepare_inputs(inputs)
-        if "outcome_target" in inputs:  # held-out BCE only (eval_loss)
+        if "outcome_target" in inputs:  # held-out BCE only (eval_loss), every sample weighing 1 (no --balance)
             with torch.no_grad():
-                total, _ = outcome_loss(model, inputs)
+                total, _ = outcome_loss(model, {k: v for k, v in inputs.items() if k != "outcome_weight"})
             return total / max(len(inputs["outcome_target"]), 1), None, None
         with torch.no_grad():
             s_gold, s_neg = pair_scores(model, inputs, self.attn_dtype(model))
