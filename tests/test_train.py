@@ -293,6 +293,11 @@ def test_overwrite_validates_the_data_before_removing_anything(tiny_llm, synthet
     with pytest.raises(RecordError):
         train_verifier(_cfg(tiny_llm, [bad], out, max_steps=1, micro_batch=4, overwrite=True))
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # a global batch that the micro batch does not divide is refused before anything is removed, too
+    with pytest.raises(ValueError, match="not a multiple of micro batch"):
+        train_verifier(_cfg(tiny_llm, [synthetic["path"]], out, max_steps=1, micro_batch=3, global_batch=4,
+                            overwrite=True))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_lora_merges_into_a_plain_checkpoint(tiny_llm, synthetic, tmp_path):

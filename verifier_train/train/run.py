@@ -142,9 +142,9 @@ def train_verifier(config: TrainConfig) -> TrainResult:
             that holds a model llm2 did not write (without ``overwrite``).
         FileNotFoundError: ``model`` / ``init_from`` is a local path that does not exist.
 
-    Steps: check the inputs and the output (:func:`_check_run`), read and validate the data (:func:`_read_data`),
-    only then clear what ``overwrite`` replaces (:func:`_clear_output`), build the model, the training arguments
-    and the trainer (:func:`_training_args`, :func:`_build_trainer`), train and evaluate (:func:`_train`), save the
+    Steps: check the inputs and the output (:func:`_check_run`), read and validate the data (:func:`_read_data`)
+    and the batch arithmetic (:func:`_training_args`), only then clear what ``overwrite`` replaces
+    (:func:`_clear_output`), build the model and the trainer (:func:`_build_trainer`), train and evaluate (:func:`_train`), save the
     verifier with its card (:func:`_publish`).
 
     Before anything is read or written, the output is checked (:func:`~verifier_train.train.resume.check_output`:
@@ -159,9 +159,9 @@ def train_verifier(config: TrainConfig) -> TrainResult:
     t0 = time.time()
     run = _check_run(config)
     tokenizer, template, data = _read_data(config)
+    args = _training_args(config, run, data)  # a global batch that does not divide is refused before any deletion
     _clear_output(config, run)
     model = load_model(config)
-    args = _training_args(config, run, data)
     if run.main_proc:
         _print_data(config, run, data, args)
     trainer, log_callback = _build_trainer(config, run, model, args, data, tokenizer)
