@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One lm-eval run of the held-out experiment: eval.sh NAME TASK LIMIT BATCH EXTRA_MODEL_ARGS
 #   e.g. eval.sh dev_b1 gsm8k_llm2_dev 100 16 verifier=ver500,beta=1
-# Resumable: --use_cache keeps every finished request, and the trace continues (see docs/evaluation.md, traces).
+# Resumable: --use_cache keeps every finished greedy request, sample_cache every finished sampled one (maj@k), and the
+# trace continues (see docs/evaluation.md, traces).
 set -euo pipefail
 . ./env.sh
 NAME=$1 TASK=$2 LIMIT=$3 BATCH=$4 EXTRA=$5
 RUNS=${RUNS:-runs}
 mkdir -p "$RUNS/$NAME"
-lm_eval --model llm2 --model_args "pretrained=$M,dtype=bfloat16,cpu_prepack=true,trace=$RUNS/$NAME/trace.jsonl,$EXTRA" \
+lm_eval --model llm2 --model_args "pretrained=$M,dtype=bfloat16,cpu_prepack=true,trace=$RUNS/$NAME/trace.jsonl,sample_cache=$RUNS/$NAME/samples.jsonl,$EXTRA" \
   --tasks "$TASK" --limit "$LIMIT" --apply_chat_template --batch_size "$BATCH" \
   --use_cache "$RUNS/$NAME/cache" --output_path "$RUNS/$NAME" --log_samples
