@@ -7,11 +7,13 @@ resumed run must use the same (docs/method.md section 4).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import MISSING, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from llm2_eval.candidates import resolve_alpha
+from verifier_train.cli_options import option
 from verifier_train.explore.inputs import input_identity, parse_positions
 
 #: ``checker(response_text, gold_answer, rollout_tokens) -> bool``: whether a response reaches the gold answer.
@@ -27,33 +29,6 @@ FORMATS = ("auto", "gsm8k", "math")
 GOLD_SOURCES = ("dataset", "self")
 LABEL_RULES = ("absolute", "relative", "significant")
 PROMPT_STYLES = ("question", "task")
-
-def _option(
-    default: Any = MISSING,
-    *,
-    help: str | None = None,
-    choices: Sequence[str] | None = None,
-    name: str | None = None,
-    path: bool = False,
-    text: str | None = None,
-    factory: Callable[[], Any] | None = None,
-) -> Any:
-    """A settings field with its ``llm2 explore`` option (:mod:`verifier_train.explore.cli` builds the options).
-
-    Args:
-        default: the default (none: a required option).
-        help: the option's help text.
-        choices: the allowed values.
-        name: the option's name when it is not ``--field-name``.
-        path: the value is a file path (``click.Path(dir_okay=False)``).
-        text: the default as typed on the command line, when the field holds it parsed.
-        factory: a default factory (a repeatable option collected into the field).
-    """
-    cli = {"help": help, "choices": choices, "name": name, "path": path, "text": text}
-    if factory is not None:
-        return field(default_factory=factory, metadata={"cli": cli})
-    return field(default=default, metadata={"cli": cli})
-
 
 # Settings that change the output; a resumed run must use the same ones (see ExploreConfig.settings()).
 _RESULT_KEYS = (
@@ -152,84 +127,84 @@ class ExploreConfig:
         checker: answer checker (default by format: GSM8K numbers / MATH math-verify); tests inject stubs.
     """
 
-    model: str = _option(help="LLM directory or hub id (System 1).")
-    data: str = _option(help="Input JSON Lines (GSM8K or MATH format).", path=True)
-    output: str = _option(help="Output JSON Lines (appended; resumable).", path=True)
-    strategy: str = _option(
+    model: str = option(help="LLM directory or hub id (System 1).")
+    data: str = option(help="Input JSON Lines (GSM8K or MATH format).", path=True)
+    output: str = option(help="Output JSON Lines (appended; resumable).", path=True)
+    strategy: str = option(
         "rollout", choices=STRATEGIES,
         help="rollout: paper Eq. 5-6; sample: released code, no rollouts; outcome: the model's own samples with "
         "their outcome, for --objective outcome (needs --gold self).")
-    backend: str = _option("hf", choices=BACKENDS)
-    data_format: str = _option("auto", choices=FORMATS, name="--format")
-    prompt: str = _option(
+    backend: str = option("hf", choices=BACKENDS)
+    data_format: str = option("auto", choices=FORMATS, name="--format")
+    prompt: str = option(
         "question", choices=PROMPT_STYLES,
         help="User message: the bare question, or the question + the llm2 task's instruction (what gsm8k_llm2 / "
         "math500_llm2 send).")
-    chat_template: str | None = _option(
+    chat_template: str | None = option(
         None, path=True,
         help="Jinja chat-template file to tokenise with (default: the tokenizer's own); give the same one to "
         "train-verifier.")
-    gold: str = _option("dataset", choices=GOLD_SOURCES,
-                        help="dataset: the file's solution; self: the LLM's first correct sampled solution.")
-    self_samples: int = _option(4)
-    self_max_tokens: int = _option(512)
-    self_batch: int = _option(16, help="--gold self: questions sampled together (one batch for vLLM).")
-    positions: str = _option("all", help="all | stride:K | sample:P")
-    include_eot: bool = _option(False, help="Also explore the end-of-turn token position.")
-    alpha: float | None = _option(
+    gold: str = option("dataset", choices=GOLD_SOURCES,
+                       help="dataset: the file's solution; self: the LLM's first correct sampled solution.")
+    self_samples: int = option(4)
+    self_max_tokens: int = option(512)
+    self_batch: int = option(16, help="--gold self: questions sampled together (one batch for vLLM).")
+    positions: str = option("all", help="all | stride:K | sample:P")
+    include_eot: bool = option(False, help="Also explore the end-of-turn token position.")
+    alpha: float | None = option(
         None, help="Candidates have p >= alpha * p_max (default 0.1; no threshold with --top-k alone).")
-    top_k: int = _option(
+    top_k: int = option(
         0, help="At most the top-k tokens; with --alpha too, the tokens that pass both (as decoding does).")
-    candidates: int = _option(2, help="n per position.")
-    rollouts: int = _option(4, help="m per candidate.")
-    label: str = _option(
+    candidates: int = option(2, help="n per position.")
+    rollouts: int = option(4, help="m per candidate.")
+    label: str = option(
         "absolute", choices=LABEL_RULES,
         help="absolute: negative iff q(v) < tau (Eq. 6); relative: negative iff q(v) <= q(gold) - margin; "
         "significant: negative iff a one-sided Fisher exact test on the rollout counts says q(v) < q(gold) at "
         "--significance.")
-    tau: float = _option(0.5, help="Negative iff q < tau (Eq. 6).")
-    margin: float = _option(0.25, help="relative: how far below q(gold) a negative's quality must be.")
-    significance: float = _option(
+    tau: float = option(0.5, help="Negative iff q < tau (Eq. 6).")
+    margin: float = option(0.25, help="relative: how far below q(gold) a negative's quality must be.")
+    significance: float = option(
         0.05, help="significant: level of the one-sided test (negative iff p <= this; a one-rollout difference "
         "never is, and at 4 rollouts only 0/4 vs 4/4 passes 0.05).")
-    min_gold_quality: float = _option(
+    min_gold_quality: float = option(
         0.25, help="relative, significant: positions with q(gold) below this are not judged (their candidates are "
         "not rolled out).")
-    gold_rollouts: bool = _option(False, help="Also measure q(gold) (always on with --label relative or significant).")
-    temperature: float | None = _option(
+    gold_rollouts: bool = option(False, help="Also measure q(gold) (always on with --label relative or significant).")
+    temperature: float | None = option(
         None, help="Rollout temperature (default 0.7) / sample-strategy temperature (default 1.0).")
-    top_p: float = _option(1.0)
-    max_rollout_tokens: int = _option(512)
-    mode: str = _option(
+    top_p: float = option(1.0)
+    max_rollout_tokens: int = option(512)
+    mode: str = option(
         "base", choices=SAMPLE_MODES,
         help="sample: negatives drawn from the LLM (base), uniformly, from l1 + gamma * (l1 - l2) (contrast) or "
         "from the second model (expert).")
-    contrast_model: str | None = _option(
+    contrast_model: str | None = option(
         None, help="Second model (same vocabulary), needed by contrast/expert; with any mode, candidates must then "
         "be plausible under both models.")
-    gamma: float = _option(1.0)
-    num_samples: int = _option(2)
-    keep_duplicates: bool = _option(
+    gamma: float = option(1.0)
+    num_samples: int = option(2)
+    keep_duplicates: bool = option(
         True, help="sample: a token drawn twice is two pairs (the authors' builder), or written once.")
-    seed: int = _option(0)
-    start: int = _option(0, help="Skip the first N examples.")
-    limit: int | None = _option(None, help="Explore at most N examples (after --start).")
-    exclude_dev: bool = _option(
+    seed: int = option(0)
+    start: int = option(0, help="Skip the first N examples.")
+    limit: int | None = option(None, help="Explore at most N examples (after --start).")
+    exclude_dev: bool = option(
         False, help="Leave out the GSM8K dev slice (the last 200 train questions; task gsm8k_llm2_dev).")
-    shard: tuple[int, int] = _option(
+    shard: tuple[int, int] = option(
         (0, 1), text="0/1", help="i/N: examples j with j mod N == i, per-shard output.")
-    on_error: str = _option("fail", choices=("fail", "skip"))
-    dtype: str = _option("auto")
-    device: str = _option("auto")
-    batch_rows: int = _option(32, help="hf: rollouts decoded together.")
-    threads: int = _option(0, help="CPU threads for torch (0 = default; 1 on a busy shared CPU).")
-    cpu_prepack: bool = _option(False, help="hf backend on CPU: oneDNN-prepacked linear weights (faster; float32).")
-    tensor_parallel_size: int = _option(1)
-    vllm_args: dict[str, Any] = _option(
-        factory=dict, name="--vllm-arg", help="KEY=VALUE passed to vllm.LLM (repeatable).")
-    vllm_logprobs: int = _option(20)
-    max_context: int | None = _option(None, help="Context limit (default: the model's).")
-    progress: bool = _option(True)
+    on_error: str = option("fail", choices=("fail", "skip"))
+    dtype: str = option("auto")
+    device: str = option("auto")
+    batch_rows: int = option(32, help="hf: rollouts decoded together.")
+    threads: int = option(0, help="CPU threads for torch (0 = default; 1 on a busy shared CPU).")
+    cpu_prepack: bool = option(False, help="hf backend on CPU: oneDNN-prepacked linear weights (faster; float32).")
+    tensor_parallel_size: int = option(1)
+    vllm_args: dict[str, Any] = option(  # noqa: RUF009 (option() returns a dataclasses.field)
+        factory=dict, multiple=True, name="--vllm-arg", help="KEY=VALUE passed to vllm.LLM (repeatable).")
+    vllm_logprobs: int = option(20)
+    max_context: int | None = option(None, help="Context limit (default: the model's).")
+    progress: bool = option(True)
     checker: Checker | None = None
 
     ROLLOUT_TEMPERATURE = 0.7
