@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=10.0, help="head recipes")
     ap.add_argument("--lora-epochs", type=float, default=2.0, help="lora / full recipes")
     ap.add_argument("--lora-lr", type=float, default=1e-4, help="lora / full recipes")
+    ap.add_argument("--lora-batch", type=int, default=16, help="lora / full recipes: samples (pairs: solutions) per step")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE.parent.parent))
     import torch
@@ -153,7 +154,7 @@ def train_config(recipe: str, n: int, out: Path, tok, args):
     if part in ("lora", "full"):
         return TrainConfig(**common, trainable=part, lora=part == "lora",
                            lora_save="adapter" if part == "lora" else "merged", epochs=args.lora_epochs,
-                           lr=args.lora_lr)
+                           lr=args.lora_lr, global_batch=args.lora_batch, micro_batch=4, gradient_checkpointing=False)
     head = "mlp" if part == "mlp" else "linear"
     return TrainConfig(**common, trainable="head", head=head, head_hidden=256,
                        head_dropout=0.1 if head == "mlp" else 0.0, epochs=args.epochs, head_lr=1e-3)
