@@ -178,6 +178,8 @@ def table_and_plot(rows_path: Path = HERE / "curve.jsonl", png: Path = HERE / "c
     rows = [json.loads(x) for x in rows_path.read_text().splitlines() if x.strip()]
     latest = max(r.get("points", 64) for r in rows)  # rows scored on the benchmark at its current size
     rows = [r for r in rows if r.get("points", 64) == latest]
+    order = list(dict.fromkeys(r["recipe"] for r in rows))  # recipes in the order first run, sizes ascending
+    rows.sort(key=lambda r: (order.index(r["recipe"]), r["size"]))
     label_seconds = label_seconds or {}
     lines = ["| recipe | questions | gain at beta 1 | gain at beta 4 | gain, beta chosen on the other questions [95% CI] "
              "| best beta: its gain (biased) | pair accuracy (significant pairs) | changed at best beta "
