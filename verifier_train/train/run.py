@@ -299,9 +299,11 @@ def _print_data(config: TrainConfig, run: _Run, data: Any, args: Any) -> None:
             f"({fs.dropped_pairs} dropped by max_length {config.max_length}), {len(fs.skipped)} records skipped, "
             f"{fs.empty_records} without pairs"
         ))
+    sizes = (f"train: {len(data.train)} samples; held out: {len(data.eval)} samples" if outcome else
+             f"train: {len(data.train)} solutions / {data.train_pairs} pairs; held out: {len(data.eval)} / "
+             f"{data.eval_pairs}")
     console.print(
-        f"train: {len(data.train)} solutions / {data.train_pairs} pairs; held out: {len(data.eval)} / "
-        f"{data.eval_pairs}; global batch {config.global_batch} = {config.micro_batch} x {max(args.world_size, 1)} x "
+        f"{sizes}; global batch {config.global_batch} = {config.micro_batch} x {max(args.world_size, 1)} x "
         f"{args.gradient_accumulation_steps} accumulation; {'bf16' if run.bf16 else 'fp32'}"
         + (f"; resuming from {run.resume_from}" if run.resume_from else "")
     )
