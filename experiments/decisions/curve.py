@@ -73,11 +73,16 @@ def main() -> None:
     ap.add_argument("--sizes", default="125,250,500")
     ap.add_argument("--betas", default="0.25,0.5,1,2,4,8")
     ap.add_argument("--benchmark", default=str(HERE / "dev100.jsonl"))
+    ap.add_argument("--outcome-data", default=None,
+                    help="outcome records for the outcome and divergence recipes (default train_outcome.jsonl; "
+                         "../scale/train_outcome_all.jsonl begins with the same 512 questions)")
     ap.add_argument("--epochs", type=float, default=10.0, help="head recipes")
     ap.add_argument("--lora-epochs", type=float, default=2.0, help="lora / full recipes")
     ap.add_argument("--lora-lr", type=float, default=1e-4, help="lora / full recipes")
     ap.add_argument("--lora-batch", type=int, default=16, help="lora / full recipes: samples (pairs: solutions) per step")
     args = ap.parse_args()
+    if args.outcome_data:
+        SOURCES["outcome"] = SOURCES["divergence"] = Path(args.outcome_data).resolve()
     sys.path.insert(0, str(HERE.parent.parent))
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
