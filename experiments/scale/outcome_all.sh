@@ -8,7 +8,8 @@
 set -euo pipefail
 . ./env.sh
 out=train_outcome_all.jsonl
-if [ ! -e "$out" ]; then cp ../decisions/train_outcome.jsonl "$out"; fi
+# the first 512 questions may already exist (../decisions/outcome.sh, same settings): start from them when present
+if [ ! -e "$out" ] && [ -e ../decisions/train_outcome.jsonl ]; then cp ../decisions/train_outcome.jsonl "$out"; fi
 start=$(date -u +%FT%TZ); before=$(wc -l < "$out")
 llm2 explore --backend vllm --model "$M" --data "$LLM2_DATA_DIR/gsm8k/train.jsonl" --exclude-dev --limit "${LIMIT:-100000}" \
   --output "$out" --strategy outcome --gold self --self-samples 4 --self-max-tokens 400 --self-batch 64 \
