@@ -1,4 +1,5 @@
-"""The ``llm2`` command line: ``eval``, ``init-verifier``, ``explore``, ``train-verifier``, ``report``, ``decisions``.
+"""The ``llm2`` command line: ``eval``, ``init-verifier``, ``explore``, ``divergence-pairs``, ``train-verifier``,
+``report``, ``decisions``.
 
 Sub-commands are imported lazily (``llm2 --help`` loads neither torch nor lm-eval); each lives next to the code it
 drives and is registered here by its import path.
@@ -17,6 +18,7 @@ _COMMANDS = {
     "init-verifier": "llm2_eval.cli:init_verifier_command",
     "explore": "verifier_train.explore:explore_command",
     "explore-shards": "verifier_train.explore.shards:explore_shards_command",
+    "divergence-pairs": "verifier_train.explore.divergence:divergence_pairs_command",
     "train-verifier": "verifier_train.train:train_command",
     "report": "llm2_eval.report:report_command",
     "decisions": "verifier_train.decisions.cli:decisions_command",
@@ -27,6 +29,7 @@ _HELP = {
     "init-verifier": "Create an untrained verifier from an LLM.",
     "explore": "Token quality exploration: make verifier training data.",
     "explore-shards": "Add up the summaries of explore --shard i/N runs.",
+    "divergence-pairs": "Pairs where a right and a wrong outcome sample part ways.",
     "train-verifier": "Train a verifier (pairwise or outcome loss; full, LoRA or head).",
     "report": "Accuracy vs compute table and plot over lm-eval runs.",
     "decisions": "Decision benchmark: build it (rollouts), score verifiers on it in minutes.",

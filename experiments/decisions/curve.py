@@ -41,29 +41,13 @@ def first_records(src: Path, n: int, dst: Path) -> Path:
 
 
 def divergence_pairs(src: Path, dst: Path, tokenizer) -> Path:
-    """Triplet records from outcome records: for each question, each (right, wrong) sample pair, the first response
-    token where they differ gives [pos, right token, wrong token] in the right sample's tokens."""
+    """Triplet records from outcome records (``llm2 divergence-pairs``: the first token where a right and a wrong
+    sample of a question part ways)."""
     sys.path.insert(0, str(HERE.parent.parent))
-    from verifier_train.records import chat_token_ids
+    from verifier_train.explore.divergence import write_divergence_pairs
 
-    out = []
-    for line in src.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        right = [o for o in rec["outcomes"] if o["correct"] and o["response"]]
-        wrong = [o for o in rec["outcomes"] if not o["correct"] and o["response"]]
-        for r in right:
-            msgs = rec["messages"] + [{"role": "assistant", "content": r["response"]}]
-            ids = chat_token_ids(tokenizer, msgs)
-            start = len(chat_token_ids(tokenizer, rec["messages"], add_generation_prompt=True))
-            samples = set()
-            for w in wrong:
-                wids = chat_token_ids(tokenizer, rec["messages"] + [{"role": "assistant", "content": w["response"]}])
-                k = next((i for i in range(start, min(len(ids), len(wids))) if ids[i] != wids[i]), None)
-                if k is not None:
-                    samples.add((k, ids[k], wids[k]))
-            if samples:
-                out.append({"id": f"{rec['id']}/{len(out)}", "messages": msgs, "samples": sorted(map(list, samples))})
-    dst.write_text("".join(json.dumps(r) + "\n" for r in out), encoding="utf-8")
+    dst.unlink(missing_ok=True)  # this script's own file (work/), possibly from before the command existed
+    write_divergence_pairs(src, dst, tokenizer)
     return dst
 
 
