@@ -63,6 +63,20 @@ from llm2_eval.verifier import check_tokenizers_compatible, load_verifier
 log = logging.getLogger(__name__)
 
 
+def _log_like_lm_eval() -> None:
+    """Send the ``llm2_eval`` loggers' records through lm-eval's handlers at lm-eval's level (``--verbosity``,
+    ``LMEVAL_LOG_LEVEL``): lm-eval attaches its handler to its own ``lm_eval`` logger only, so without this the
+    model's info lines (sample cache, trace, prepacking) are dropped. Nothing changes when the ``llm2_eval`` logger
+    already has handlers (an application configured it) or lm-eval has none (used as a library)."""
+    ours, theirs = logging.getLogger("llm2_eval"), logging.getLogger("lm_eval")
+    if ours.handlers or not theirs.handlers:
+        return
+    for handler in theirs.handlers:
+        ours.addHandler(handler)
+    ours.setLevel(theirs.getEffectiveLevel())
+    ours.propagate = False
+
+
 _NEUTRAL = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
             "min_new_tokens": 0, "min_length": 0}
 
@@ -123,6 +137,7 @@ class LLM2LM(HFLM):
         sample_cache: str | None = None,
         **kwargs: Any,
     ) -> None:
+        _log_like_lm_eval()
         args = parse_llm2_args(pretrained, verifier, alpha, top_k, beta, max_candidates, seed, trace, device,
                                cpu_prepack, sample_cache, dtype=kwargs.get("dtype", "auto"))
         self.decode_defaults = args.decode

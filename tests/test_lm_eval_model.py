@@ -155,3 +155,43 @@ def test_seed_generation_kwarg_overrides_the_model_seed(tiny_llm, tiny_verifier)
     b = m2.generate_until(requests([PROMPTS[0]], do_sample=True, temperature=1.0, seed=1))
     c = m2.generate_until(requests([PROMPTS[0]], do_sample=True, temperature=1.0, seed=2))
     assert a == b and a != c
+
+
+def test_llm2_info_lines_reach_lm_evals_handler():
+    """lm-eval handles only its own ``lm_eval`` logger: the model sends the ``llm2_eval`` records through that
+    handler, at lm-eval's level (an info line such as 'N requests answered from sample_cache' is shown)."""
+    import logging
+
+    from llm2_eval.lm_eval_model import _log_like_lm_eval
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    ours, theirs = logging.getLogger("llm2_eval"), logging.getLogger("lm_eval")
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in (ours, theirs)]
+    try:
+        ours.handlers.clear()
+        keep = Keep()
+        theirs.handlers[:] = [keep]
+        theirs.setLevel(logging.INFO)
+        logging.getLogger("llm2_eval.sample_cache").debug("hidden at INFO")
+        _log_like_lm_eval()
+        _log_like_lm_eval()  # a second model in the same process adds nothing
+        logging.getLogger("llm2_eval.lm_eval_model").info("llm2: 3 of 8 requests answered")
+        logging.getLogger("llm2_eval.sample_cache").debug("hidden at INFO")
+        assert keep.messages == ["llm2: 3 of 8 requests answered"] and ours.handlers == [keep]
+        # an application that configured llm2_eval's logging itself keeps it
+        own = Keep()
+        ours.handlers[:] = [own]
+        _log_like_lm_eval()
+        assert ours.handlers == [own]
+    finally:
+        for lg, handlers, level, propagate in saved:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
