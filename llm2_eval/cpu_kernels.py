@@ -86,7 +86,10 @@ def prepack_linears(model: torch.nn.Module) -> int:
 
     Layers inside peft LoRA layers (``base_layer`` of a tuner layer, the LoRA matrices) stay as they are, so a
     verifier that shares the LLM's backbone (:class:`llm2_eval.adapters.SharedBaseVerifier`) keeps working; the
-    model's output embedding keeps its dense ``.weight`` (tied to the input embedding in most small LLMs).
+    model's output embedding keeps its dense ``.weight`` (tied to the input embedding in most small LLMs). Modules
+    that set ``llm2_keep_dense = True`` keep their layers dense too: a head verifier's score head
+    (:class:`llm2_eval.head_verifier.ScoreHead`, a ``[H] -> [1]`` product that prepacking cannot speed up, in its own
+    dtype).
 
     Raises:
         ValueError: a weight that is not on the CPU, or a dtype this machine cannot prepack
@@ -99,7 +102,7 @@ def prepack_linears(model: torch.nn.Module) -> int:
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     todo = []
     for name, parent in model.named_modules():
-        if BaseTunerLayer and isinstance(parent, BaseTunerLayer):
+        if (BaseTunerLayer and isinstance(parent, BaseTunerLayer)) or getattr(parent, "llm2_keep_dense", False):
             continue
         for child_name, child in parent.named_children():
             if type(child) is not torch.nn.Linear or "lora_" in f"{name}.{child_name}":  # peft's LoRA matrices

@@ -62,6 +62,9 @@ class ScoreHead(torch.nn.Module):
         ValueError: an unknown kind, or ``mlp`` without ``mlp_hidden >= 1``.
     """
 
+    #: :func:`llm2_eval.cpu_kernels.prepack_linears` leaves the head's layers dense (``cpu_prepack``)
+    llm2_keep_dense = True
+
     def __init__(self, hidden_size: int, kind: str = "linear", mlp_hidden: int | None = None, dropout: float = 0.0):
         super().__init__()
         if kind not in HEAD_KINDS:

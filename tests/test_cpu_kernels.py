@@ -144,3 +144,30 @@ def test_grouped_query_attention_without_repeated_heads_is_exact(tiny_verifier):
     assert use_gqa_attention(ver) and ver.config._attn_implementation == GQA_ATTENTION
     assert torch.allclose(scores(), want, atol=1e-6)
     assert not use_gqa_attention(ver)  # no longer sdpa: left as it is
+
+
+def test_head_verifier_with_prepacking_keeps_its_head_and_decodes_the_same(tiny_llm, tmp_path):
+    """``cpu_prepack=true`` with a head verifier on the LLM's own backbone (the fused path): the backbone is packed
+    once, the score head stays dense (it reads its own dtype from its weights), and the text is the dense path's."""
+    from lm_eval.api.registry import get_model
+
+    from llm2_eval.head_verifier import ScoreHead, save_head
+    from test_lm_eval_model import PROMPTS, requests
+
+    torch.manual_seed(5)
+    head = ScoreHead(AutoModelForCausalLM.from_pretrained(tiny_llm).config.hidden_size, "mlp", 8)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=2.0)  # a head that moves decisions
+    save_head(head, tmp_path / "head", {"base_model": str(tiny_llm)})
+
+    def make(**args):
+        return get_model("llm2")(pretrained=str(tiny_llm), dtype="float32", batch_size=2, device="cpu",
+                                 verifier=str(tmp_path / "head"), beta=4.0, alpha=0.3, **args)
+
+    dense = make()
+    want = dense.generate_until(requests(PROMPTS))
+    packed = make(cpu_prepack="true")
+    assert any(isinstance(x, PrepackedLinear) for x in packed.model.modules())
+    assert all(type(x) is torch.nn.Linear for x in packed.verifier.head.children() if not isinstance(x, torch.nn.Dropout))
+    assert packed.generate_until(requests(PROMPTS)) == want
+    assert sum(s.flips for s in dense.last_decode.stats) > 0  # the head changed decisions, and the same ones
