@@ -8,6 +8,7 @@ and invalidation, and load the result as ``verifier=`` for decoding.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -109,7 +110,7 @@ def test_cached_pair_features_give_the_scores_of_the_packed_forward(tiny_llm, tm
     assert torch.allclose(head(f["h_neg"]).squeeze(-1), torch.cat([sn[0, :3], sn[1, :1]]), atol=1e-5)
 
 
-def test_train_head_saves_a_small_verifier_reuses_and_invalidates_the_cache(tmp_path, tiny_llm, questions):
+def test_train_head_saves_a_small_verifier_reuses_and_invalidates_the_cache(tmp_path, tiny_llm, questions, capsys):
     out, _ = _outcomes(tmp_path, tiny_llm, questions)
     cache = tmp_path / "cache"
 
@@ -129,6 +130,14 @@ def test_train_head_saves_a_small_verifier_reuses_and_invalidates_the_cache(tmp_
     assert run(changed, tmp_path / "v3").card["reused_cache"] is False
     assert len(list(cache.iterdir())) == 2
     assert "eval_bce" in first.metrics and first.card["eval_questions"] == 2
+    # a fit of a few optimizer steps is named in a warning and the card (the default --head-batch is 4096)
+    steps = math.ceil(2 * first.card["train_tokens"] / 32)
+    assert first.card["steps"] == steps and (first.card["warnings"] == []) == (steps >= 20)
+    few = train_verifier(TrainConfig(model=str(tiny_llm), data=[str(out)], output=str(tmp_path / "v4"),
+                                     trainable="head", objective="outcome", epochs=2, bf16=False, progress=False,
+                                     feature_cache=str(cache), eval_fraction=0.34))
+    assert few.card["steps"] == 1 and "= 1 optimizer step(s)" in few.card["warnings"][0]
+    assert "1 optimizer step(s)" in capsys.readouterr().err
 
 
 def test_head_verifier_loads_on_the_llm_backbone_and_decodes(tmp_path, tiny_llm, questions):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,23 @@ from verifier_train.train.resume import check_output
 def _say(cfg: TrainConfig, msg: str) -> None:
     if cfg.progress:
         print(msg, flush=True)
+
+
+#: fewer optimizer steps than this draw a warning: with its default --head-batch (4096 tokens or pairs) a head fit on
+#: a small pairwise file makes one or two AdamW steps, which is a direction, not a fit
+FEW_STEPS = 20
+
+
+def _check_steps(cfg: TrainConfig, n: int, unit: str) -> str | None:
+    """A warning (printed to stderr, kept in the training card) when the head's fit makes fewer than
+    :data:`FEW_STEPS` optimizer steps (:func:`verifier_train.train.head.fit_head` makes ``ceil(epochs * n / batch)``)."""
+    steps = max(1, math.ceil(cfg.epochs * n / cfg.head_batch))
+    if steps >= FEW_STEPS:
+        return None
+    text = (f"--trainable head: {n} training {unit} x --epochs {cfg.epochs:g} / --head-batch {cfg.head_batch} = "
+            f"{steps} optimizer step(s); lower --head-batch (or raise --epochs) for a fitted head")
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+    return text
 
 
 def _dtype(cfg: TrainConfig) -> torch.dtype:
@@ -80,10 +99,12 @@ def _outcome(cfg: TrainConfig, tok: Any, cache_dir: Path, dtype: torch.dtype, he
         acc = sum(float((s[k] > 0) == (y[ev][k] > 0.5)) for k in last.values()) / max(len(last), 1)
         return {"eval_bce": round(bce, 5), "eval_end_accuracy": round(acc, 4), "eval_samples": len(last)}
 
+    warning = _check_steps(cfg, len(tr), "tokens")
     steps = fit_head(head, loss_fn, len(tr), epochs=cfg.epochs, lr=cfg.resolved_head_lr, batch=cfg.head_batch,
                      seed=cfg.seed, weight_decay=cfg.weight_decay, log=log, eval_fn=eval_fn,
                      eval_every=cfg.eval_steps)
-    return {"steps": steps, "reused_cache": reused, "train_tokens": len(tr), "eval_tokens": len(ev),
+    return {"steps": steps, "warnings": [warning] if warning else [], "reused_cache": reused,
+            "train_tokens": len(tr), "eval_tokens": len(ev),
             "samples": len(seqs), "right_samples": int(seq_labels.sum()), "questions": len(set(groups)),
             "eval_questions": len(held), "metrics": eval_fn()}
 
@@ -111,10 +132,12 @@ def _pairwise(cfg: TrainConfig, tok: Any, cache_dir: Path, dtype: torch.dtype, h
         return {"eval_loss": round(float(-F.logsigmoid(d).mean()), 5), "eval_pair_accuracy": round(acc, 4),
                 "eval_pairs": len(ev)}
 
+    warning = _check_steps(cfg, len(tr), "pairs")
     steps = fit_head(head, loss_fn, len(tr), epochs=cfg.epochs, lr=cfg.resolved_head_lr, batch=cfg.head_batch,
                      seed=cfg.seed, weight_decay=cfg.weight_decay, log=log, eval_fn=eval_fn,
                      eval_every=cfg.eval_steps)
-    return {"steps": steps, "reused_cache": reused, "train_pairs": len(tr), "eval_pairs": len(ev),
+    return {"steps": steps, "warnings": [warning] if warning else [], "reused_cache": reused,
+            "train_pairs": len(tr), "eval_pairs": len(ev),
             "files": [fs.summary() for fs in data.files], "metrics": eval_fn()}
 
 
