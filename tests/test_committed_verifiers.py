@@ -1,7 +1,8 @@
-"""The verifiers committed under ``verifiers/`` are complete PEFT adapter directories (issue: "commit it with its
-training card under verifiers/<name>/"): every LoRA matrix of every layer and the score head are in the
-safetensors file, the adapter stays under 20 MB, and the training card names the data it was trained on.
-Reads only file headers; loading the adapter onto its real base model is what the README's commands do."""
+"""The verifiers committed under ``verifiers/`` are complete (issue: "commit it with its training card under
+verifiers/<name>/"): a PEFT adapter directory has every LoRA matrix of every layer and the score head in its
+safetensors file; a head verifier directory has its trained head and the marker that names its base; each stays
+under 20 MB and has a README and a training card naming the data it was trained on. Reads only files; loading onto
+the real base model is what the READMEs' commands do."""
 
 from __future__ import annotations
 
@@ -12,9 +13,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "verifiers"
 DIRS = sorted(p for p in ROOT.iterdir() if p.is_dir()) if ROOT.is_dir() else []
+ADAPTERS = [p for p in DIRS if (p / "llm2_verifier.json").is_file()]
+HEADS = [p for p in DIRS if (p / "llm2_head.json").is_file()]
 
 
-@pytest.mark.parametrize("vdir", DIRS, ids=[p.name for p in DIRS])
+def test_every_committed_verifier_is_of_a_known_kind():
+    assert DIRS and sorted(ADAPTERS + HEADS) == DIRS
+
+
+@pytest.mark.parametrize("vdir", HEADS, ids=[p.name for p in HEADS])
+def test_committed_head_is_complete(vdir: Path):
+    from llm2_eval.head_verifier import load_head
+
+    head, cfg = load_head(vdir)
+    assert cfg["objective"] == "pairwise" and cfg["hidden_size"] == head.hidden_size
+    assert any(p.abs().sum() > 0 for p in head.parameters())  # trained: a zero head changes nothing
+    assert sum(f.stat().st_size for f in vdir.iterdir()) <= 20 * 2**20
+    card = json.loads((vdir / "training_card.json").read_text())
+    assert card["kind"] == "llm2-head-verifier" and card["train_pairs"] > 0 and card["eval_pairs"] > 0
+    assert card["settings"]["data"] and (vdir / "README.md").is_file()
+
+
+@pytest.mark.parametrize("vdir", ADAPTERS, ids=[p.name for p in ADAPTERS])
 def test_committed_adapter_is_complete(vdir: Path):
     from safetensors import safe_open
 
