@@ -208,11 +208,17 @@ def outcome_weights(seq: torch.Tensor, labels_per_seq: torch.Tensor, groups: Seq
     return w * (len(w) / w.sum())
 
 
+def head_steps(n: int, epochs: float, batch: int) -> int:
+    """Optimizer steps :func:`fit_head` makes: ``max(1, ceil(epochs * n / batch))`` for ``n`` training items
+    (tokens or pairs) in minibatches of ``batch``."""
+    return max(1, math.ceil(epochs * n / batch))
+
+
 def fit_head(head: torch.nn.Module, loss_fn: Any, n: int, *, epochs: float, lr: float, batch: int, seed: int,
              weight_decay: float = 0.0, log: Any = None, eval_fn: Any = None, eval_every: int = 0) -> int:
     """AdamW on ``loss_fn(indices) -> scalar`` over shuffled minibatches of ``range(n)``, cosine decay with 5%
-    warmup. Returns the number of steps."""
-    steps = max(1, math.ceil(epochs * n / batch))
+    warmup. Returns the number of steps (:func:`head_steps`)."""
+    steps = head_steps(n, epochs, batch)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(

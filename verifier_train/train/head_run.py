@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ from verifier_train.train.head import (
     cache_key,
     cached,
     fit_head,
+    head_steps,
     outcome_features,
     outcome_sequences,
     outcome_weights,
@@ -51,8 +51,8 @@ FEW_STEPS = 20
 
 def _check_steps(cfg: TrainConfig, n: int, unit: str) -> str | None:
     """A warning (printed to stderr, kept in the training card) when the head's fit makes fewer than
-    :data:`FEW_STEPS` optimizer steps (:func:`verifier_train.train.head.fit_head` makes ``ceil(epochs * n / batch)``)."""
-    steps = max(1, math.ceil(cfg.epochs * n / cfg.head_batch))
+    :data:`FEW_STEPS` optimizer steps (:func:`verifier_train.train.head.head_steps`)."""
+    steps = head_steps(n, cfg.epochs, cfg.head_batch)
     if steps >= FEW_STEPS:
         return None
     text = (f"--trainable head: {n} training {unit} x --epochs {cfg.epochs:g} / --head-batch {cfg.head_batch} = "
