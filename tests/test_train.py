@@ -163,7 +163,7 @@ def test_truncation_drops_and_counts_pairs(synthetic):
     assert sum(e.num_pairs for e in short.train) == fs.kept_pairs
 
 
-def test_held_out_split_is_by_record_and_deterministic(synthetic):
+def test_held_out_split_is_by_question_and_deterministic(synthetic):
     from verifier_train.train import load_pair_data
 
     a = load_pair_data([synthetic["path"]], synthetic["tok"], eval_fraction=0.2, seed=3)
@@ -172,6 +172,30 @@ def test_held_out_split_is_by_record_and_deterministic(synthetic):
     assert len(a.eval) == 18 and len(a.train) == 72
     assert [e.input_ids for e in a.eval] == [e.input_ids for e in b.eval]
     assert [e.input_ids for e in a.eval] != [e.input_ids for e in c.eval]
+
+
+def test_solutions_of_one_question_are_held_out_together(synthetic, tmp_path):
+    """Records with the same prompt (llm2 divergence-pairs writes one per right sample) fall on one side of the
+    split: pairs of a held-out question must not be trained on."""
+    from verifier_train.records import chat_token_ids, response_start
+    from verifier_train.train import load_pair_data
+    from verifier_train.train.data import question_key
+
+    tok, recs, neg = synthetic["tok"], synthetic["records"][:60], sorted(synthetic["neg_ids"])
+    twins = []
+    for i, r in enumerate(recs):  # 20 questions (the prompt of every third record), 3 solutions each
+        msgs = [recs[i - i % 3]["messages"][0], r["messages"][1]]
+        ids, start = chat_token_ids(tok, msgs), response_start(tok, msgs)
+        samples = [[p, ids[p], neg[p % len(neg)]] for p in (start, start + 1)]
+        twins.append({"id": i, "messages": msgs, "samples": samples})
+    path = _write_jsonl(tmp_path / "twins.jsonl", twins)
+    data = load_pair_data([path], synthetic["tok"], eval_fraction=0.2, seed=5)
+    assert len(data.eval) == 12 and len(data.train) == 48  # 4 of 20 questions, with all their solutions
+    texts = {tuple(e.input_ids[: e.solution_length]): question_key(r["messages"])
+             for e, r in zip(load_pair_data([path], synthetic["tok"]).train, twins)}
+    held = {texts[tuple(e.input_ids[: e.solution_length])] for e in data.eval}
+    trained = {texts[tuple(e.input_ids[: e.solution_length])] for e in data.train}
+    assert len(held) == 4 and not held & trained
 
 
 # ---------------------------------------------------------------------------------------------------- training

@@ -103,7 +103,9 @@ def load_pair_data(
 
     Every triplet is checked against the chat-template tokens of its record
     (:func:`verifier_train.records.chat_token_ids`): ``pos`` inside the sequence, ``input_ids[pos] == gold_id``,
-    ids inside the vocabulary, ``neg_id != gold_id``. The held-out split is by record, deterministic in ``seed``.
+    ids inside the vocabulary, ``neg_id != gold_id``. The held-out split is by question, deterministic in ``seed``:
+    records with the same prompt (every message before the last) are held out together, so no question has pairs on
+    both sides (``llm2 divergence-pairs`` writes one record per right sample of a question).
 
     Args:
         paths: JSON Lines files.
@@ -111,7 +113,8 @@ def load_pair_data(
         vocab_size: upper bound for token ids (the model's embedding rows); default ``len(tokenizer)``.
         max_length: packed-length budget (see :func:`verifier_train.packing.pack_solution`).
         on_error: ``"fail"`` raises at the first bad record; ``"skip"`` counts it in :attr:`FileStats.skipped`.
-        eval_fraction: fraction of the non-empty records held out (at least one when > 0 and there are >= 2).
+        eval_fraction: fraction of the questions (distinct prompts) of the non-empty records held out (at least one
+            when > 0 and there are >= 2).
         seed: seed of the split.
 
     Returns:
@@ -128,9 +131,10 @@ def load_pair_data(
     files: list[FileStats] = []
     warnings = _repeated_files(paths)
     seen: set[bytes] = set()
+    groups: list[str] = []
     for path in paths:
         fs = FileStats(path=str(path))
-        packed += _read_file(path, tokenizer, limit, max_length, on_error, fs, seen)
+        packed += _read_file(path, tokenizer, limit, max_length, on_error, fs, seen, groups)
         files.append(fs)
     warnings += [
         f"--data {f.path}: {f.duplicates} of its {f.records} records repeat an earlier record (same messages and "
@@ -142,7 +146,7 @@ def load_pair_data(
                if f.dropped_pairs and f.kept_pairs == 0 else "")
             for f in files)
         raise ValueError(f"no trainable pair in the data ({detail})")
-    train, held_out = _split(packed, eval_fraction, seed)
+    train, held_out = _split(packed, groups, eval_fraction, seed)
     return PairData(train=train, eval=held_out, files=files, warnings=warnings)
 
 
@@ -161,9 +165,10 @@ def _record_problem(ids: list[int], samples: list, limit: int) -> str | None:
 
 
 def _read_file(path: str | os.PathLike, tokenizer: "PreTrainedTokenizerBase", limit: int, max_length: int | None,
-               on_error: str, fs: FileStats, seen: set[bytes]) -> list[PackedExample]:
+               on_error: str, fs: FileStats, seen: set[bytes], groups: list[str]) -> list[PackedExample]:
     """The packed solutions of one data file with at least one pair, validated record by record; counts go to
-    ``fs``, and each record's key (messages and samples) to ``seen`` (repeats of earlier records are counted).
+    ``fs``, each record's key (messages and samples) to ``seen`` (repeats of earlier records are counted), and the
+    question of each returned solution (:func:`question_key`) to ``groups``.
 
     Raises:
         RecordError: (``on_error="fail"``) the first bad record, naming the file and line.
@@ -193,22 +198,29 @@ def _read_file(path: str | os.PathLike, tokenizer: "PreTrainedTokenizerBase", li
             fs.empty_records += 1
             continue
         packed.append(ex)
+        groups.append(question_key(rec.messages))
     fs.skipped = list(rs.skipped)
     return packed
 
 
-def _split(packed: list[PackedExample], eval_fraction: float,
+def question_key(messages: Sequence[dict[str, Any]]) -> str:
+    """The question of a record: a hash of its prompt, every message before the last (the solution)."""
+    return hashlib.sha256(json.dumps(list(messages[:-1]), sort_keys=True).encode()).hexdigest()
+
+
+def _split(packed: list[PackedExample], groups: Sequence[str], eval_fraction: float,
            seed: int) -> tuple[list[PackedExample], list[PackedExample]]:
-    """``(train, held out)``: a deterministic share (seeded shuffle) of the solutions held out, at least one when
-    ``eval_fraction > 0`` and there are two or more, never all."""
-    order = list(range(len(packed)))
-    random.Random(seed).shuffle(order)
+    """``(train, held out)``: a deterministic share (seeded shuffle) of the questions ``groups`` (one per solution)
+    held out with all their solutions, at least one question when ``eval_fraction > 0`` and there are two or more,
+    never all."""
+    uniq = sorted(set(groups))
+    random.Random(seed).shuffle(uniq)
     n_eval = 0
-    if eval_fraction > 0 and len(packed) >= 2:
-        n_eval = min(max(1, round(eval_fraction * len(packed))), len(packed) - 1)
-    held = set(order[:n_eval])
-    train = [e for i, e in enumerate(packed) if i not in held]
-    held_out = [packed[i] for i in sorted(held)]
+    if eval_fraction > 0 and len(uniq) >= 2:
+        n_eval = min(max(1, round(eval_fraction * len(uniq))), len(uniq) - 1)
+    held = set(uniq[:n_eval])
+    train = [e for e, g in zip(packed, groups) if g not in held]
+    held_out = [e for e, g in zip(packed, groups) if g in held]
     return train, held_out
 
 

@@ -158,7 +158,8 @@ def train_head(cfg: TrainConfig) -> tuple[Path, int, dict[str, Any], dict[str, A
     tok = AutoTokenizer.from_pretrained(str(cfg.model))
     template = use_chat_template(tok, cfg.chat_template)
     dtype = _dtype(cfg)
-    key = cache_key(cfg, dtype) + ("" if cfg.objective == "outcome" else f"-e{cfg.eval_fraction}-s{cfg.seed}")
+    # pairwise features are cached in train + held-out order; "-q": the split is by question (load_pair_data)
+    key = cache_key(cfg, dtype) + ("" if cfg.objective == "outcome" else f"-e{cfg.eval_fraction}-s{cfg.seed}-q")
     cache_dir = Path(cfg.feature_cache or DEFAULT_CACHE).expanduser() / key
     hidden = int(AutoConfig.from_pretrained(str(cfg.model)).get_text_config().hidden_size)
     head = ScoreHead(hidden, cfg.head, cfg.head_hidden if cfg.head == "mlp" else None, cfg.head_dropout)
