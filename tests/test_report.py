@@ -156,6 +156,10 @@ def test_rows_methods_accuracy_and_compute(runs, tok_dir):
     assert lm.llm_token_forwards == 2 * (200 + 41 + 42 + 43)
     assert lm.verifier_token_forwards == 2 * (60 + 61 + 62 + 63)
     assert lm.decode_seconds == pytest.approx(2.0)
+    # flips (the trace's verifier-changed choices): summed over sequences, per question over all k samples
+    assert (l2.flips, l2.per_question(l2.flips), lm.flips, lm.per_question(lm.flips)) == (2, 1.0, 8, 4.0)
+    assert by[("greedy", "gsm8k_llm2")].flips is None  # no trace: unknown, never 0
+    assert l2.to_dict()["flips_per_question"] == 1.0
 
     # untraced hf runs: tokenizer estimate, prompt counted once per sample, verifier 0
     tok = AutoTokenizer.from_pretrained(tok_dir)
@@ -201,6 +205,10 @@ def test_write_report_files_and_png(runs, tmp_path):
     md = (out / "report.md").read_text()
     assert "| llm2 | gsm8k_llm2 | LLM2 | llm2 | 2 | 100.0 |" in md
     assert "LLM2+maj@4" in md and "maj@4" in md and "~" in md
+    header = md.splitlines()[0].split(" | ")
+    cells = {r.split(" | ")[0].strip("| "): r.split(" | ") for r in md.splitlines()[2:7]}
+    at = header.index("flips/q")
+    assert cells["llm2"][at] in ("1.00", "4.00") and cells["greedy"][at] == "n/a"
     png = rep.plot.read_bytes()
     assert rep.plot == out / "accuracy_vs_compute.png"
     assert png[:8] == PNG_MAGIC and len(png) > 10_000

@@ -27,6 +27,8 @@ class Compute:
         source: ``"trace"`` (exact), ``"tokenizer"`` or ``"chars/4"`` (estimated), or ``"none"``.
         estimated: counted from the logged samples, not from a trace.
         decode_seconds: sum of the trace's per-sequence seconds (None without them).
+        flips: scored steps where the verifier changed the LLM's choice, summed over the trace's sequences (the
+            trace's ``flips``, :class:`llm2_eval.decoding.RowStats`; None without a trace or when its lines lack it).
         trace_file: the trace the counts come from.
         questions: the documents the trace covers (None without trace lines).
         notes: what the reader should know about these numbers.
@@ -37,6 +39,7 @@ class Compute:
     source: str = "none"
     estimated: bool = False
     decode_seconds: float | None = None
+    flips: float | None = None
     trace_file: str | None = None
     questions: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -115,11 +118,13 @@ def compute_from_trace(
         return Compute(notes=[f"trace {trace_path} has no lines for task {task}"])
     lines = list(by_key.values())
     secs = [num(x.get("seconds")) for x in lines]
+    flips = [num(x.get("flips")) for x in lines]
     found = Compute(
         llm_token_forwards=float(sum(num(x["llm_token_forwards"]) for x in lines)),
         verifier_token_forwards=float(sum(num(x["verifier_token_forwards"]) for x in lines)),
         source="trace", trace_file=str(trace_path), questions=len({key[0] for key in by_key}),
         decode_seconds=float(sum(s for s in secs if s is not None)) if any(s is not None for s in secs) else None,
+        flips=float(sum(flips)) if all(f is not None for f in flips) else None,
     )
     if duplicates:
         found.notes.append(f"{duplicates} duplicate trace lines (trace appended by several runs?); last kept")

@@ -42,6 +42,7 @@ class ReportRow:
     results_file: str
     samples_file: str | None = None
     trace_file: str | None = None
+    flips: float | None = None  # verifier-changed choices, summed over the trace's sequences (None without trace)
     notes: list[str] = field(default_factory=list)
     run_dir: str | None = None  # the directory (or results file) given to the report
     # uncertainty (llm2_eval.report.compare): 95% intervals, and the paired difference to a --baseline run
@@ -76,6 +77,7 @@ class ReportRow:
         d["llm_token_forwards_per_question"] = self.per_question(self.llm_token_forwards)
         d["verifier_token_forwards_per_question"] = self.per_question(self.verifier_token_forwards)
         d["total_token_forwards_per_question"] = self.per_question(self.total_token_forwards)
+        d["flips_per_question"] = self.per_question(self.flips)
         return d
 
 

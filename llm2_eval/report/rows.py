@@ -171,6 +171,7 @@ class _Reader:
             estimated=compute.estimated, wall_seconds=run.wall_seconds, wall_shared_by=n_tasks,
             decode_seconds=compute.decode_seconds, results_file=str(run.path),
             samples_file=str(samples_path) if samples is not None else None, trace_file=compute.trace_file,
+            flips=compute.flips,
         )
         if samples is None:
             row.notes.append(f"no logged samples ({samples_path.name}); run lm_eval with --log_samples")

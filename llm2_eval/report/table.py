@@ -8,7 +8,7 @@ from llm2_eval.report.row import ReportRow
 
 _COLUMNS = (
     "run", "task", "method", "model", "n", "accuracy %", "95% CI", "pass@1 %", "pass@1 95% CI",
-    "LLM fwd", "verifier fwd", "total fwd", "LLM fwd/q", "verifier fwd/q", "total fwd/q",
+    "LLM fwd", "verifier fwd", "total fwd", "LLM fwd/q", "verifier fwd/q", "total fwd/q", "flips/q",
     "wall s", "decode s", "compute",
 )
 # with --baseline, after the accuracy columns
@@ -30,6 +30,10 @@ def _fmt_count(value: float | None, estimated: bool) -> str:
         return "n/a"
     text = f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.1f}"
     return f"~{text}" if estimated and value else text
+
+
+def _fmt_flips(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _fmt_pct(value: float | None) -> str:
@@ -66,6 +70,7 @@ def row_cells(row: ReportRow, paired: bool = False) -> list[str]:
         _fmt_count(row.per_question(row.llm_token_forwards), est),
         _fmt_count(row.per_question(row.verifier_token_forwards), False),
         _fmt_count(row.per_question(row.total_token_forwards), est),
+        _fmt_flips(row.per_question(row.flips)),
         wall, "n/a" if row.decode_seconds is None else f"{row.decode_seconds:.1f}",
         row.compute_source + (" (estimated)" if est else ""),
     ]
@@ -107,7 +112,8 @@ def markdown_table(rows: Sequence[ReportRow]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(esc(c) for c in row_cells(row, paired=len(cols) > len(_COLUMNS))) + " |")
     lines += ["", "fwd = token forwards (tokens fed through the model), /q = per question, ~ = estimated from the "
-              "logged samples (no trace). Wall time is lm-eval's total_evaluation_time_seconds of the results file; "
+              "logged samples (no trace); flips/q = steps where the verifier changed the LLM's top token, per "
+              "question (all k samples; from the trace). Wall time is lm-eval's total_evaluation_time_seconds of the results file; "
               "decode time is the sum of the trace's per-sequence seconds. " + _legend(rows)]
     notes = [(r, n) for r in rows for n in r.notes]
     if notes:
