@@ -72,3 +72,18 @@ def test_one_candidate_everywhere_is_plain_greedy(models):
     got = generate(a, ids, mask, cfg, verifier=HeadVerifier(a, head))
     assert got.tokens == generate(a, ids, mask, DecodeConfig(beta=0.0, max_new_tokens=8)).tokens
     assert isinstance(FusedHeadScorer, type)
+
+
+def test_a_zero_head_changes_nothing_in_float32(models):
+    """A head that scores every candidate 0 never changes the LLM's choice (no flips); the fused forward (candidate
+    slots packed into the batch) then writes the same tokens as plain greedy decoding. In bf16 it need not: the
+    packed forward rounds differently, and near-ties can go the other way (experiments/scale/noise.sh measures it)."""
+    a, _, _ = models
+    zero = ScoreHead(a.config.hidden_size, "linear")
+    for p in zero.parameters():
+        torch.nn.init.zeros_(p)
+    ids, mask = _prompts()
+    cfg = DecodeConfig(alpha=0.01, beta=1.0, max_new_tokens=14)
+    fused = generate(a, ids, mask, cfg, verifier=HeadVerifier(a, zero.eval()))
+    assert sum(s.scored_steps for s in fused.stats) > 10 and sum(s.flips for s in fused.stats) == 0
+    assert fused.tokens == generate(a, ids, mask, DecodeConfig(beta=0.0, max_new_tokens=14)).tokens

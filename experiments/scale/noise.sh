@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The noise floor of the LLM2 decode (issue "held-out gain at full scale", what the traces show): a ZERO head (every
+# score 0, so the verifier never changes the LLM's choice: no flips) run through the same fused path, candidates and
+# batch shapes as the real head at beta 1, on the 200 dev questions. In bf16 the fused forward (candidate slots in the
+# batch) rounds differently from the plain greedy forward, so near-ties between the LLM's two best tokens can go the
+# other way; this run measures what that alone does against greedy (runs/dev200_greedy, dev.sh). Resumable.
+set -euo pipefail
+V=${V:-$(cd ../.. && pwd)/verifiers/qwen2.5-coder-0.5b-gsm8k-divergence-head}
+Z=$PWD/work/zero_head
+if [ ! -f "$Z/head.safetensors" ]; then
+  python - "$V" "$Z" <<'PY'
+import json, sys, torch
+from pathlib import Path
+from llm2_eval.head_verifier import load_head, save_head
+head, cfg = load_head(sys.argv[1])
+with torch.no_grad():
+    for p in head.parameters():
+        p.zero_()
+cfg = json.loads((Path(sys.argv[1]) / "llm2_head.json").read_text())["llm2_head_verifier"]
+save_head(head, sys.argv[2], cfg)
+PY
+fi
+export RUNS=${RUNS:-runs}
+../heldout/eval.sh dev200_zero_b1 gsm8k_llm2_dev 200 16 "verifier=$Z,beta=1"
