@@ -257,3 +257,20 @@ def test_head_verifier_runs_as_the_lm_eval_verifier(tmp_path, tiny_llm, question
     save_file(w, str(tmp_path / "v" / "head.safetensors"))
     with pytest.raises(ValueError, match="NaN"):
         load_verifier(tmp_path / "v")
+
+
+def test_a_bad_outcome_record_is_named_by_file_and_line(tmp_path, tiny_llm):
+    from transformers import AutoTokenizer
+
+    from verifier_train.train.head import outcome_sequences
+
+    good = {"id": 1, "messages": [{"role": "user", "content": "1 + 1?"}],
+            "outcomes": [{"response": "2", "correct": 1}, {"response": "3", "correct": 0}]}
+    bad = dict(good, outcomes=[{"response": "2"}])  # no 'correct': once a KeyError deep in the reader
+    path = tmp_path / "outcomes.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    with pytest.raises(ValueError, match=r"outcomes\.jsonl:2: outcomes\[0\] must be an object with a string "):
+        outcome_sequences([str(path)], tok)
+    path.write_text(json.dumps(good) + "\n")
+    assert [s["label"] for s in outcome_sequences([str(path)], tok)] == [1.0, 0.0]

@@ -138,6 +138,24 @@ def response_start(tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str
     return len(prompt)
 
 
+def check_outcome_record(obj: dict) -> dict:
+    """``obj`` if it is an outcome record (``llm2 explore --strategy outcome``, docs/method.md section 5): a non-empty
+    ``messages`` list (the prompt) and a list ``outcomes`` of ``{"response": str, "correct": 0 or 1, ...}``.
+
+    Raises:
+        ValueError: what is wrong, worded for ``iter_jsonl(parse=...)`` (which adds the file and line).
+    """
+    outcomes = obj.get("outcomes")
+    if not isinstance(outcomes, list):
+        raise ValueError("not an outcome record: no list 'outcomes' (made by llm2 explore --strategy outcome?)")
+    if not isinstance(obj.get("messages"), list) or not obj["messages"]:
+        raise ValueError("field 'messages' must be a non-empty list of chat messages (the prompt)")
+    for i, o in enumerate(outcomes):
+        if not isinstance(o, dict) or not isinstance(o.get("response"), str) or o.get("correct") not in (0, 1):
+            raise ValueError(f"outcomes[{i}] must be an object with a string 'response' and 'correct' 0 or 1")
+    return obj
+
+
 def check_samples(
     input_ids: list[int], samples: list[tuple[int, int, int]], vocab_size: int
 ) -> str | None:

@@ -26,23 +26,11 @@ from typing import Any
 import click
 
 from llm2_eval.jsonl import iter_jsonl
+from verifier_train.records import check_outcome_record
 
 #: the key every record of this command carries (its source file's record id); an output holding records without
 #: it was not written here and is never overwritten
 MARK = "divergence_of"
-
-
-def _parse_outcome_record(obj: dict) -> dict:
-    """The outcome record ``obj`` checked (a ``ValueError`` names what is wrong)."""
-    if not isinstance(obj.get("messages"), list) or not obj["messages"]:
-        raise ValueError("field 'messages' must be a non-empty list of chat messages (the prompt)")
-    outcomes = obj.get("outcomes")
-    if not isinstance(outcomes, list):
-        raise ValueError("not an outcome record: no list 'outcomes' (made by llm2 explore --strategy outcome?)")
-    for i, o in enumerate(outcomes):
-        if not isinstance(o, dict) or not isinstance(o.get("response"), str) or o.get("correct") not in (0, 1, True, False):
-            raise ValueError(f"outcomes[{i}] must be an object with a string 'response' and 'correct' 0 or 1")
-    return obj
 
 
 def first_divergence(right_ids: list[int], wrong_ids: list[int], start: int) -> int | None:
@@ -135,7 +123,7 @@ def write_divergence_pairs(data: str | os.PathLike, output: str | os.PathLike, t
     tmp = dst.with_name(dst.name + ".partial")
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tmp.open("w", encoding="utf-8") as f:
-        for _, obj in iter_jsonl(src, parse=_parse_outcome_record):
+        for _, obj in iter_jsonl(src, parse=check_outcome_record):
             if limit is not None and counts["questions"] >= limit:
                 break
             counts["questions"] += 1

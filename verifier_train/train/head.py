@@ -70,17 +70,15 @@ def outcome_sequences(paths: Sequence[str], tokenizer: Any) -> list[dict[str, An
     the response tokens ``ids[start:end]`` (end-of-turn token included) and the question id as ``group``.
 
     Raises:
-        ValueError: a record that is not an outcome record (file:line), or no sample at all.
+        ValueError: a record that is not an outcome record (file:line; the check is
+            :func:`verifier_train.records.check_outcome_record`), or no sample at all.
     """
-    from verifier_train.records import chat_token_ids, response_start
+    from verifier_train.records import chat_token_ids, check_outcome_record, response_start
 
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     seqs = []
     for path in paths:
-        for line, obj in iter_jsonl(path):
-            if "outcomes" not in obj or not isinstance(obj.get("messages"), list):
-                raise ValueError(f"{path}:{line}: not an outcome record (no 'outcomes'; made by llm2 explore "
-                                 "--strategy outcome?)")
+        for line, obj in iter_jsonl(path, parse=check_outcome_record):
             for k, o in enumerate(obj["outcomes"]):
                 if not o.get("response"):
                     continue
