@@ -94,20 +94,30 @@ def eval_command(lm_eval_args: tuple[str, ...]) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the new score head's initialisation.")
 @click.option("--head-init", type=click.Choice(["zero", "normal"]), default="zero", show_default=True,
               help="New head: zeros (scores 0: a no-op until trained) or random (transformers' default init).")
+@click.option("--head-only", is_flag=True,
+              help="Write only a linear score head (a few kB) that runs on the LLM's own backbone, as `train-verifier "
+                   "--trainable head` does; with --head-init zero it is the noise control of the fused LLM2 path.")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
               help="Replace an existing llm2 checkpoint in --output (any other non-empty directory is refused).")
-def init_verifier_command(llm: str, output: str, dtype: str, seed: int, head_init: str, overwrite: bool) -> None:
+def init_verifier_command(llm: str, output: str, dtype: str, seed: int, head_init: str, head_only: bool,
+                          overwrite: bool) -> None:
     """Create an untrained verifier (LLM weights + a new 1-output head) from an LLM (docs/method.md section 2).
 
     The output is written to a temporary sibling and renamed into place; a non-empty --output is refused unless
-    it holds an llm2 checkpoint and --overwrite is given.
+    it holds an llm2 checkpoint and --overwrite is given. With --head-only: only the head (llm2_head.json and
+    head.safetensors), on the LLM's own backbone at decode time.
     """
     from llm2_eval.loading import resolve_dtype
     from llm2_eval.verifier import init_verifier
 
     try:
         resolve_dtype(dtype)
-        path = init_verifier(llm, output, dtype=dtype, seed=seed, head_init=head_init, overwrite=overwrite)
+        if head_only:
+            from llm2_eval.head_verifier import init_head_verifier
+
+            path = init_head_verifier(llm, output, head_init=head_init, seed=seed, overwrite=overwrite)
+        else:
+            path = init_verifier(llm, output, dtype=dtype, seed=seed, head_init=head_init, overwrite=overwrite)
     except (OSError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(str(path))

@@ -174,6 +174,55 @@ def save_head(head: ScoreHead, out: str | os.PathLike, config: dict[str, Any]) -
     (d / HEAD_MARKER).write_text(json.dumps({"llm2_head_verifier": entry}, indent=1), encoding="utf-8")
 
 
+def init_head_verifier(llm: str | os.PathLike, output_dir: str | os.PathLike, *, head_init: str = "zero",
+                       seed: int = 0, overwrite: bool = False) -> Path:
+    """Write an untrained linear head verifier for ``llm`` (``llm2 init-verifier --head-only``): a few kB that run on
+    the LLM's own backbone (the fused step, :mod:`llm2_eval.fused`).
+
+    A ``zero`` head scores every candidate 0, so it never changes the LLM's choice at any beta, yet it decodes
+    through the same fused path, candidates and batch shapes as a trained head: LLM2 with it against greedy
+    measures what the path's floating-point rounding alone does (in bf16 a near-tie can go the other way), the
+    noise floor of an LLM2-vs-greedy comparison (experiments/README.md, "Full scale"). ``normal`` draws the weights
+    from N(0, 1/H) (seeded): scores of about unit size, noise that moves decisions.
+
+    Args:
+        llm: local directory of the LLM (its ``config.json`` gives the hidden size ``H``; recorded as the head's
+            ``base_model``).
+        output_dir: directory to write (created); an existing non-empty one is refused unless it holds a head
+            verifier and ``overwrite`` is given.
+        head_init: ``"zero"`` or ``"normal"``.
+        seed: seed of the ``normal`` init.
+        overwrite: replace an existing head verifier in ``output_dir``.
+
+    Raises:
+        ValueError: an unknown ``head_init``.
+        FileNotFoundError: ``llm`` is not a local directory with a ``config.json``.
+        FileExistsError: ``output_dir`` is a file, or non-empty and not a head verifier (or one, without
+            ``overwrite``).
+    """
+    from transformers import AutoConfig
+
+    if head_init not in ("normal", "zero"):
+        raise ValueError(f"head_init={head_init!r}: expected 'normal' or 'zero'")
+    base = Path(llm).expanduser()
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError(f"--model {llm}: no config.json there (a head verifier needs the local LLM directory)")
+    out = Path(output_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not is_head_dir(out):
+            raise FileExistsError(f"--output {out}: not an empty directory and not a head verifier; never replaced")
+        if not overwrite:
+            raise FileExistsError(f"--output {out}: already holds a head verifier; pass --overwrite to replace it")
+    hidden = int(AutoConfig.from_pretrained(str(base)).get_text_config().hidden_size)
+    head = ScoreHead(hidden, "linear")
+    if head_init == "normal":
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            head.linear.weight.copy_(torch.randn(head.linear.weight.shape, generator=g) / hidden ** 0.5)
+    save_head(head, out, {"base_model": str(base.resolve()), "objective": f"untrained ({head_init} init)"})
+    return out
+
+
 def load_head(path: str | os.PathLike) -> tuple[ScoreHead, dict[str, Any]]:
     """The trained :class:`ScoreHead` of a head directory (float32, eval mode) and its config.
 

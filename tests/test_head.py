@@ -274,3 +274,42 @@ def test_a_bad_outcome_record_is_named_by_file_and_line(tmp_path, tiny_llm):
         outcome_sequences([str(path)], tok)
     path.write_text(json.dumps(good) + "\n")
     assert [s["label"] for s in outcome_sequences([str(path)], tok)] == [1.0, 0.0]
+
+
+def test_init_verifier_head_only_zero_is_a_no_op_and_normal_moves_decisions(tmp_path, tiny_llm):
+    from click.testing import CliRunner
+    from transformers import AutoModelForCausalLM
+
+    from llm2_eval.cli import main as cli_main
+    from llm2_eval.decoding import DecodeConfig, generate
+
+    res = CliRunner().invoke(cli_main, ["init-verifier", "--model", str(tiny_llm), "--output", str(tmp_path / "z"),
+                                        "--head-only"])
+    assert res.exit_code == 0, res.output
+    assert is_head_dir(tmp_path / "z") and (tmp_path / "z" / "head.safetensors").stat().st_size < 10_000
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32).eval()
+    zero = load_verifier(tmp_path / "z", llm=llm)
+    assert zero.backbone is llm.model  # the LLM's own backbone: the fused step
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    assert torch.count_nonzero(zero(input_ids=ids).logits) == 0
+    cfg = DecodeConfig(alpha=0.01, beta=1.0, max_new_tokens=8)
+    got = generate(llm, ids, torch.ones_like(ids), cfg, verifier=zero)
+    assert sum(s.flips for s in got.stats) == 0 and sum(s.scored_steps for s in got.stats) > 0
+    # refusals: a second write without --overwrite; a non-empty directory that is not a head verifier
+    again = CliRunner().invoke(cli_main, ["init-verifier", "--model", str(tiny_llm), "--output", str(tmp_path / "z"),
+                                          "--head-only", "--head-init", "normal"])
+    assert again.exit_code != 0 and "pass --overwrite" in again.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    other = CliRunner().invoke(cli_main, ["init-verifier", "--model", str(tiny_llm), "--output",
+                                          str(tmp_path / "other"), "--head-only"])
+    assert other.exit_code != 0 and "never replaced" in other.output
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    # normal: seeded noise of about unit size
+    for d in ("n1", "n2"):
+        assert CliRunner().invoke(cli_main, ["init-verifier", "--model", str(tiny_llm), "--output", str(tmp_path / d),
+                                             "--head-only", "--head-init", "normal", "--seed", "3"]).exit_code == 0
+    with torch.no_grad():
+        s1 = load_verifier(tmp_path / "n1", llm=llm)(input_ids=ids).logits
+        assert torch.equal(s1, load_verifier(tmp_path / "n2", llm=llm)(input_ids=ids).logits)
+    assert 0.1 < float(s1.std()) < 10

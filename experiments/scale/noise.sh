@@ -5,20 +5,8 @@
 # batch) rounds differently from the plain greedy forward, so near-ties between the LLM's two best tokens can go the
 # other way; this run measures what that alone does against greedy (runs/dev200_greedy, dev.sh). Resumable.
 set -euo pipefail
-V=${V:-$(cd ../.. && pwd)/verifiers/qwen2.5-coder-0.5b-gsm8k-divergence-head}
 Z=$PWD/work/zero_head
-if [ ! -f "$Z/head.safetensors" ]; then
-  python - "$V" "$Z" <<'PY'
-import json, sys, torch
-from pathlib import Path
-from llm2_eval.head_verifier import load_head, save_head
-head, cfg = load_head(sys.argv[1])
-with torch.no_grad():
-    for p in head.parameters():
-        p.zero_()
-cfg = json.loads((Path(sys.argv[1]) / "llm2_head.json").read_text())["llm2_head_verifier"]
-save_head(head, sys.argv[2], cfg)
-PY
-fi
+. ./env.sh
+[ -f "$Z/head.safetensors" ] || llm2 init-verifier --model "$M" --output "$Z" --head-only --head-init zero
 export RUNS=${RUNS:-runs}
 ../heldout/eval.sh dev200_zero_b1 gsm8k_llm2_dev 200 16 "verifier=$Z,beta=1"
