@@ -79,6 +79,9 @@ def test_paired_difference_counts_interval_and_seed():
         run[str(i)] = 0.0
     p = paired_difference(run, base, baseline="greedy", seed=0)
     assert (p.won, p.lost, p.tied, p.n) == (20, 5, 75, 100)
+    # exact sign test: 2 * P(Bin(25, 1/2) <= 5) = 2 * 15276 / 2**25
+    assert p.sign_test_p == pytest.approx(2 * sum(math.comb(25, i) for i in range(6)) / 2 ** 25)
+    assert p.sign_test_p < 0.01
     assert p.difference == pytest.approx(0.15) and p.baseline == "greedy"
     assert p.interval.contains(0.15) and p.interval.low > 0  # 15 points on 100 questions: above 0
     # normal theory for the mean of d in {-1, 0, 1}: sd = sqrt(E[d^2] - mean^2)
@@ -88,6 +91,7 @@ def test_paired_difference_counts_interval_and_seed():
     assert paired_difference(run, base, seed=0).interval == p.interval  # deterministic for a seed
     same = paired_difference(base, base)
     assert (same.difference, same.interval.low, same.interval.high, same.won, same.lost) == (0, 0, 0, 0, 0)
+    assert same.sign_test_p == 1.0
     with pytest.raises(ValueError, match="1 doc_ids only in the run"):
         paired_difference({**run, "100": 1.0}, base)
 
@@ -181,7 +185,8 @@ def test_baseline_cli_table_json_and_determinism(pair, tmp_path):
     assert rows["llm2"]["accuracy_ci"] == {"low": iv.low, "high": iv.high, "method": "wilson", "confidence": 0.95}
     md = (out / "report.md").read_text()
     low, high = 100 * p["interval"]["low"], 100 * p["interval"]["high"]
-    assert f"| +10.0 [{low:+.1f}, {high:+.1f}] | 8/3/39 |" in md
+    assert f"| +10.0 [{low:+.1f}, {high:+.1f}] | 8/3/39 | 0.23 |" in md  # 2 * P(Bin(11, 1/2) <= 3) = 0.227
+    assert p["sign_test_p"] == pytest.approx(2 * (1 + 11 + 55 + 165) / 2 ** 11)
     assert f"| 90.0 | [{100 * iv.low:.1f}, {100 * iv.high:.1f}] |" in md
     assert "| baseline |" in md and "Δ vs baseline (pts)" in md and "Wilson" in md
     assert "+10.0" in res.output and "8/3/39" in res.output
@@ -295,3 +300,14 @@ def test_unstamped_traces(tmp_path):
     # a header without run id is a bad line
     with pytest.raises(ReportError, match="line 1: trace header has no run_id"):
         collect_rows([traced_run(tmp_path, "bad", [{"llm2_trace": 1}] + old)])
+
+
+def test_sign_test_known_values():
+    from llm2_eval.report.stats import sign_test
+
+    assert sign_test(0, 0) == 1.0 and sign_test(5, 5) == 1.0
+    assert sign_test(6, 0) == pytest.approx(2 / 64) and sign_test(0, 6) == sign_test(6, 0)
+    assert sign_test(18, 23) == pytest.approx(0.533, abs=0.001)  # the held-out test run of experiments/README.md
+    assert 0 < sign_test(700, 500) < 1e-7  # large counts: exact integers, no overflow
+    with pytest.raises(ValueError, match="must be >= 0"):
+        sign_test(-1, 2)

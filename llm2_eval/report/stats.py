@@ -157,7 +157,8 @@ class PairedDifference:
     """Accuracy of a run minus that of a baseline on the same n questions (fractions; +0.03 = 3 points better).
 
     ``won``: questions where the run scored higher than the baseline, ``lost``: lower, ``tied``: equal
-    (for 0/1 scores: right where the baseline was wrong, and the reverse).
+    (for 0/1 scores: right where the baseline was wrong, and the reverse). ``sign_test_p``: the exact two-sided sign
+    test of won against lost (:func:`sign_test`; for 0/1 scores, the exact McNemar test).
     """
 
     baseline: str
@@ -169,6 +170,25 @@ class PairedDifference:
     tied: int
     resamples: int
     seed: int
+    sign_test_p: float = 1.0
+
+
+def sign_test(won: int, lost: int) -> float:
+    """Exact two-sided sign test: the chance of a split at least as uneven as ``won`` vs ``lost`` if each
+    non-tied question were a fair coin, ``min(1, 2 * P(X <= min(won, lost)))`` with ``X ~ Binomial(won + lost, 1/2)``
+    (ties carry no information and are left out; for 0/1 scores this is the exact McNemar test). 1.0 when there is
+    no non-tied question.
+
+    Raises:
+        ValueError: a negative count.
+    """
+    if won < 0 or lost < 0:
+        raise ValueError(f"won={won}, lost={lost}: counts must be >= 0")
+    n = won + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(won, lost) + 1))
+    return min(1.0, 2 * tail / 2 ** n)
 
 
 def paired_difference(
@@ -207,5 +227,5 @@ def paired_difference(
     lost = sum(x < 0 for x in d)
     return PairedDifference(
         baseline=baseline, n=len(d), difference=sum(d) / len(d), interval=interval, won=won, lost=lost,
-        tied=len(d) - won - lost, resamples=resamples, seed=seed,
+        tied=len(d) - won - lost, resamples=resamples, seed=seed, sign_test_p=sign_test(won, lost),
     )

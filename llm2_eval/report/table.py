@@ -12,7 +12,7 @@ _COLUMNS = (
     "wall s", "decode s", "compute",
 )
 # with --baseline, after the accuracy columns
-_PAIRED_COLUMNS = ("Δ vs baseline (pts)", "won/lost/tied")
+_PAIRED_COLUMNS = ("Δ vs baseline (pts)", "won/lost/tied", "sign test p")
 _TEXT_COLUMNS = ("run", "task", "method", "model", "compute")
 
 
@@ -46,12 +46,15 @@ def _fmt_ci(interval) -> str:
 
 def _paired_cells(row: ReportRow) -> list[str]:
     if row.is_baseline:
-        return ["baseline", ""]
+        return ["baseline", "", ""]
     p = row.paired
     if p is None:
-        return ["n/a", "n/a"]
+        return ["n/a", "n/a", "n/a"]
     iv = p.interval
-    return [f"{100 * p.difference:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]", f"{p.won}/{p.lost}/{p.tied}"]
+    q = p.sign_test_p
+    sign = "<0.001" if q < 0.001 else f"{q:.3f}" if q < 0.01 else f"{q:.2f}"
+    return [f"{100 * p.difference:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]", f"{p.won}/{p.lost}/{p.tied}",
+            sign]
 
 
 def row_cells(row: ReportRow, paired: bool = False) -> list[str]:
@@ -96,7 +99,8 @@ def _legend(rows: Sequence[ReportRow]) -> str:
     if p is not None:
         text += (f" Δ: paired difference in accuracy to the baseline on the same questions, percentage points, "
                  f"with its 95% bootstrap interval over questions ({p.resamples:,} resamples, seed {p.seed}); "
-                 "won/lost/tied: questions where the run scored higher than the baseline, lower, the same.")
+                 "won/lost/tied: questions where the run scored higher than the baseline, lower, the same; "
+                 "sign test p: exact two-sided sign test of won vs lost (exact McNemar for 0/1 scores).")
     return text
 
 
@@ -113,8 +117,8 @@ def markdown_table(rows: Sequence[ReportRow]) -> str:
         lines.append("| " + " | ".join(esc(c) for c in row_cells(row, paired=len(cols) > len(_COLUMNS))) + " |")
     lines += ["", "fwd = token forwards (tokens fed through the model), /q = per question, ~ = estimated from the "
               "logged samples (no trace); flips/q = steps where the verifier changed the LLM's top token, per "
-              "question (all k samples; from the trace). Wall time is lm-eval's total_evaluation_time_seconds of the results file; "
-              "decode time is the sum of the trace's per-sequence seconds. " + _legend(rows)]
+              "question (all k samples; from the trace). Wall time is lm-eval's total_evaluation_time_seconds of "
+              "the results file; decode time is the sum of the trace's per-sequence seconds. " + _legend(rows)]
     notes = [(r, n) for r in rows for n in r.notes]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {r.run} / {r.task}: {n}" for r, n in notes]
