@@ -98,7 +98,8 @@ def eval_command(lm_eval_args: tuple[str, ...]) -> None:
               help="Write only a linear score head (a few kB) that runs on the LLM's own backbone, as `train-verifier "
                    "--trainable head` does; with --head-init zero it is the noise control of the fused LLM2 path.")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
-              help="Replace an existing llm2 checkpoint in --output (any other non-empty directory is refused).")
+              help="Replace an existing llm2 checkpoint (with --head-only: a head verifier) in --output (any other "
+                   "non-empty directory is refused).")
 def init_verifier_command(llm: str, output: str, dtype: str, seed: int, head_init: str, head_only: bool,
                           overwrite: bool) -> None:
     """Create an untrained verifier (LLM weights + a new 1-output head) from an LLM (docs/method.md section 2).
@@ -114,6 +115,10 @@ def init_verifier_command(llm: str, output: str, dtype: str, seed: int, head_ini
         resolve_dtype(dtype)
         if head_only:
             from llm2_eval.head_verifier import init_head_verifier
+
+            if dtype != "auto":
+                raise ValueError(f"--dtype {dtype}: a head verifier is saved in float32 and runs in the LLM's dtype; "
+                                 "drop --dtype with --head-only")
 
             path = init_head_verifier(llm, output, head_init=head_init, seed=seed, overwrite=overwrite)
         else:

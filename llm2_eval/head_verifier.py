@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -188,8 +190,9 @@ def init_head_verifier(llm: str | os.PathLike, output_dir: str | os.PathLike, *,
     Args:
         llm: local directory of the LLM (its ``config.json`` gives the hidden size ``H``; recorded as the head's
             ``base_model``).
-        output_dir: directory to write (created); an existing non-empty one is refused unless it holds a head
-            verifier and ``overwrite`` is given.
+        output_dir: directory to write: written into a new hidden sibling that then takes its place, so a crash
+            leaves nothing half-written and a replaced head leaves none of its files (training card, log) behind; an
+            existing non-empty one is refused unless it holds a head verifier and ``overwrite`` is given.
         head_init: ``"zero"`` or ``"normal"``.
         seed: seed of the ``normal`` init.
         overwrite: replace an existing head verifier in ``output_dir``.
@@ -219,7 +222,23 @@ def init_head_verifier(llm: str | os.PathLike, output_dir: str | os.PathLike, *,
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             head.linear.weight.copy_(torch.randn(head.linear.weight.shape, generator=g) / hidden ** 0.5)
-    save_head(head, out, {"base_model": str(base.resolve()), "objective": f"untrained ({head_init} init)"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    try:
+        save_head(head, partial, {"base_model": str(base.resolve()), "objective": f"untrained ({head_init} init)"})
+        if out.exists():  # empty, or a head verifier to replace (checked above): moved aside, deleted once replaced
+            os.replace(out, old / out.name)
+        try:
+            os.replace(partial, out)
+        except BaseException:
+            if (old / out.name).exists():
+                os.replace(old / out.name, out)
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        if out.exists() or not (old / out.name).exists():  # never the only copy of a head that could not go back
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 

@@ -313,3 +313,18 @@ def test_init_verifier_head_only_zero_is_a_no_op_and_normal_moves_decisions(tmp_
         s1 = load_verifier(tmp_path / "n1", llm=llm)(input_ids=ids).logits
         assert torch.equal(s1, load_verifier(tmp_path / "n2", llm=llm)(input_ids=ids).logits)
     assert 0.1 < float(s1.std()) < 10
+    cfg = DecodeConfig(alpha=0.01, beta=20.0, max_new_tokens=8)
+    noisy = generate(llm, ids, torch.ones_like(ids), cfg, verifier=load_verifier(tmp_path / "n1", llm=llm))
+    assert sum(s.flips for s in noisy.stats) > 0
+    # --overwrite replaces a trained head whole: none of its files stay behind, nothing else is left next to it
+    (tmp_path / "n1" / "training_card.json").write_text("{}")
+    res = CliRunner().invoke(cli_main, ["init-verifier", "--model", str(tiny_llm), "--output", str(tmp_path / "n1"),
+                                        "--head-only", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "n1").iterdir()) == ["head.safetensors", "llm2_head.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with torch.no_grad():
+        assert torch.count_nonzero(load_verifier(tmp_path / "n1", llm=llm)(input_ids=ids).logits) == 0
+    bad = CliRunner().invoke(cli_main, ["init-verifier", "--model", str(tiny_llm), "--output", str(tmp_path / "d"),
+                                        "--head-only", "--dtype", "bfloat16"])
+    assert bad.exit_code != 0 and "drop --dtype" in bad.output and not (tmp_path / "d").exists()

@@ -206,9 +206,10 @@ def test_write_report_files_and_png(runs, tmp_path):
     assert "| llm2 | gsm8k_llm2 | LLM2 | llm2 | 2 | 100.0 |" in md
     assert "LLM2+maj@4" in md and "maj@4" in md and "~" in md
     header = md.splitlines()[0].split(" | ")
-    cells = {r.split(" | ")[0].strip("| "): r.split(" | ") for r in md.splitlines()[2:7]}
+    cells = {(r.split(" | ")[0].strip("| "), r.split(" | ")[2]): r.split(" | ") for r in md.splitlines()[2:7]}
     at = header.index("flips/q")
-    assert cells["llm2"][at] in ("1.00", "4.00") and cells["greedy"][at] == "n/a"
+    assert cells[("llm2", "LLM2")][at] == "1.00" and cells[("llm2", "LLM2+maj@4")][at] == "4.00"
+    assert cells[("greedy", "greedy")][at] == "n/a"
     png = rep.plot.read_bytes()
     assert rep.plot == out / "accuracy_vs_compute.png"
     assert png[:8] == PNG_MAGIC and len(png) > 10_000

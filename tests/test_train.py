@@ -439,3 +439,23 @@ def test_trained_verifier_changes_llm2_decisions(tiny_llm, synthetic, trained, t
         texts[name] = lm.generate_until([req])[0]
         assert lm.last_decode.stats[0].scored_steps > 0
     assert texts["trained"] != texts["untrained"]
+
+
+def test_resume_refuses_checkpoints_that_held_out_records_not_questions(synthetic, tiny_llm, tmp_path):
+    """Checkpoints of a version that held out records (no "held_out_split" in run_settings.json) are not resumed
+    with the question split: the held-out solutions would change mid-run."""
+    from verifier_train.train.resume import RUN_SETTINGS, check_resume, write_run_settings
+
+    for fraction, refused in ((0.2, True), (0.0, False)):
+        ckpt = tmp_path / f"ckpt{fraction}"
+        cfg = _cfg(tiny_llm, [synthetic["path"]], tmp_path / "out", eval_fraction=fraction)
+        write_run_settings(cfg, ckpt, bf16=False)
+        assert check_resume(cfg, ckpt, bf16=False) == ({}, None)
+        old = json.loads((ckpt / RUN_SETTINGS).read_text())
+        del old["held_out_split"]
+        (ckpt / RUN_SETTINGS).write_text(json.dumps(old))
+        if refused:
+            with pytest.raises(ValueError, match=r"held_out_split \(checkpoints: 'record'; now: 'question'\)"):
+                check_resume(cfg, ckpt, bf16=False)
+        else:  # nothing held out: the split never mattered
+            assert check_resume(cfg, ckpt, bf16=False) == ({}, None)

@@ -9,7 +9,7 @@
 set -euo pipefail
 Z=$PWD/work/zero_head
 . ./env.sh
-[ -f "$Z/head.safetensors" ] || llm2 init-verifier --model "$M" --output "$Z" --head-only --head-init zero
+[ -f "$Z/llm2_head.json" ] || llm2 init-verifier --model "$M" --output "$Z" --head-only --head-init zero
 export RUNS=${RUNS:-runs}
 case "${1:-dev}" in
   dev)  ../heldout/eval.sh dev200_zero_b1 gsm8k_llm2_dev 200 16 "verifier=$Z,beta=1" ;;

@@ -52,7 +52,7 @@ def _paired_cells(row: ReportRow) -> list[str]:
         return ["n/a", "n/a", "n/a"]
     iv = p.interval
     q = p.sign_test_p
-    sign = "<0.001" if q < 0.001 else f"{q:.3f}" if q < 0.01 else f"{q:.2f}"
+    sign = "<0.001" if q < 0.001 else f"{q:.3f}" if q < 0.1 else f"{q:.2f}"
     return [f"{100 * p.difference:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]", f"{p.won}/{p.lost}/{p.tied}",
             sign]
 

@@ -99,7 +99,8 @@ class TrainConfig:
     resume: bool = option(False, "Continue from the last checkpoint in <output>/checkpoints (fresh start if none).")
     overwrite: bool = option(False, "Delete existing checkpoints in <output> instead of refusing to start (and write "
                              "over a model in <output> that llm2 did not write; an input is never an output).")
-    eval_fraction: float = option(0.05, "Fraction of the records held out for evaluation (0 = none).")
+    eval_fraction: float = option(0.05, "Fraction of the questions (records with one prompt) held out for "
+                                  "evaluation (0 = none).")
     eval_steps: int = option(100, "Evaluate on the held-out split every N optimizer steps (and at the end).")
     eval_on_start: bool = option(False, "Also evaluate before the first step.")
     logging_steps: int = option(10, "Log training loss / pair accuracy every N optimizer steps.")

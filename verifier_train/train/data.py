@@ -1,8 +1,8 @@
 """Training data: triplet files (docs/method.md section 5) read, validated against their tokens, packed and split.
 
 Every triplet is checked against the chat-template tokens of its solution; all negatives of a solution are packed
-into one sequence (:func:`verifier_train.packing.pack_solution`); a deterministic share of the solutions is held
-out for evaluation.
+into one sequence (:func:`verifier_train.packing.pack_solution`); a deterministic share of the questions (with all
+their solutions) is held out for evaluation (:func:`split_groups`).
 """
 
 from __future__ import annotations
@@ -208,17 +208,20 @@ def question_key(messages: Sequence[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(list(messages[:-1]), sort_keys=True).encode()).hexdigest()
 
 
+def split_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """The held-out groups (questions) of every training objective: a seeded share ``fraction`` of the distinct
+    ``groups``, at least one when ``fraction > 0`` and there are two or more, never all."""
+    uniq = sorted(set(groups))
+    if fraction <= 0 or len(uniq) < 2:
+        return set()
+    random.Random(seed).shuffle(uniq)
+    return set(uniq[: min(max(1, round(fraction * len(uniq))), len(uniq) - 1)])
+
+
 def _split(packed: list[PackedExample], groups: Sequence[str], eval_fraction: float,
            seed: int) -> tuple[list[PackedExample], list[PackedExample]]:
-    """``(train, held out)``: a deterministic share (seeded shuffle) of the questions ``groups`` (one per solution)
-    held out with all their solutions, at least one question when ``eval_fraction > 0`` and there are two or more,
-    never all."""
-    uniq = sorted(set(groups))
-    random.Random(seed).shuffle(uniq)
-    n_eval = 0
-    if eval_fraction > 0 and len(uniq) >= 2:
-        n_eval = min(max(1, round(eval_fraction * len(uniq))), len(uniq) - 1)
-    held = set(uniq[:n_eval])
+    """``(train, held out)``: the solutions of the questions :func:`split_groups` holds out go to the held-out side."""
+    held = split_groups(groups, eval_fraction, seed)
     train = [e for e, g in zip(packed, groups) if g not in held]
     held_out = [e for e, g in zip(packed, groups) if g in held]
     return train, held_out

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -243,12 +242,3 @@ def fit_head(head: torch.nn.Module, loss_fn: Any, n: int, *, epochs: float, lr: 
             log(rec)
     head.eval()
     return steps
-
-
-def split_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]:
-    """The held-out groups (questions): a seeded ``fraction`` of them (at least one when > 0 and >= 2 groups)."""
-    uniq = sorted(set(groups))
-    if fraction <= 0 or len(uniq) < 2:
-        return set()
-    random.Random(seed).shuffle(uniq)
-    return set(uniq[: max(1, round(fraction * len(uniq)))])

@@ -1,8 +1,8 @@
 """The ``--trainable head`` run: cache the frozen LLM's hidden states, fit the head, save a head verifier.
 
 Steps of :func:`train_head` (the pieces are in :mod:`verifier_train.train.head`): read the data, look the features
-up in the cache (or compute them with forward passes and cache them), split held-out questions (outcome) or records
-(pairwise), fit the head with AdamW, evaluate, and write ``llm2_head.json`` + ``head.safetensors`` +
+up in the cache (or compute them with forward passes and cache them), split held-out questions (both objectives),
+fit the head with AdamW, evaluate, and write ``llm2_head.json`` + ``head.safetensors`` +
 ``training_card.json`` + ``train_log.jsonl`` to ``--output`` (:mod:`llm2_eval.head_verifier`).
 """
 
@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from llm2_eval.head_verifier import ScoreHead, save_head
 from verifier_train.records import use_chat_template
 from verifier_train.train.config import TRAIN_LOG, TRAINING_CARD, TrainConfig
-from verifier_train.train.data import load_pair_data
+from verifier_train.train.data import load_pair_data, split_groups
 from verifier_train.train.head import (
     DEFAULT_CACHE,
     cache_key,
@@ -34,7 +34,6 @@ from verifier_train.train.head import (
     outcome_sequences,
     outcome_weights,
     pair_features,
-    split_groups,
 )
 from verifier_train.train.resume import check_output
 

@@ -66,7 +66,8 @@ def load_outcome_data(paths: Sequence[str], tokenizer: Any, *, max_length: int, 
     Raises:
         ValueError: a record that is not an outcome record (file:line), or no sample left.
     """
-    from verifier_train.train.head import balance_weights, outcome_sequences, split_groups
+    from verifier_train.train.data import split_groups
+    from verifier_train.train.head import balance_weights, outcome_sequences
 
     files = []
     kept = []

@@ -91,6 +91,8 @@ def run_settings(config: TrainConfig, bf16: bool) -> dict[str, Any]:
         d["chat_template"] = file_identity(config.chat_template)
     d["bf16"] = bool(bf16)
     d["head_lr"] = config.resolved_head_lr
+    # which records are held out: by question since the split changed (runs before it split by record)
+    d["held_out_split"] = "question" if config.eval_fraction > 0 else "none"
     return json.loads(json.dumps(d, default=str))
 
 
@@ -110,6 +112,8 @@ def check_resume(config: TrainConfig, ckpt_dir: Path, bf16: bool) -> tuple[dict[
                     "same data and settings")
     old = json.loads(path.read_text(encoding="utf-8"))
     new = run_settings(config, bf16)
+    if "held_out_split" not in old:  # checkpoints of a version that held out records, not questions
+        old["held_out_split"] = "record" if float(old.get("eval_fraction") or 0) > 0 else "none"
     problems = []
     old_data, new_data = old.get("data", []), new["data"]
     if len(old_data) != len(new_data) or not all(same_content(a, b) for a, b in zip(old_data, new_data)):
