@@ -119,7 +119,6 @@ def init_verifier_command(llm: str, output: str, dtype: str, seed: int, head_ini
             if dtype != "auto":
                 raise ValueError(f"--dtype {dtype}: a head verifier is saved in float32 and runs in the LLM's dtype; "
                                  "drop --dtype with --head-only")
-
             path = init_head_verifier(llm, output, head_init=head_init, seed=seed, overwrite=overwrite)
         else:
             path = init_verifier(llm, output, dtype=dtype, seed=seed, head_init=head_init, overwrite=overwrite)

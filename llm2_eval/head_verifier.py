@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llm2_eval.loading import resolve_dtype, same_model
+from llm2_eval.paths import write_dir_replacing
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel
@@ -222,23 +221,13 @@ def init_head_verifier(llm: str | os.PathLike, output_dir: str | os.PathLike, *,
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             head.linear.weight.copy_(torch.randn(head.linear.weight.shape, generator=g) / hidden ** 0.5)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    try:
-        save_head(head, partial, {"base_model": str(base.resolve()), "objective": f"untrained ({head_init} init)"})
-        if out.exists():  # empty, or a head verifier to replace (checked above): moved aside, deleted once replaced
-            os.replace(out, old / out.name)
-        try:
-            os.replace(partial, out)
-        except BaseException:
-            if (old / out.name).exists():
-                os.replace(old / out.name, out)
-            raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-        if out.exists() or not (old / out.name).exists():  # never the only copy of a head that could not go back
-            shutil.rmtree(old, ignore_errors=True)
+
+    def check() -> None:  # again, just before the swap: the directory may have changed meanwhile
+        if out.exists() and any(out.iterdir()) and not (overwrite and is_head_dir(out)):
+            raise FileExistsError(f"--output {out}: changed while the head was written; nothing replaced")
+
+    write_dir_replacing(out, lambda partial: save_head(
+        head, partial, {"base_model": str(base.resolve()), "objective": f"untrained ({head_init} init)"}), check)
     return out
 
 

@@ -8,7 +8,8 @@ here BEFORE it reads a weight or writes a byte, so a refused command leaves ever
 - a model path that does not exist is named as such, not as a hub lookup failure (:func:`check_model_path`; what
   may be a hub id is :func:`is_hub_id`);
 - a directory holding a model that llm2 did not write (:func:`foreign_model_files`) is only written over on
-  request, and ``init-verifier`` only replaces a directory that holds an llm2 checkpoint (:func:`is_llm2_checkpoint`).
+  request, and ``init-verifier`` only replaces a directory that holds an llm2 checkpoint (:func:`is_llm2_checkpoint`);
+- a directory that replaces another is written whole into a hidden sibling first (:func:`write_dir_replacing`).
 
 :func:`file_identity` (path, size, sha256) is what a resumed run compares to tell a different input from the
 same one. Standard library only.
@@ -20,8 +21,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 # files that make a directory a model checkpoint (transformers, peft, GGUF, safetensors / pickle weights)
 _MODEL_FILES = ("config.json", "adapter_config.json")
@@ -197,3 +200,38 @@ def lock_for_writing(f: Any, name: str) -> None:
             "choose another path"
         ) from None
 
+
+
+def write_dir_replacing(out: str | os.PathLike, write: Callable[[Path], None], check: Callable[[], None]) -> None:
+    """Write the directory ``out`` atomically: ``write(partial)`` fills a new hidden sibling of ``out``; ``check()``
+    runs once more (the directory may have changed while ``write`` ran; it raises to refuse); then the sibling takes
+    the place of ``out``. A non-empty ``out`` (which ``check`` accepted) is moved aside first and deleted once
+    replaced, so none of its files stay behind; on any error everything is put back as it was and the sibling is
+    removed, so a crash leaves nothing half-written.
+
+    Raises:
+        whatever ``write`` or ``check`` raise; OSError from the filesystem.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    old = None
+    try:
+        write(partial)
+        check()
+        if out.exists() and any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+        try:
+            os.replace(partial, out)  # onto a missing or an empty directory
+        except BaseException:
+            if old is not None:
+                os.replace(old / out.name, out)
+            raise
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        if old is not None and not (old / out.name).exists():
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -10,8 +10,6 @@ its base model's weights (:mod:`llm2_eval.adapters`); :func:`load_verifier` take
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +19,8 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from llm2_eval.adapters import is_adapter_dir, load_adapter_verifier
 from llm2_eval.head_verifier import is_head_dir, load_head_verifier
 from llm2_eval.loading import build_verifier, head_name, resolve_dtype
-from llm2_eval.paths import check_model_path, check_not_an_input, is_hub_id, is_llm2_checkpoint, resolved
+from llm2_eval.paths import (check_model_path, check_not_an_input, is_hub_id, is_llm2_checkpoint, resolved,
+                             write_dir_replacing)
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -77,48 +76,13 @@ def init_verifier(
     model = build_verifier(llm, dtype=dtype, seed=seed, zero_head=head_init == "zero")
     tokenizer = AutoTokenizer.from_pretrained(str(llm))
     model.config.llm2_verifier = {"base_model": str(llm), "head": head_name(model), "num_labels": 1}
-    _save_replacing(out, overwrite, model, tokenizer)
-    return Path(output_dir)
 
-
-def _save_replacing(out: Path, overwrite: bool, model: "PreTrainedModel", tokenizer: Any) -> None:
-    """Write ``model`` and ``tokenizer`` to ``out`` atomically: saved into a new hidden sibling, which then takes
-    the place of ``out`` (an existing llm2 checkpoint there is moved aside first and deleted once replaced; on any
-    error everything is put back as it was)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = _new_sibling(out, "partial")
-    old = None
-    try:
+    def write(partial: Path) -> None:
         model.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
-        _check_replaceable(out, overwrite)  # again: the directory may have changed while the model loaded
-        if out.exists() and any(out.iterdir()):  # an llm2 checkpoint (checked): moved aside, deleted once replaced
-            old = _new_sibling(out, "old")
-            os.replace(out, old / out.name)
-        try:
-            os.replace(partial, out)  # onto a missing or an empty directory
-        except BaseException:
-            if old is not None:
-                os.replace(old / out.name, out)
-            raise
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        if old is not None and not (old / out.name).exists():
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
-
-def _new_sibling(out: Path, tag: str) -> Path:
-    """A new, empty hidden directory next to ``out`` (a name no one else uses: nothing existing is touched)."""
-    while True:
-        p = out.with_name(f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            p.mkdir()
-            return p
-        except FileExistsError:
-            continue
+    write_dir_replacing(out, write, lambda: _check_replaceable(out, overwrite))
+    return Path(output_dir)
 
 
 def _check_replaceable(out: Path, overwrite: bool) -> None:

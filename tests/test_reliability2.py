@@ -469,3 +469,34 @@ def test_a_failed_exploration_leaves_no_empty_output_or_temporary_file(tiny_llm,
     res = CliRunner().invoke(explore_command, _explore_args(tiny_llm, data, tmp_path / "o.jsonl"))
     assert res.exit_code == 1 and "No space left on device" in res.output
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_write_dir_replacing_is_all_or_nothing(tmp_path):
+    """A failed write or a refusing re-check leaves the old directory as it was and no sibling behind; a success
+    leaves only the new files (none of the replaced directory's)."""
+    from llm2_eval.paths import write_dir_replacing
+
+    out = tmp_path / "v"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+
+    def boom(_: Path) -> None:
+        raise RuntimeError("disk full")
+
+    def refuse() -> None:
+        raise FileExistsError("changed meanwhile")
+
+    def write(d: Path) -> None:
+        (d / "new.txt").write_text("new")
+
+    with pytest.raises(RuntimeError):
+        write_dir_replacing(out, boom, lambda: None)
+    with pytest.raises(FileExistsError):
+        write_dir_replacing(out, write, refuse)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    write_dir_replacing(out, write, lambda: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    write_dir_replacing(tmp_path / "fresh", write, lambda: None)
+    assert (tmp_path / "fresh" / "new.txt").read_text() == "new"
