@@ -6,7 +6,10 @@ operator or equals sign, LaTeX markup, or words / spacing / punctuation (style).
 and by outcome (both right, LLM2 won, LLM2 lost, both wrong) with where in greedy's response the split came (its
 fraction of the response length). This reads only the samples; the trace has the number of flips, not where.
 
-    python where_flips.py runs/test_greedy runs/test_b1 [--json out.json]
+    python where_flips.py runs/test_greedy runs/test_b1 [--json out.json] [--by-flips]
+
+``--by-flips`` adds the same outcomes by the number of verifier flips per question, read from the LLM2 run's
+``trace.jsonl`` (a question with 0 flips differs from greedy by rounding alone; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -49,11 +52,35 @@ def outcome(g: float, l2: float) -> str:
     return {(1, 1): "both right", (0, 1): "LLM2 won", (1, 0): "LLM2 lost", (0, 0): "both wrong"}[(int(g), int(l2))]
 
 
+def by_flips(base: dict, run: dict, docs: list[str], trace: Path, outcomes: tuple[str, ...]) -> None:
+    """Print the outcomes of the questions bucketed by the verifier's flips in the trace (first sample, the last
+    record of each question: a resumed run may have traced a question twice)."""
+    flips = {}
+    for line in trace.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if "doc_id" in rec and rec.get("repeat", 0) == 0:
+            flips[str(rec["doc_id"])] = int(rec["flips"])
+    buckets = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 10**9))
+    table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for d in docs:
+        if d in flips:
+            lo, hi = next(b for b in buckets if b[0] <= flips[d] <= b[1])
+            name = f"{lo}" if lo == hi else (f"{lo}+" if hi == 10**9 else f"{lo}-{hi}")
+            table[name][outcome(base[d][1], run[d][1])] += 1
+    print("| flips in the question | questions | " + " | ".join(outcomes) + " | won - lost |")
+    print("|---|---:|" + "---:|" * len(outcomes) + "---:|")
+    for name in sorted(table, key=lambda n: int(n.split("-")[0].rstrip("+"))):
+        t = table[name]
+        print(f"| {name} | {sum(t.values())} | " + " | ".join(str(t[o]) for o in outcomes)
+              + f" | {t['LLM2 won'] - t['LLM2 lost']:+d} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("baseline")
     ap.add_argument("llm2")
     ap.add_argument("--json", help="write the table and per-question rows here")
+    ap.add_argument("--by-flips", action="store_true", help="also the outcomes by flips per question (trace.jsonl)")
     args = ap.parse_args()
     base, run = _samples(args.baseline), _samples(args.llm2)
     docs = sorted(set(base) & set(run), key=lambda d: int(d) if d.isdigit() else d)
@@ -80,6 +107,8 @@ def main() -> None:
         pos = sorted(where[cls])
         print(f"| {cls} | {sum(table[cls].values())} | " + " | ".join(str(table[cls][o]) for o in outcomes)
               + f" | {pos[len(pos) // 2]:.2f} |")
+    if args.by_flips:
+        by_flips(base, run, docs, Path(args.llm2) / "trace.jsonl", outcomes)
     if args.json:
         Path(args.json).write_text(json.dumps({"questions": len(docs), "identical": same,
                                                "table": {c: dict(t) for c, t in table.items()}, "rows": rows},
