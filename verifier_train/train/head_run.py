@@ -60,6 +60,16 @@ def _check_steps(cfg: TrainConfig, n: int, unit: str) -> str | None:
     return text
 
 
+def _fit(cfg: TrainConfig, head: ScoreHead, loss_fn: Any, n: int, unit: str, log: Any, eval_fn: Any) -> dict:
+    """Fit ``head`` on ``n`` training ``unit`` s with the run's settings (:func:`verifier_train.train.head.fit_head`);
+    ``{"steps", "warnings"}`` for the training card."""
+    warning = _check_steps(cfg, n, unit)
+    steps = fit_head(head, loss_fn, n, epochs=cfg.epochs, lr=cfg.resolved_head_lr, batch=cfg.head_batch,
+                     seed=cfg.seed, weight_decay=cfg.weight_decay, log=log, eval_fn=eval_fn,
+                     eval_every=cfg.eval_steps)
+    return {"steps": steps, "warnings": [warning] if warning else []}
+
+
 def _dtype(cfg: TrainConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.resolved_bf16 else torch.float32
 
@@ -98,11 +108,7 @@ def _outcome(cfg: TrainConfig, tok: Any, cache_dir: Path, dtype: torch.dtype, he
         acc = sum(float((s[k] > 0) == (y[ev][k] > 0.5)) for k in last.values()) / max(len(last), 1)
         return {"eval_bce": round(bce, 5), "eval_end_accuracy": round(acc, 4), "eval_samples": len(last)}
 
-    warning = _check_steps(cfg, len(tr), "tokens")
-    steps = fit_head(head, loss_fn, len(tr), epochs=cfg.epochs, lr=cfg.resolved_head_lr, batch=cfg.head_batch,
-                     seed=cfg.seed, weight_decay=cfg.weight_decay, log=log, eval_fn=eval_fn,
-                     eval_every=cfg.eval_steps)
-    return {"steps": steps, "warnings": [warning] if warning else [], "reused_cache": reused,
+    return {**_fit(cfg, head, loss_fn, len(tr), "tokens", log, eval_fn), "reused_cache": reused,
             "train_tokens": len(tr), "eval_tokens": len(ev),
             "samples": len(seqs), "right_samples": int(seq_labels.sum()), "questions": len(set(groups)),
             "eval_questions": len(held), "metrics": eval_fn()}
@@ -131,11 +137,7 @@ def _pairwise(cfg: TrainConfig, tok: Any, cache_dir: Path, dtype: torch.dtype, h
         return {"eval_loss": round(float(-F.logsigmoid(d).mean()), 5), "eval_pair_accuracy": round(acc, 4),
                 "eval_pairs": len(ev)}
 
-    warning = _check_steps(cfg, len(tr), "pairs")
-    steps = fit_head(head, loss_fn, len(tr), epochs=cfg.epochs, lr=cfg.resolved_head_lr, batch=cfg.head_batch,
-                     seed=cfg.seed, weight_decay=cfg.weight_decay, log=log, eval_fn=eval_fn,
-                     eval_every=cfg.eval_steps)
-    return {"steps": steps, "warnings": [warning] if warning else [], "reused_cache": reused,
+    return {**_fit(cfg, head, loss_fn, len(tr), "pairs", log, eval_fn), "reused_cache": reused,
             "train_pairs": len(tr), "eval_pairs": len(ev),
             "files": [fs.summary() for fs in data.files], "metrics": eval_fn()}
 
