@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The reports of the test runs of test.sh, for every pair whose two runs have finished (project env; run from this
 # directory): `llm2 report LLM2 BASE --baseline BASE -o report_NAME` (paired difference, won / lost, sign test,
-# flips, compute) and, for the greedy pairs, `where_flips.py BASE LLM2 --by-flips > where_flips_NAME.md` (where the responses part; first
-# sample of each question). Gzipped samples files (committed that way) are unpacked beside themselves first.
+# flips, compute) and, for the greedy pairs, `where_flips.py BASE LLM2 --by-flips > where_flips_NAME.md` (where the
+# responses part; first sample of each question). Gzipped samples files (committed that way) are unpacked beside
+# themselves first.
 #   B=1 ./report_all.sh
 set -euo pipefail
 : "${B:?set B, the beta of the test runs}"

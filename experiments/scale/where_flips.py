@@ -60,17 +60,18 @@ def by_flips(base: dict, run: dict, docs: list[str], trace: Path, outcomes: tupl
         rec = json.loads(line)
         if "doc_id" in rec and rec.get("repeat", 0) == 0:
             flips[str(rec["doc_id"])] = int(rec["flips"])
-    buckets = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 10**9))
-    table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    buckets = (("0", 0, 0), ("1-2", 1, 2), ("3-5", 3, 5), ("6-10", 6, 10), ("11+", 11, 10**9))
+    table: dict[str, collections.Counter] = {name: collections.Counter() for name, _, _ in buckets}
     for d in docs:
         if d in flips:
-            lo, hi = next(b for b in buckets if b[0] <= flips[d] <= b[1])
-            name = f"{lo}" if lo == hi else (f"{lo}+" if hi == 10**9 else f"{lo}-{hi}")
+            name = next(name for name, lo, hi in buckets if lo <= flips[d] <= hi)
             table[name][outcome(base[d][1], run[d][1])] += 1
     print("| flips in the question | questions | " + " | ".join(outcomes) + " | won - lost |")
     print("|---|---:|" + "---:|" * len(outcomes) + "---:|")
-    for name in sorted(table, key=lambda n: int(n.split("-")[0].rstrip("+"))):
+    for name, _, _ in buckets:
         t = table[name]
+        if not t:
+            continue
         print(f"| {name} | {sum(t.values())} | " + " | ".join(str(t[o]) for o in outcomes)
               + f" | {t['LLM2 won'] - t['LLM2 lost']:+d} |")
 
