@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -21,7 +22,8 @@ from tiny_models import build_tokenizer
 from llm2_eval.cli import main as llm2_cli
 from verifier_train.decisions import BuildConfig, DecisionsError, build_decisions
 from verifier_train.decisions.build import sample_points
-from verifier_train.decisions.score import evaluate, held_out_beta_gain, load_benchmark, verifier_scores_on
+from verifier_train.decisions.score import (Benchmark, evaluate, held_out_beta_gain, load_benchmark,
+                                           split_half_oracle, verifier_scores_on)
 from verifier_train.explore.significance import fisher_two_sided
 from verifier_train.rollouts import EngineStats, Rollout, RolloutEngine
 
@@ -151,6 +153,7 @@ def test_scores_oracle_and_reversed_verifiers(tok, data, tmp_path):
 
     llm = evaluate(bench, None, [])
     assert llm["all"]["oracle"]["mean"] == pytest.approx(0.5)
+    assert llm["all"]["oracle_split"]["mean"] == pytest.approx(0.5)  # values without noise: any half knows them
     assert llm["points_that_matter"] == 16  # 4 vs 0 of 4 rollouts: two-sided Fisher p = 0.029
     good = evaluate(bench, scores(1.0), [0.1, 10.0])
     assert good["all"]["betas"]["0.1"]["gain"]["mean"] == 0  # beta too small to flip a 0.5 logit gap
@@ -177,6 +180,31 @@ def test_held_out_beta_is_chosen_without_the_question_it_scores():
     # a question without points is skipped, and a grid tie goes to the earlier beta
     tie = held_out_beta_gain({"a": {"x": [0.5], "w": []}, "b": {"x": [0.5], "w": []}})
     assert tie["chosen"] == {"a": 1, "b": 0} and tie["gain"]["points"] == 1
+
+
+def test_split_half_oracle_removes_the_noise_the_oracle_selects_on():
+    # every candidate has the same true value 0.5, so the true oracle gains nothing; with 16 sampled rollouts each,
+    # the best measured value beats the LLM's token by chance (the plain oracle's bias), the split-half one does not.
+    rng = np.random.default_rng(0)
+    bench = Benchmark("synthetic", {"alpha": 0.1})
+    for k in range(400):
+        qid = f"q{k // 4}"
+        bench.questions.setdefault(qid, {"id": qid})
+        cands = [{"token": t, "logprob": -0.1 * t, "correct": int(rng.binomial(16, 0.5)), "rollouts": 16,
+                  "greedy_correct": False} for t in range(3)]
+        bench.points.append({"id": f"p{k}", "question": qid, "candidates": cands})
+    llm = evaluate(bench, None, [])["all"]
+    assert llm["oracle"]["mean"] > 0.08  # E[max of 3 draws] - E[one draw] is ~0.1 at 16 rollouts
+    assert abs(llm["oracle_split"]["mean"]) < 0.02
+    lo, hi = llm["oracle_split"]["ci95"]
+    assert lo <= 0.0 <= hi
+    one = split_half_oracle(bench.points[:1], 0.1, splits=5, seed=3)
+    assert one == split_half_oracle(bench.points[:1], 0.1, splits=5, seed=3)  # seeded
+    # a point whose values differ for sure: the split keeps its gain
+    sure = {"id": "s", "question": "q0", "candidates": [
+        {"token": 0, "logprob": 0.0, "correct": 0, "rollouts": 16}, {"token": 1, "logprob": -1.0, "correct": 16,
+                                                                     "rollouts": 16}]}
+    assert split_half_oracle([sure], 0.1) == {"s": 1.0}
 
 
 def test_pairwise_accuracy_counts_only_significant_pairs(tok, data, tmp_path):

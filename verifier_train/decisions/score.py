@@ -15,10 +15,14 @@ Per beta this module reports, over the points:
   that choosing beta on the benchmark does not inflate the gain (:func:`held_out_beta_gain`).
 
 And, independent of beta: the **oracle gain** (``max q - q(argmax z)``: always the best candidate; the ceiling of
-LLM2 at this alpha for this model), also over the wider stored candidate set (``wide_alpha``); **pairwise accuracy**
-on candidate pairs of a point whose values differ significantly (two-sided Fisher exact test on the rollout
-counts at level 0.05; ties in score count one half), with its Wilson interval. Every number is also given on the
-points that **matter**: those with at least one significantly different pair among their plausible candidates.
+LLM2 at this alpha for this model), also over the wider stored candidate set (``wide_alpha``). It picks and is
+scored with the same rollouts, so it includes the noise it selects on (an upper bound); the **split-half oracle**
+(:func:`split_half_oracle`) picks with half of each candidate's rollouts and is scored with the other half, an
+unbiased gain of an oracle that knows half the rollouts (a lower bound of the true-value oracle's);
+**pairwise accuracy** on candidate pairs of a point whose values differ significantly (two-sided Fisher exact test
+on the rollout counts at level 0.05; ties in score count one half), with its Wilson interval. Every number is also
+given on the points that **matter**: those with at least one significantly different pair among their plausible
+candidates.
 """
 
 from __future__ import annotations
@@ -102,6 +106,37 @@ def significant_pairs(cands: Sequence[dict[str, Any]], among: Sequence[int]) -> 
     return out
 
 
+def split_half_oracle(points: Sequence[dict[str, Any]], alpha: float, splits: int = 20,
+                      seed: int = 0) -> dict[str, float]:
+    """Per point, the oracle gain without selection bias: each candidate's ``n`` rollouts are split at random into
+    halves of ``n // 2`` and ``n - n // 2`` (given ``c`` right of ``n``, the right ones in the first half follow the
+    hypergeometric law), the plausible candidate with the best value in the first half is picked (ties to the LLM's
+    own token) and its gain over the LLM's token is read in the second half; averaged over ``splits`` seeded splits.
+
+    Returns:
+        ``{point id: mean gain}`` in units of q (0 for a point whose candidates have fewer than 2 rollouts).
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, float] = {}
+    for p in points:
+        cands = p["candidates"]
+        narrow = plausible(cands, alpha)
+        base = max(narrow, key=lambda i: cands[i]["logprob"])
+        n = np.array([c["rollouts"] for c in cands])
+        c = np.array([c["correct"] for c in cands])
+        if (n < 2).any():
+            out[p["id"]] = 0.0
+            continue
+        gains = []
+        for _ in range(splits):
+            first = rng.hypergeometric(c, n - c, n // 2)
+            qa, qb = first / (n // 2), (c - first) / (n - n // 2)
+            best = max(narrow, key=lambda i: (qa[i], i == base))
+            gains.append(float(qb[best] - qb[base]))
+        out[p["id"]] = float(np.mean(gains))
+    return out
+
+
 def _ratio_interval(per_q: dict[str, list[float]], seed: int, resamples: int = 10_000) -> list[float]:
     """Percentile-bootstrap 95% interval of ``sum(values) / count`` resampling questions with replacement."""
     sums = np.array([sum(v) for v in per_q.values()], dtype=np.float64)
@@ -129,8 +164,10 @@ def evaluate(bench: Benchmark, scores: dict[str, list[float]] | None, betas: Seq
     (``scores`` None: the oracle and the benchmark's own numbers). See the module docstring for each number.
 
     Returns:
-        ``{"points", "questions", "oracle", "oracle_wide", "matter", "pairs", "betas": {beta: {...}}, "best_beta"}``
-        (and the same under ``"matter"`` restricted to the points that matter).
+        ``{"points", "questions", "points_that_matter", "all": {...}, "matter": {...}}``; each part holds
+        ``"oracle"``, ``"oracle_wide"``, ``"base_q"`` and, for the LLM alone, ``"oracle_split"``
+        (:func:`split_half_oracle`); for a verifier ``"pairs"``, ``"betas": {beta: {...}}``, ``"best_beta"`` and
+        ``"held_out_beta"``. ``"matter"`` is restricted to the points that matter.
     """
     alpha = float(bench.settings.get("alpha", 0.1))
     info = []  # (question, cands, narrow, base, matters)
@@ -150,12 +187,15 @@ def evaluate(bench: Benchmark, scores: dict[str, list[float]] | None, betas: Seq
 
     report: dict[str, Any] = {"points": len(info), "questions": len({i[0] for i in info}),
                               "points_that_matter": sum(1 for i in info if i[5])}
+    split = split_half_oracle(bench.points, alpha, seed=seed) if scores is None else {}
     for tag, only in (("all", False), ("matter", True)):
         part: dict[str, Any] = {
             "oracle": _summary(collect(lambda pid, c, n, b: max(_q(c[i]) for i in n) - _q(c[b]), only), seed),
             "oracle_wide": _summary(collect(lambda pid, c, n, b: max(_q(x) for x in c) - _q(c[b]), only), seed),
             "base_q": _summary(collect(lambda pid, c, n, b: _q(c[b]), only), seed),
         }
+        if scores is None:
+            part["oracle_split"] = _summary(collect(lambda pid, c, n, b: split[pid], only), seed)
         if scores is not None:
             part["pairs"] = _pair_accuracy(info, scores, only)
             part["betas"] = {}
@@ -320,8 +360,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"decision benchmark {report['benchmark']}: {llm['points']} points of {llm['questions']} questions "
              f"({llm['points_that_matter']} that matter)"]
     for tag in ("all", "matter"):
-        o, w = llm[tag]["oracle"], llm[tag]["oracle_wide"]
+        o, w, h = llm[tag]["oracle"], llm[tag]["oracle_wide"], llm[tag]["oracle_split"]
         lines.append(f"  [{tag}] oracle gain {100 * o['mean']:+.1f} {_ci(o)}, wide {100 * w['mean']:+.1f} {_ci(w)}, "
+                     f"split-half {100 * h['mean']:+.1f} {_ci(h)}, "
                      f"q(LLM's choice) {100 * llm[tag]['base_q']['mean']:.1f}")
     for name, r in report["verifiers"].items():
         lines.append(f"verifier {name}")
