@@ -14,15 +14,15 @@ Per beta this module reports, over the points:
 - the **held-out-beta gain**: beta chosen for each question on all the other questions (leave one question out), so
   that choosing beta on the benchmark does not inflate the gain (:func:`held_out_beta_gain`).
 
-And, independent of beta: the **oracle gain** (``max q - q(argmax z)``: always the best candidate; the ceiling of
-LLM2 at this alpha for this model), also over the wider stored candidate set (``wide_alpha``). It picks and is
-scored with the same rollouts, so it includes the noise it selects on (an upper bound); the **split-half oracle**
-(:func:`split_half_oracle`) picks with half of each candidate's rollouts and is scored with the other half, an
-unbiased gain of an oracle that knows half the rollouts (a lower bound of the true-value oracle's);
-**pairwise accuracy** on candidate pairs of a point whose values differ significantly (two-sided Fisher exact test
-on the rollout counts at level 0.05; ties in score count one half), with its Wilson interval. Every number is also
-given on the points that **matter**: those with at least one significantly different pair among their plausible
-candidates.
+And, independent of beta: the **oracle gain** (``max q - q(argmax z)``: always the best candidate), also over the
+wider stored candidate set (``wide_alpha``). It picks and is scored with the same rollouts, so it includes the noise
+it selects on: in expectation an upper bound of LLM2's ceiling at this alpha for this model. The **split-half
+oracle** (:func:`split_half_oracle`, on all points only) picks with half of each candidate's rollouts and is scored
+with the other half: an unbiased gain of an oracle that knows half the rollouts, in expectation a lower bound of the
+ceiling. **Pairwise accuracy** on candidate pairs of a point whose values differ significantly (two-sided Fisher
+exact test on the rollout counts at level 0.05; ties in score count one half), with its Wilson interval. Every
+number is also given on the points that **matter**: those with at least one significantly different pair among
+their plausible candidates.
 """
 
 from __future__ import annotations
@@ -108,13 +108,17 @@ def significant_pairs(cands: Sequence[dict[str, Any]], among: Sequence[int]) -> 
 
 def split_half_oracle(points: Sequence[dict[str, Any]], alpha: float, splits: int = 20,
                       seed: int = 0) -> dict[str, float]:
-    """Per point, the oracle gain without selection bias: each candidate's ``n`` rollouts are split at random into
-    halves of ``n // 2`` and ``n - n // 2`` (given ``c`` right of ``n``, the right ones in the first half follow the
-    hypergeometric law), the plausible candidate with the best value in the first half is picked (ties to the LLM's
+    """Per point, the oracle gain without selection bias: each plausible candidate's ``n`` rollouts are split at
+    random into halves of ``n // 2`` and ``n - n // 2`` (given ``c`` right of ``n``, the right ones in the first half
+    follow the hypergeometric law), the candidate with the best value in the first half is picked (ties to the LLM's
     own token) and its gain over the LLM's token is read in the second half; averaged over ``splits`` seeded splits.
+    In expectation this is the gain of an oracle that knows ``n // 2`` rollouts per candidate, so a lower bound of
+    the true-value oracle's gain (the plain oracle, scored on the rollouts it picks with, is an upper bound). It is
+    unbiased over a set of points chosen without the rollouts (all points), not over points selected by a test on
+    them (the points that matter).
 
     Returns:
-        ``{point id: mean gain}`` in units of q (0 for a point whose candidates have fewer than 2 rollouts).
+        ``{point id: mean gain}`` in units of q (0 for a point with a plausible candidate of fewer than 2 rollouts).
     """
     rng = np.random.default_rng(seed)
     out: dict[str, float] = {}
@@ -122,8 +126,8 @@ def split_half_oracle(points: Sequence[dict[str, Any]], alpha: float, splits: in
         cands = p["candidates"]
         narrow = plausible(cands, alpha)
         base = max(narrow, key=lambda i: cands[i]["logprob"])
-        n = np.array([c["rollouts"] for c in cands])
-        c = np.array([c["correct"] for c in cands])
+        n = np.array([cands[i]["rollouts"] for i in narrow])
+        c = np.array([cands[i]["correct"] for i in narrow])
         if (n < 2).any():
             out[p["id"]] = 0.0
             continue
@@ -131,8 +135,8 @@ def split_half_oracle(points: Sequence[dict[str, Any]], alpha: float, splits: in
         for _ in range(splits):
             first = rng.hypergeometric(c, n - c, n // 2)
             qa, qb = first / (n // 2), (c - first) / (n - n // 2)
-            best = max(narrow, key=lambda i: (qa[i], i == base))
-            gains.append(float(qb[best] - qb[base]))
+            best = max(range(len(narrow)), key=lambda k: (qa[k], narrow[k] == base))
+            gains.append(float(qb[best] - qb[narrow.index(base)]))
         out[p["id"]] = float(np.mean(gains))
     return out
 
@@ -165,8 +169,9 @@ def evaluate(bench: Benchmark, scores: dict[str, list[float]] | None, betas: Seq
 
     Returns:
         ``{"points", "questions", "points_that_matter", "all": {...}, "matter": {...}}``; each part holds
-        ``"oracle"``, ``"oracle_wide"``, ``"base_q"`` and, for the LLM alone, ``"oracle_split"``
-        (:func:`split_half_oracle`); for a verifier ``"pairs"``, ``"betas": {beta: {...}}``, ``"best_beta"`` and
+        ``"oracle"``, ``"oracle_wide"``, ``"base_q"`` and, for the LLM alone under ``"all"``, ``"oracle_split"``
+        (:func:`split_half_oracle`; not under ``"matter"``, whose points are chosen with the same rollouts); for a
+        verifier ``"pairs"``, ``"betas": {beta: {...}}`` and, with a non-empty ``betas``, ``"best_beta"`` and
         ``"held_out_beta"``. ``"matter"`` is restricted to the points that matter.
     """
     alpha = float(bench.settings.get("alpha", 0.1))
@@ -194,7 +199,7 @@ def evaluate(bench: Benchmark, scores: dict[str, list[float]] | None, betas: Seq
             "oracle_wide": _summary(collect(lambda pid, c, n, b: max(_q(x) for x in c) - _q(c[b]), only), seed),
             "base_q": _summary(collect(lambda pid, c, n, b: _q(c[b]), only), seed),
         }
-        if scores is None:
+        if scores is None and not only:
             part["oracle_split"] = _summary(collect(lambda pid, c, n, b: split[pid], only), seed)
         if scores is not None:
             part["pairs"] = _pair_accuracy(info, scores, only)
@@ -360,10 +365,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"decision benchmark {report['benchmark']}: {llm['points']} points of {llm['questions']} questions "
              f"({llm['points_that_matter']} that matter)"]
     for tag in ("all", "matter"):
-        o, w, h = llm[tag]["oracle"], llm[tag]["oracle_wide"], llm[tag]["oracle_split"]
+        o, w, h = llm[tag]["oracle"], llm[tag]["oracle_wide"], llm[tag].get("oracle_split")
+        split = f"split-half {100 * h['mean']:+.1f} {_ci(h)}, " if h else ""
         lines.append(f"  [{tag}] oracle gain {100 * o['mean']:+.1f} {_ci(o)}, wide {100 * w['mean']:+.1f} {_ci(w)}, "
-                     f"split-half {100 * h['mean']:+.1f} {_ci(h)}, "
-                     f"q(LLM's choice) {100 * llm[tag]['base_q']['mean']:.1f}")
+                     f"{split}q(LLM's choice) {100 * llm[tag]['base_q']['mean']:.1f}")
     for name, r in report["verifiers"].items():
         lines.append(f"verifier {name}")
         for tag in ("all", "matter"):
