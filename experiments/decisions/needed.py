@@ -39,6 +39,8 @@ def split_halves(bench, rng: np.random.Generator):
     for pa, pb in zip(a.points, b.points):
         for ca, cb in zip(pa["candidates"], pb["candidates"]):
             n, c = ca["rollouts"], ca["correct"]
+            if n < 2:
+                raise SystemExit(f"point {pa['id']}: a candidate with {n} rollouts cannot be split in two halves")
             k = int(rng.hypergeometric(c, n - c, n // 2)) if n else 0
             ca["correct"], ca["rollouts"] = k, n // 2
             cb["correct"], cb["rollouts"] = c - k, n - n // 2
