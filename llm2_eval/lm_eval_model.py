@@ -296,8 +296,8 @@ class LLM2LM(HFLM):
         more rows when ``repeats > batch_size``. Prompts are encoded, truncated and their generations cut at the
         stop strings exactly as HFLM does. With the ``trace`` model arg one JSON line per sequence is written
         (a run resumed with lm-eval's ``--use_cache`` appends to the trace of the run it resumes). With the
-        ``sample_cache`` model arg, sampled requests whose every copy is stored are answered from the store (and not
-        traced again), the rest decoded and stored batch by batch.
+        ``sample_cache`` model arg, requests whose every copy is stored (sampled, or greedy) are answered from the
+        store (and not traced again), the rest decoded and stored batch by batch.
 
         Steps: plan the batches (:meth:`_plan`), answer what the sample cache holds
         (:meth:`_answer_from_sample_cache`), then per batch decode (:meth:`_decode_batch`) and post-process
@@ -330,11 +330,12 @@ class LLM2LM(HFLM):
                     padding=padding_flags(requests), eos=self.tok_decode(self.eot_token_id, skip_special_tokens=False))
 
     def _answer_from_sample_cache(self, requests: list[Instance], plan: Plan, results: list[str | None]) -> int:
-        """Answer the sampled requests the sample cache holds (:mod:`llm2_eval.sample_cache`).
+        """Answer the requests the sample cache holds (:mod:`llm2_eval.sample_cache`), sampled and greedy.
 
         First every sampled row's seed is drawn, in the order of the batches of all requests (into
         ``plan.seeds``: a request answered from the store keeps the seed it would have had), then each group whose
-        every copy is stored is answered (results and lm-eval's cache hook) and the rest is batched again.
+        every copy is stored (a greedy group: its one text) is answered (results and lm-eval's cache hook) and the
+        rest is batched again.
 
         Returns:
             The number of requests answered.
@@ -346,8 +347,10 @@ class LLM2LM(HFLM):
                 for key, n in zip(keys, batch.repeats):
                     plan.seeds[key], seeds = seeds[:n], seeds[n:]
         stored = 0
-        for key, seeds in plan.seeds.items():
-            texts = [self._samples.get(sample_key(key[0], key[1], sd)) for sd in seeds]
+        for key in plan.order:  # a greedy group (no seeds) has one text for all its copies
+            seeds = plan.seeds.get(key)
+            texts = ([self._samples.get(sample_key(key[0], key[1], sd)) for sd in seeds] if seeds is not None
+                     else [self._samples.get(sample_key(key[0], key[1], None))] * len(plan.groups[key]))
             if all(t is not None for t in texts):
                 for req_index, text in zip(plan.groups[key], texts):
                     results[req_index] = text
@@ -395,10 +398,10 @@ class LLM2LM(HFLM):
                 if self._trace is not None:
                     self._trace.write(req.task_name, req.doc_id, copy, out.stats[row], out.finish_reasons[row],
                                       seconds, plan.padding[req_index])
-                if batch.seeds is not None and self._samples is not None:
-                    finished.append({"key": sample_key(key[0], key[1], batch.seeds[row]), "text": text,
-                                     "task": req.task_name, "doc_id": req.doc_id, "repeat": copy,
-                                     "seed": batch.seeds[row]})
+                if self._samples is not None and (batch.seeds is not None or copy == 0):
+                    seed = batch.seeds[row] if batch.seeds is not None else None  # greedy: one text per group
+                    finished.append({"key": sample_key(key[0], key[1], seed), "text": text, "task": req.task_name,
+                                     "doc_id": req.doc_id, "repeat": copy, "seed": seed})
                 row += 1
         if finished:
             self._samples.add(finished)

@@ -28,12 +28,12 @@ llm2's model args (``--model_args``), in addition to HFLM's (``pretrained``, ``d
   blocked layout and let SDPA read grouped key/value heads without copying them (:mod:`llm2_eval.cpu_kernels`):
   1.3-1.6x faster batched decoding on a 2-core CPU; float32 (bfloat16 on AVX512 CPUs; another dtype is
   refused before loading); results equal to rounding, so a near-tie can pick another token than the default.
-- ``sample_cache`` (none): path of a JSON Lines store of finished sampled generations
-  (:mod:`llm2_eval.sample_cache`), so that a sampled (maj@k) run resumes: lm-eval's ``--use_cache`` never
-  stores ``do_sample`` requests. Each decoded batch's samples are appended (fsynced) under their prompt,
-  generation kwargs and seed; a re-run answers the stored ones and decodes only the rest, with the seeds they
-  would have had. A store written with other model args or another base seed is refused; one file per
-  data-parallel rank, as the trace.
+- ``sample_cache`` (none): path of a JSON Lines store of finished generations (:mod:`llm2_eval.sample_cache`),
+  so that a sampled (maj@k) run resumes: lm-eval's ``--use_cache`` never stores ``do_sample`` requests. Greedy
+  requests are stored too (a text file that travels with a checkout). Each decoded batch's texts are appended
+  (fsynced) under their prompt, generation kwargs and seed (none for greedy); a re-run answers the stored ones
+  and decodes only the rest, with the seeds they would have had. A store written with other model args or
+  another base seed is refused; one file per data-parallel rank, as the trace.
 
 Parsing and checks:
 

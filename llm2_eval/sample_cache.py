@@ -1,4 +1,4 @@
-"""The ``sample_cache=PATH`` store of the ``llm2`` model: finished sampled generations, so that a maj@k run resumes.
+"""The ``sample_cache=PATH`` store of the ``llm2`` model: finished generations, so that a run resumes from its file.
 
 lm-eval's response cache (``--use_cache DB``) stores only deterministic requests; sampled ones (``do_sample``, the
 ``*_maj`` tasks) are decoded again by every run. ``llm2``'s samples are seeded (the k-th request with a prompt gets
@@ -6,15 +6,21 @@ the seed ``hash(seed, prompt tokens, k)``, :class:`llm2_eval.lm_eval_model.LLM2L
 the model args, the request and its seed, and can be stored under them: a re-run of the same command answers the
 stored samples from the store and decodes only the rest, with the seeds it would have had anyway.
 
+Greedy requests are stored too (seed None, one text per request), so that one store resumes any run: unlike
+lm-eval's SQLite database, it is a text file that can be committed with the run and carried to another machine.
+
 The store is a JSON Lines file:
 
 - a header line ``{"llm2_sample_cache": 1, "model_args": {...}, "seed_base": N, "created": ...}``: the model args
   that decide the answers (:func:`llm2_eval.model_args.answer_args`) and the base seed of the run that created it;
-  a run with other ones is refused (:func:`check_store_args`): the stored samples are another configuration's;
-- one line per finished sample, ``{"key", "text", "task", "doc_id", "repeat", "seed"}``, where ``key`` is
-  :func:`sample_key` of the prompt, the generation kwargs and the seed; a decoded batch is written at once, flushed
-  and fsynced, so a killed run loses at most the batch it was decoding. A last line cut by the kill is dropped
-  when the store is opened again.
+  a run with other model args is refused (:func:`check_store_args`): the stored samples are another
+  configuration's; so is a run with another base seed once the store holds sampled lines (it would find none of
+  them: its seeds differ; a greedy text does not depend on the seed);
+- one line per finished sample, ``{"key", "text", "task", "doc_id", "repeat", "seed"}`` (a sampled one also with
+  the ``seed_base`` of the run that drew it; lines without it have the header's), where ``key`` is
+  :func:`sample_key` of the prompt, the generation kwargs and the seed (null for a greedy request); a decoded
+  batch is written at once, flushed and fsynced, so a killed run loses at most the batch it was decoding. A last
+  line cut by the kill is dropped when the store is opened again.
 
 The store never replaces a file llm2 did not write (:func:`check_store_path`) and is locked while written
 (:func:`llm2_eval.paths.lock_for_writing`). Standard library only.
@@ -37,9 +43,10 @@ FORMAT_VERSION = 1
 OPTION = "sample_cache"
 
 
-def sample_key(context: str, gen_kwargs: str, seed: int) -> str:
-    """The store key of one sample: sha256 of the prompt, the request's generation kwargs (as JSON) and its seed."""
-    data = json.dumps([context, gen_kwargs, int(seed)])
+def sample_key(context: str, gen_kwargs: str, seed: int | None) -> str:
+    """The store key of one sample: sha256 of the prompt, the request's generation kwargs (as JSON) and its seed;
+    ``seed`` None for a greedy request (its one text, whatever the copy)."""
+    data = json.dumps([context, gen_kwargs, None if seed is None else int(seed)])
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
@@ -129,7 +136,8 @@ class SampleStore:
     """An open sample cache (see the module's docstring): the stored samples by key, and appends of new ones.
 
     Opening creates the file (and its parent folders) with a header, or reads an existing store after checking its
-    header against ``model_args`` and ``seed_base`` (:func:`check_store_args`); a last line cut by a kill is dropped.
+    header against ``model_args``, and ``seed_base`` against that of its sampled lines (:func:`check_store_args`);
+    a last line cut by a kill is dropped.
 
     Args:
         path: the store file.
@@ -155,6 +163,7 @@ class SampleStore:
         lock_for_writing(self._file, f"{OPTION}={path}")
         _HELD[str(resolved(self.path))] = self
         self._texts: dict[str, str] = {}
+        self._seed_base = int(seed_base)
         data = self.path.read_bytes()
         try:
             if data.strip():
@@ -162,7 +171,7 @@ class SampleStore:
                 if header is None:
                     raise ValueError(f"{OPTION}={path}: the file is not an llm2 sample cache (its first line is no "
                                      f"{HEADER_KEY} header): choose another {OPTION} path")
-                check_store_args(path, header, model_args, seed_base)
+                check_store_args(path, header, model_args)  # the base seed: below, where samples need it
         except ValueError:
             self._file.close()
             raise
@@ -176,12 +185,18 @@ class SampleStore:
             self._write([header])
             data = b""
         try:
+            bases = set()  # of the sampled lines (a greedy text does not depend on the seed)
             for lineno, line in iter_jsonl(self.path, error=_bad_line) if data else ():
                 if lineno == 1:
+                    header = line
                     continue
                 if not isinstance(line.get("key"), str) or not isinstance(line.get("text"), str):
                     raise _bad_line(self.path, lineno, "a sample line needs a string key and text")
                 self._texts[line["key"]] = line["text"]
+                if line.get("seed") is not None:
+                    bases.add(line.get("seed_base", header.get("seed_base")))
+            if bases and self._seed_base not in bases:
+                check_store_args(path, {**header, "seed_base": sorted(bases, key=str)[0]}, model_args, seed_base)
         except ValueError:
             self._file.close()
             raise
@@ -195,8 +210,10 @@ class SampleStore:
         return self._texts.get(key)
 
     def add(self, samples: list[dict]) -> None:
-        """Append finished samples (dicts with at least ``key`` and ``text``) in one write, flushed and fsynced."""
-        samples = [s for s in samples if s["key"] not in self._texts]
+        """Append finished samples (dicts with at least ``key`` and ``text``; a sampled one, with a ``seed`` that is
+        not None, is stamped with the store's base seed) in one write, flushed and fsynced."""
+        samples = [s if s.get("seed") is None else {**s, "seed_base": self._seed_base}
+                   for s in samples if s["key"] not in self._texts]
         if samples and self._file.closed:
             raise ValueError(f"{OPTION}={self.path} is closed (a newer llm2 model of this process opened it): "
                              "decode with that model")

@@ -66,13 +66,36 @@ def test_a_second_run_answers_sampled_requests_from_the_store(tiny_llm, tiny_ver
     head, *stored = lines(store)
     assert head[HEADER_KEY] == 1 and head["seed_base"] == 7 and head["model_args"]["beta"] == 0.5
     assert "sample_cache" not in head["model_args"] and "batch_size" not in head["model_args"]
-    assert len(stored) == 6 and sorted((x["doc_id"], x["repeat"]) for x in stored) == [
-        (d, r) for d in (0, 1) for r in range(3)]  # sampled requests only: greedy ones resume with --use_cache
+    assert len(stored) == 7 and sorted((x["doc_id"], x["repeat"]) for x in stored) == [
+        (d, r) for d in (0, 1) for r in range(3)] + [(2, 0)]
+    assert [x["seed"] for x in stored if x["doc_id"] == 2] == [None]  # greedy: stored without a seed
     decoded.clear()
 
     again = make(tiny_llm, tiny_verifier, seed=7, sample_cache=str(store), batch_size=1).generate_until(reqs)
-    assert again == first and decoded == [1]  # only the greedy request is decoded
-    assert len(lines(store)) == 7  # nothing stored twice
+    assert again == first and decoded == []  # nothing decoded again
+    assert len(lines(store)) == 8  # nothing stored twice
+
+
+def test_a_greedy_run_resumes_from_its_store_alone(tiny_llm, tiny_verifier, tmp_path, decoded):
+    """A greedy run killed in its second batch, resumed with no lm-eval database (a checkout on another machine):
+    the store answers the first batch (a greedy request sent in copies too), the rest is decoded, and the outputs
+    are an uninterrupted run's."""
+    store = tmp_path / "samples.jsonl"
+    reqs = requests([("how many apples are left", GREEDY, 2), ("she buys 12 eggs", GREEDY, 1),
+                     ("the answer", GREEDY, 1), ("a train leaves at noon", GREEDY, 1)])
+    want = make(tiny_llm, tiny_verifier).generate_until(reqs)
+    decoded.clear()
+    decoded.fail_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        make(tiny_llm, tiny_verifier, sample_cache=str(store)).generate_until(reqs)
+    head, *kept = lines(store)
+    assert 1 <= len(kept) < 4 and {x["seed"] for x in kept} == {None}  # one line per prompt, copies or not
+
+    decoded.clear()
+    decoded.fail_at = None
+    got = make(tiny_llm, tiny_verifier, sample_cache=str(store)).generate_until(reqs)
+    assert got == want and sum(decoded) == 4 - len(kept)  # only the prompts the store lacked are decoded
+    assert len(lines(store)) == 1 + 4
 
 
 def test_a_killed_run_resumes_with_the_samples_of_an_uninterrupted_run(tiny_llm, tiny_verifier, tmp_path, decoded):
@@ -121,7 +144,11 @@ def test_a_store_of_other_model_args_is_refused(tiny_llm, tiny_verifier, tmp_pat
     # no seed model arg: the drawn base seed is compared
     drawn = tmp_path / "drawn.jsonl"
     torch.manual_seed(0)
-    make(tiny_llm, tiny_verifier, sample_cache=str(drawn))
+    make(tiny_llm, tiny_verifier, sample_cache=str(drawn)).generate_until(requests([("the answer", GREEDY, 1)]))
+    torch.manual_seed(1)
+    make(tiny_llm, tiny_verifier, sample_cache=str(drawn))  # greedy texts only: any base seed is accepted
+    torch.manual_seed(0)
+    make(tiny_llm, tiny_verifier, sample_cache=str(drawn)).generate_until(requests([("the answer", SAMPLE, 2)]))
     torch.manual_seed(0)
     make(tiny_llm, tiny_verifier, sample_cache=str(drawn))  # the same draw: accepted
     torch.manual_seed(1)

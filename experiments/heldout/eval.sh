@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One lm-eval run of the held-out experiment: eval.sh NAME TASK LIMIT BATCH EXTRA_MODEL_ARGS
 #   e.g. eval.sh dev_b1 gsm8k_llm2_dev 100 16 verifier=ver500,beta=1
-# Resumable: --use_cache keeps every finished greedy request, sample_cache every finished sampled one (maj@k), and the
-# trace continues (see docs/evaluation.md, traces). A run whose results file exists is finished and skipped.
+# Resumable: sample_cache keeps every finished request (greedy and sampled; commit it at a sitting's end and the run
+# resumes from a checkout on another machine), --use_cache the greedy ones on this machine, and the trace continues
+# (see docs/evaluation.md, traces). A run whose results file exists is finished and skipped.
 set -euo pipefail
 . ./env.sh
 NAME=$1 TASK=$2 LIMIT=$3 BATCH=$4 EXTRA=$5
