@@ -152,7 +152,7 @@ class LLM2LM(HFLM):
         _warn_unapplied_processors(self.model)
         self._seed_base = args.seed if args.seed is not None else int(torch.randint(0, 2**62, ()).item())
         self._prompt_counts: dict[bytes, int] = {}
-        self._samples = self._create_sample_cache(args)  # finished sampled generations (llm2_eval.sample_cache)
+        self._samples = self._create_sample_cache(args)  # finished generations (llm2_eval.sample_cache)
         self._trace = self._create_trace(args, kwargs)
         self._eos_ids = self._eos_token_ids()
 
@@ -223,7 +223,8 @@ class LLM2LM(HFLM):
         check_store_path(path, {**self._protected, "trace": args.trace})
         store = SampleStore(path, self._answer_args, self._seed_base)
         if store.resumed:
-            log.info("llm2: sample_cache %s holds %d finished samples: they are not decoded again", path, len(store))
+            log.info("llm2: sample_cache %s holds %d finished generations: they are not decoded again", path,
+                     len(store))
         return store
 
     def _create_trace(self, args: LLM2Args, kwargs: dict[str, Any]) -> TraceWriter | None:
@@ -400,8 +401,11 @@ class LLM2LM(HFLM):
                                       seconds, plan.padding[req_index])
                 if self._samples is not None and (batch.seeds is not None or copy == 0):
                     seed = batch.seeds[row] if batch.seeds is not None else None  # greedy: one text per group
-                    finished.append({"key": sample_key(key[0], key[1], seed), "text": text, "task": req.task_name,
-                                     "doc_id": req.doc_id, "repeat": copy, "seed": seed})
+                    line = {"key": sample_key(key[0], key[1], seed), "text": text, "task": req.task_name,
+                            "doc_id": req.doc_id, "repeat": copy, "seed": seed}
+                    if seed is not None and req.args[1].get("seed") is not None:
+                        line["seed_base"] = None  # seeded by the task: not the run's base (_prepare_batch)
+                    finished.append(line)
                 row += 1
         if finished:
             self._samples.add(finished)

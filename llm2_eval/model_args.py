@@ -32,8 +32,8 @@ llm2's model args (``--model_args``), in addition to HFLM's (``pretrained``, ``d
   so that a sampled (maj@k) run resumes: lm-eval's ``--use_cache`` never stores ``do_sample`` requests. Greedy
   requests are stored too (a text file that travels with a checkout). Each decoded batch's texts are appended
   (fsynced) under their prompt, generation kwargs and seed (none for greedy); a re-run answers the stored ones
-  and decodes only the rest, with the seeds they would have had. A store written with other model args or
-  another base seed is refused; one file per data-parallel rank, as the trace.
+  and decodes only the rest, with the seeds they would have had. A store written with other model args, or
+  holding samples of another base seed, is refused; one file per data-parallel rank, as the trace.
 
 Parsing and checks:
 

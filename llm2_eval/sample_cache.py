@@ -7,17 +7,21 @@ the model args, the request and its seed, and can be stored under them: a re-run
 stored samples from the store and decodes only the rest, with the seeds it would have had anyway.
 
 Greedy requests are stored too (seed None, one text per request), so that one store resumes any run: unlike
-lm-eval's SQLite database, it is a text file that can be committed with the run and carried to another machine.
+lm-eval's SQLite database, it is a text file that can be committed with the run and carried to another machine
+(the header holds the resolved paths of the model and the verifier, so they must resolve the same there; the device
+is not compared: a text decoded on another device can differ by rounding, as in another batch shape).
 
 The store is a JSON Lines file:
 
 - a header line ``{"llm2_sample_cache": 1, "model_args": {...}, "seed_base": N, "created": ...}``: the model args
   that decide the answers (:func:`llm2_eval.model_args.answer_args`) and the base seed of the run that created it;
   a run with other model args is refused (:func:`check_store_args`): the stored samples are another
-  configuration's; so is a run with another base seed once the store holds sampled lines (it would find none of
-  them: its seeds differ; a greedy text does not depend on the seed);
+  configuration's; so is a run with another base seed once the store holds sampled lines drawn from the run's
+  base (it would find none of them: its seeds differ; a greedy text, or a sample seeded by the task's ``seed``
+  generation kwarg, does not depend on it);
 - one line per finished sample, ``{"key", "text", "task", "doc_id", "repeat", "seed"}`` (a sampled one also with
-  the ``seed_base`` of the run that drew it; lines without it have the header's), where ``key`` is
+  the ``seed_base`` of the run that drew it, null when the task gave the seed; lines without it have the header's),
+  where ``key`` is
   :func:`sample_key` of the prompt, the generation kwargs and the seed (null for a greedy request); a decoded
   batch is written at once, flushed and fsynced, so a killed run loses at most the batch it was decoding. A last
   line cut by the kill is dropped when the store is opened again.
@@ -149,7 +153,8 @@ class SampleStore:
         resumed: whether the store held samples when it was opened (a resumed run).
 
     Raises:
-        ValueError: the store was written with other model args, or a complete line of it is not a sample.
+        ValueError: the store was written with other model args, or holds samples drawn from another base seed,
+            or a complete line of it is not a sample.
         llm2_eval.paths.FileLockedError: another process writes the store.
     """
 
@@ -193,7 +198,7 @@ class SampleStore:
                 if not isinstance(line.get("key"), str) or not isinstance(line.get("text"), str):
                     raise _bad_line(self.path, lineno, "a sample line needs a string key and text")
                 self._texts[line["key"]] = line["text"]
-                if line.get("seed") is not None:
+                if line.get("seed") is not None and line.get("seed_base", 0) is not None:  # None: the task's seed
                     bases.add(line.get("seed_base", header.get("seed_base")))
             if bases and self._seed_base not in bases:
                 check_store_args(path, {**header, "seed_base": sorted(bases, key=str)[0]}, model_args, seed_base)
@@ -211,8 +216,9 @@ class SampleStore:
 
     def add(self, samples: list[dict]) -> None:
         """Append finished samples (dicts with at least ``key`` and ``text``; a sampled one, with a ``seed`` that is
-        not None, is stamped with the store's base seed) in one write, flushed and fsynced."""
-        samples = [s if s.get("seed") is None else {**s, "seed_base": self._seed_base}
+        not None, is stamped with the store's base seed unless it carries ``seed_base``: None when the task's
+        generation kwargs gave the seed) in one write, flushed and fsynced."""
+        samples = [s if s.get("seed") is None or "seed_base" in s else {**s, "seed_base": self._seed_base}
                    for s in samples if s["key"] not in self._texts]
         if samples and self._file.closed:
             raise ValueError(f"{OPTION}={self.path} is closed (a newer llm2 model of this process opened it): "

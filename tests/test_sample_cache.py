@@ -1,6 +1,6 @@
 """Issue 23 item 5: seeded sampled requests resume from the ``sample_cache=PATH`` store (lm-eval's ``--use_cache``
 never stores them): a re-run decodes only what the store lacks, with the seeds it would have had, and gives the
-outputs of an uninterrupted run."""
+outputs of an uninterrupted run. Greedy requests are stored too, so the store alone resumes a greedy run."""
 
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def test_a_greedy_run_resumes_from_its_store_alone(tiny_llm, tiny_verifier, tmp_
     the store answers the first batch (a greedy request sent in copies too), the rest is decoded, and the outputs
     are an uninterrupted run's."""
     store = tmp_path / "samples.jsonl"
-    reqs = requests([("how many apples are left", GREEDY, 2), ("she buys 12 eggs", GREEDY, 1),
+    reqs = requests([("how many apples are left after she gives away seven of the twelve she had", GREEDY, 2),
+                     ("she buys 12 eggs", GREEDY, 1),
                      ("the answer", GREEDY, 1), ("a train leaves at noon", GREEDY, 1)])
     want = make(tiny_llm, tiny_verifier).generate_until(reqs)
     decoded.clear()
@@ -90,6 +91,7 @@ def test_a_greedy_run_resumes_from_its_store_alone(tiny_llm, tiny_verifier, tmp_
         make(tiny_llm, tiny_verifier, sample_cache=str(store)).generate_until(reqs)
     head, *kept = lines(store)
     assert 1 <= len(kept) < 4 and {x["seed"] for x in kept} == {None}  # one line per prompt, copies or not
+    assert [x["repeat"] for x in kept if x["doc_id"] == 0] == [0]  # the longest prompt, first: its 2 copies, 1 line
 
     decoded.clear()
     decoded.fail_at = None
@@ -248,3 +250,28 @@ def test_store_round_trips_any_text_and_names_a_bad_line(tmp_path):
         f.write('["not a sample"]\n')
     with pytest.raises(ValueError, match=r"^sample_cache=.*s.jsonl: line 5: expected a JSON object"):
         SampleStore(path, {"beta": 0.5}, 3)
+
+
+def test_the_base_seed_is_checked_against_the_sampled_lines_only(tmp_path):
+    """Greedy texts and samples seeded by the task do not depend on the run's base seed; samples drawn from it do
+    (a line of an earlier version, without ``seed_base``, has the header's)."""
+    from llm2_eval.sample_cache import SampleStore, sample_key
+
+    def reopen(path, base):
+        SampleStore(path, {"beta": 0.5}, base).close()
+
+    path = tmp_path / "s.jsonl"
+    store = SampleStore(path, {"beta": 0.5}, 5)
+    store.add([{"key": sample_key("p", "{}", None), "text": "greedy", "seed": None},
+               {"key": sample_key("p", '{"seed": 3}', 11), "text": "task-seeded", "seed": 11, "seed_base": None}])
+    store.close()
+    reopen(path, 6)  # nothing drawn from a base: any base is accepted
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"key": sample_key("q", "{}", 12), "text": "old line", "seed": 12}) + "\n")
+    reopen(path, 5)
+    with pytest.raises(ValueError, match=r"seed .*store 5, now 6"):
+        reopen(path, 6)
+    store = SampleStore(path, {"beta": 0.5}, 5)
+    store.add([{"key": sample_key("r", "{}", 13), "text": "new line", "seed": 13}])
+    store.close()
+    assert lines(path)[-1]["seed_base"] == 5 and lines(path)[2]["seed_base"] is None
