@@ -15,7 +15,12 @@ import glob
 import json
 from fractions import Fraction
 
-from llm2_eval.answers import extract_gsm8k_answer, gsm8k_gold
+from llm2_eval.answers import (
+    extract_gsm8k_answer,
+    gsm8k_gold,
+    majority_vote,
+    numbers_equal,
+)
 
 
 def _value(answer: str) -> Fraction | str:
@@ -28,8 +33,9 @@ def _value(answer: str) -> Fraction | str:
 def question_scores(responses: list[str], gold: str) -> tuple[float, float, bool, bool]:
     """``(first-seen maj, random-tie-break expected maj, top tied, gold among the tied)`` of one question's samples
     (answers compared by value, as the task's vote compares them; a sample without an answer never votes)."""
+    answers = [extract_gsm8k_answer(r) for r in responses]
     counts: dict[Fraction | str, int] = {}
-    for a in map(extract_gsm8k_answer, responses):
+    for a in answers:
         if a is not None:
             counts[_value(a)] = counts.get(_value(a), 0) + 1  # dicts keep first-seen order
     if not counts:
@@ -37,7 +43,8 @@ def question_scores(responses: list[str], gold: str) -> tuple[float, float, bool
     top = max(counts.values())
     tied = [v for v, c in counts.items() if c == top]
     g = _value(gold)
-    return float(tied[0] == g), (g in tied) / len(tied), len(tied) > 1, len(tied) > 1 and g in tied
+    scored = numbers_equal(majority_vote(answers, numbers_equal), gold)  # the task's own vote and comparison
+    return float(scored), (g in tied) / len(tied), len(tied) > 1, len(tied) > 1 and g in tied
 
 
 def load(run: str) -> dict[int, tuple[float, float, bool, bool]]:
