@@ -147,20 +147,23 @@ def test_intervals_on_rows(pair):
 
 
 def test_pass_at_1_interval_and_no_samples_fallback(tmp_path):
-    pass1 = {0: 0.25, 1: 1.0, 2: 0.5, 3: 0.0, 4: 0.75, 5: 1.0}
-    lines = [{"doc_id": i, "arguments": {}, "resps": [["a"] * 4], "filter": "none",
-              "metrics": ["maj_at_k", "pass_at_1"], "maj_at_k": float(v >= 0.5), "pass_at_1": v}
-             for i, v in pass1.items()]
+    values = [0.0, 0.125, 1.0, 0.375, 0.875, 0.25, 0.625, 0.5, 0.75, 1.0, 0.0, 0.125]
+    pass1 = dict(enumerate(values))  # 12 questions: "10" < "2" as text, so the two orders differ
+    lines = [{"doc_id": i, "arguments": {}, "resps": [["a"] * 8], "filter": "none",
+              "metrics": ["maj_at_k", "pass_at_1"], "maj_at_k": float(pass1[i] >= 0.5), "pass_at_1": pass1[i]}
+             for i in (7, 11, 0, 3, 10, 1, 9, 2, 5, 8, 4, 6)]  # the file in neither order
     maj = make_run(tmp_path, "maj", "hf", "pretrained=/x", {"gsm8k_llm2_maj": {
-        "results": {"maj_at_k,none": 4 / 6, "pass_at_1,none": 3.5 / 6}, "repeats": 4, "do_sample": True,
-        "samples": lines}})
+        "results": {"maj_at_k,none": 6 / 12, "pass_at_1,none": sum(values) / 12}, "repeats": 8,
+        "do_sample": True, "samples": lines}})
     nosamples = em_run(tmp_path, "nos", BASE, samples=False)
     rows = collect_rows([maj, nosamples])
     add_intervals(rows, seed=5)
     by = {r.run: r for r in rows}
-    assert by["maj"].accuracy_ci == wilson_interval(4, 6)
-    assert by["maj"].pass_at_1_ci == bootstrap_mean_interval([pass1[i] for i in sorted(pass1)], seed=5)
-    assert by["maj"].pass_at_1_ci.contains(3.5 / 6)
+    assert by["maj"].accuracy_ci == wilson_interval(6, 12)
+    # questions in numeric doc order, the order paired_difference uses too, not as text or as the file has them
+    as_text = bootstrap_mean_interval([pass1[int(k)] for k in sorted(map(str, pass1))], seed=5)
+    assert by["maj"].pass_at_1_ci == bootstrap_mean_interval(values, seed=5) != as_text
+    assert by["maj"].pass_at_1_ci.contains(sum(values) / 12)
     # no samples: Wilson from the results' accuracy and n-samples' question count, with a note
     assert by["nos"].accuracy_ci == wilson_interval(40, 50)
     assert any("no samples" in n for n in by["nos"].notes)

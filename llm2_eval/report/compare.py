@@ -21,6 +21,7 @@ from llm2_eval.report.stats import (
     SEED,
     accuracy_interval,
     bootstrap_mean_interval,
+    doc_order,
     paired_difference,
     wilson_interval,
 )
@@ -30,7 +31,7 @@ _BINARY_METRICS = ("exact_match", "maj_at_k", "acc")
 
 
 def _ordered(scores: dict[str, float]) -> list[float]:
-    return [scores[k] for k in sorted(scores)]  # doc order, so that the bootstrap does not depend on file order
+    return [scores[k] for k in doc_order(scores)]
 
 
 def add_intervals(rows: Sequence[ReportRow], *, resamples: int = RESAMPLES, seed: int = SEED) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
@@ -147,8 +147,12 @@ def accuracy_interval(
     return bootstrap_mean_interval(values, resamples=resamples, seed=seed, confidence=confidence)
 
 
-def _doc_order(ids) -> list[str]:
-    """doc_ids in numeric order where they are numbers (lm-eval's are), else as text."""
+def doc_order(ids: Iterable) -> list:
+    """doc_ids in numeric order where they are numbers (lm-eval's are), else as text.
+
+    The one order every per-question list of a report follows (intervals of single runs and paired differences
+    alike), so that a bootstrap draws the same questions whatever the order of the samples file.
+    """
     return sorted(ids, key=lambda k: (0, int(k), "") if str(k).isdigit() else (1, 0, str(k)))
 
 
@@ -210,15 +214,15 @@ def paired_difference(
     Raises:
         ValueError: the two runs scored different questions (the message counts those only in either), or none.
     """
-    only_run = _doc_order(set(scores) - set(baseline_scores))
-    only_base = _doc_order(set(baseline_scores) - set(scores))
+    only_run = doc_order(set(scores) - set(baseline_scores))
+    only_base = doc_order(set(baseline_scores) - set(scores))
     if only_run or only_base:
         def some(ids: list[str]) -> str:
             return f" (e.g. {', '.join(ids[:3])})" if ids else ""
 
         raise ValueError(f"different questions: {len(only_run)} doc_ids only in the run{some(only_run)}, "
                          f"{len(only_base)} only in the baseline{some(only_base)}")
-    keys = _doc_order(scores)
+    keys = doc_order(scores)
     if not keys:
         raise ValueError("no questions to compare")
     d = [float(scores[k]) - float(baseline_scores[k]) for k in keys]
