@@ -192,8 +192,7 @@ class SampleStore:
         try:
             bases = set()  # of the sampled lines (a greedy text does not depend on the seed)
             for lineno, line in iter_jsonl(self.path, error=_bad_line) if data else ():
-                if lineno == 1:
-                    header = line
+                if lineno == 1:  # the header, read above
                     continue
                 if not isinstance(line.get("key"), str) or not isinstance(line.get("text"), str):
                     raise _bad_line(self.path, lineno, "a sample line needs a string key and text")
