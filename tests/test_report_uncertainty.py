@@ -169,6 +169,42 @@ def test_pass_at_1_interval_and_no_samples_fallback(tmp_path):
     assert any("no samples" in n for n in by["nos"].notes)
 
 
+def maj_run(tmp_path, name, pass1, model_args="pretrained=/x"):
+    """A maj@8 run whose question i has pass@1 ``pass1[i]`` (in eighths) and a right vote when it is >= 1/2."""
+    lines = [{"doc_id": i, "arguments": {}, "resps": [["a"] * 8], "filter": "none",
+              "metrics": ["maj_at_k", "pass_at_1"], "maj_at_k": float(v >= 0.5), "pass_at_1": v}
+             for i, v in pass1.items()]
+    return make_run(tmp_path, name, "llm2", model_args, {"gsm8k_llm2_maj": {
+        "results": {"maj_at_k,none": sum(v >= 0.5 for v in pass1.values()) / len(pass1),
+                    "pass_at_1,none": sum(pass1.values()) / len(pass1)},
+        "repeats": 8, "do_sample": True, "samples": lines}})
+
+
+def test_baseline_pairs_pass_at_1_of_maj_runs(tmp_path):
+    base = {i: (i % 9) / 8 for i in range(40)}  # pass@1 0, 1/8, ..., 1
+    # the verifier adds 2 right samples where i % 4 == 0 and takes one away where i % 8 == 1 (within [0, 1])
+    run = {i: min(1.0, max(0.0, v + (0.25 if i % 4 == 0 else -0.125 if i % 8 == 1 else 0.0)))
+           for i, v in base.items()}
+    b = maj_run(tmp_path, "maj8", base)
+    r = maj_run(tmp_path, "llm2_maj8", run, model_args="pretrained=/x,verifier=/v,beta=1")
+    rep = write_report([r], tmp_path / "out", baseline=b, seed=3)
+    (row,) = [x for x in rep.rows if x.run == "llm2_maj8"]
+    want = paired_difference({str(i): v for i, v in run.items()}, {str(i): v for i, v in base.items()},
+                             baseline="maj8", seed=3)
+    assert row.paired_pass_at_1 == want and want.difference > 0 and want.won > want.lost > 0
+    assert row.paired == paired_difference({str(i): float(v >= 0.5) for i, v in run.items()},
+                                           {str(i): float(v >= 0.5) for i, v in base.items()},
+                                           baseline="maj8", seed=3)
+    md = rep.markdown.read_text()
+    assert "| pass@1 Δ (pts) |" in md and "pass@1 Δ: the same paired difference for pass@1" in md
+    iv = want.interval
+    cell = f"| {100 * want.difference:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}] |"
+    assert cell in md.splitlines()[[i for i, l in enumerate(md.splitlines()) if "llm2_maj8" in l][0]]
+    data = json.loads(rep.json.read_text())
+    by = {x["run"]: x for x in data["rows"]}
+    assert by["llm2_maj8"]["paired_pass_at_1"]["won"] == want.won and by["maj8"]["paired_pass_at_1"] is None
+
+
 def test_baseline_cli_table_json_and_determinism(pair, tmp_path):
     greedy, llm2 = pair
     out = tmp_path / "out"
@@ -192,6 +228,7 @@ def test_baseline_cli_table_json_and_determinism(pair, tmp_path):
     assert p["sign_test_p"] == pytest.approx(2 * (1 + 11 + 55 + 165) / 2 ** 11)
     assert f"| 90.0 | [{100 * iv.low:.1f}, {100 * iv.high:.1f}] |" in md
     assert "| baseline |" in md and "Δ vs baseline (pts)" in md and "Wilson" in md
+    assert "pass@1 Δ" not in md and rows["llm2"]["paired_pass_at_1"] is None  # greedy runs have no pass@1
     assert "+10.0" in res.output and "8/3/39" in res.output
     # the same seed gives the same interval; another seed is accepted and recorded
     again = write_report([llm2], tmp_path / "again", baseline=greedy)

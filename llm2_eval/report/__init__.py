@@ -9,7 +9,8 @@ The last step of the data flow (docs/architecture.md): ``lm_eval ... --output_pa
   time;
 - a 95% interval per accuracy (Wilson over questions; pass@1: bootstrap over questions) and, with
   ``--baseline RUN_DIR``, each run's paired difference in accuracy to the baseline on the same questions, its
-  95% paired bootstrap interval and the questions won / lost / tied (:mod:`~llm2_eval.report.compare`);
+  95% paired bootstrap interval and the questions won / lost / tied, and for self-consistency runs the same
+  paired difference of pass@1 (:mod:`~llm2_eval.report.compare`);
 - a rich table on the console, ``report.md`` (markdown table) and ``report.json`` in the output directory;
 - ``accuracy_vs_compute.png``: accuracy against token forwards per question, one panel per task family
   (gsm8k, math500, ...), so that methods can be compared at equal compute (docs/method.md section 8).
@@ -127,7 +128,8 @@ def write_report(
               help="Tokenizer (local path) to count tokens of runs without trace; default: each run's pretrained=.")
 @click.option("--baseline", default=None, type=click.Path(path_type=Path),
               help="Run directory to compare the others with: paired difference in accuracy on the same "
-                   "questions (needs --log_samples), 95% bootstrap interval, questions won/lost/tied.")
+                   "questions (needs --log_samples), 95% bootstrap interval, questions won/lost/tied; "
+                   "for maj@k runs also the paired difference of pass@1.")
 @click.option("--resamples", default=RESAMPLES, show_default=True, type=click.IntRange(min=100),
               help="Bootstrap resamples of the questions (pass@1 intervals, paired differences).")
 @click.option("--seed", default=SEED, show_default=True, type=int, help="Seed of the bootstrap.")
@@ -138,7 +140,7 @@ def report_command(run_dirs: tuple[Path, ...], output: Path, tokenizer: str | No
     Prints one row per (run, task): method (greedy, LLM2, maj@k, LLM2+maj@k), accuracy with its 95% interval,
     LLM and verifier token forwards (from the llm2 model's trace=; estimated from the logged samples otherwise,
     marked ~) and wall time; with --baseline, each run's paired difference in accuracy to the baseline on the
-    same questions. Writes report.md, report.json and accuracy_vs_compute.png into --output.
+    same questions (and of pass@1, for maj@k runs). Writes report.md, report.json and accuracy_vs_compute.png into --output.
     """
     from rich.console import Console
 

@@ -79,7 +79,9 @@ def add_paired(
     Marks the baseline's rows (``is_baseline``) and sets ``paired`` on the others that share a task with it:
     the mean per-question difference in accuracy (run minus baseline), its paired percentile bootstrap interval
     (``resamples`` draws with replacement of the questions, numpy seeded with ``seed``) and the questions won,
-    lost and tied (:func:`llm2_eval.report.stats.paired_difference`).
+    lost and tied (:func:`llm2_eval.report.stats.paired_difference`). Where both runs also scored pass@1 per
+    question (self-consistency tasks), ``paired_pass_at_1`` holds the same comparison of pass@1: the per-sample
+    effect, which the vote of maj@k can hide or magnify (same resamples and seed).
 
     Args:
         rows: the report's rows, the baseline's among them (``run_dir`` equal to ``baseline``).
@@ -123,6 +125,9 @@ def add_paired(
         try:
             r.paired = paired_difference(r.scores_by_doc, b.scores_by_doc, baseline=b.run,
                                          resamples=resamples, seed=seed)
+            if r.pass_at_1_by_doc and b.pass_at_1_by_doc:
+                r.paired_pass_at_1 = paired_difference(r.pass_at_1_by_doc, b.pass_at_1_by_doc, baseline=b.run,
+                                                       resamples=resamples, seed=seed)
         except ValueError as err:
             raise ReportError(f"--baseline: {r.run} / {r.task} and {b.run} scored {err}: pair runs of the same "
                               "questions (same --limit / --samples)") from err

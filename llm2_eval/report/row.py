@@ -49,6 +49,7 @@ class ReportRow:
     accuracy_ci: Interval | None = None
     pass_at_1_ci: Interval | None = None
     paired: PairedDifference | None = None
+    paired_pass_at_1: PairedDifference | None = None  # the same for pass@1, where both runs have it (maj@k)
     is_baseline: bool = False
     # per question (keyed by lm-eval's doc_id) from the logged samples; not written to report.json
     scores_by_doc: dict[str, float] | None = field(default=None, repr=False)

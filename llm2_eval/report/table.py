@@ -13,15 +13,20 @@ _COLUMNS = (
 )
 # with --baseline, after the accuracy columns
 _PAIRED_COLUMNS = ("Δ vs baseline (pts)", "won/lost/tied", "sign test p")
+# with --baseline, when some compared run has pass@1 (maj@k): its paired difference, after the paired columns
+_PAIRED_PASS_COLUMN = "pass@1 Δ (pts)"
 _TEXT_COLUMNS = ("run", "task", "method", "model", "compute")
 
 
 def columns(rows: Sequence[ReportRow]) -> list[str]:
-    """The report's column names: the paired columns only when some row was compared with a baseline."""
+    """The report's column names: the paired columns only when some row was compared with a baseline, the pass@1
+    one only when some compared row has a paired pass@1 difference."""
     cols = list(_COLUMNS)
     if any(r.paired is not None or r.is_baseline for r in rows):
         at = cols.index("pass@1 95% CI") + 1
         cols[at:at] = _PAIRED_COLUMNS
+        if any(r.paired_pass_at_1 is not None for r in rows):
+            cols.insert(at + len(_PAIRED_COLUMNS), _PAIRED_PASS_COLUMN)
     return cols
 
 
@@ -44,22 +49,27 @@ def _fmt_ci(interval) -> str:
     return "n/a" if interval is None else f"[{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
 
 
-def _paired_cells(row: ReportRow) -> list[str]:
-    if row.is_baseline:
-        return ["baseline", "", ""]
-    p = row.paired
-    if p is None:
-        return ["n/a", "n/a", "n/a"]
+def _fmt_difference(p) -> str:
     iv = p.interval
+    return f"{100 * p.difference:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]"
+
+
+def _paired_cells(row: ReportRow, with_pass: bool) -> list[str]:
+    if row.is_baseline:
+        return ["baseline", "", ""] + ([""] if with_pass else [])
+    p = row.paired
+    pass_cell = ([_fmt_difference(row.paired_pass_at_1) if row.paired_pass_at_1 is not None else "n/a"]
+                 if with_pass else [])
+    if p is None:
+        return ["n/a", "n/a", "n/a"] + pass_cell
     q = p.sign_test_p
     sign = "<0.001" if q < 0.001 else f"{q:.3f}" if q < 0.1 else f"{q:.2f}"
-    return [f"{100 * p.difference:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]", f"{p.won}/{p.lost}/{p.tied}",
-            sign]
+    return [_fmt_difference(p), f"{p.won}/{p.lost}/{p.tied}", sign] + pass_cell
 
 
-def row_cells(row: ReportRow, paired: bool = False) -> list[str]:
+def row_cells(row: ReportRow, paired: bool = False, paired_pass: bool = False) -> list[str]:
     """The table cells of one row, in the order of :func:`columns` (``~`` marks an estimate; ``paired``: with
-    the columns of a ``--baseline`` comparison)."""
+    the columns of a ``--baseline`` comparison; ``paired_pass``: with its pass@1 column too)."""
     est = row.estimated
     wall = "n/a" if row.wall_seconds is None else f"{row.wall_seconds:.1f}"
     if row.wall_seconds is not None and row.wall_shared_by > 1:
@@ -67,7 +77,7 @@ def row_cells(row: ReportRow, paired: bool = False) -> list[str]:
     return [
         row.run, row.task, row.label, row.model, "n/a" if row.n_questions is None else str(row.n_questions),
         _fmt_pct(row.accuracy), _fmt_ci(row.accuracy_ci), _fmt_pct(row.pass_at_1), _fmt_ci(row.pass_at_1_ci),
-        *(_paired_cells(row) if paired else []),
+        *(_paired_cells(row, paired_pass) if paired else []),
         _fmt_count(row.llm_token_forwards, est), _fmt_count(row.verifier_token_forwards, False),
         _fmt_count(row.total_token_forwards, est),
         _fmt_count(row.per_question(row.llm_token_forwards), est),
@@ -77,6 +87,10 @@ def row_cells(row: ReportRow, paired: bool = False) -> list[str]:
         wall, "n/a" if row.decode_seconds is None else f"{row.decode_seconds:.1f}",
         row.compute_source + (" (estimated)" if est else ""),
     ]
+
+
+def _flags(cols: Sequence[str]) -> dict[str, bool]:
+    return {"paired": _PAIRED_COLUMNS[0] in cols, "paired_pass": _PAIRED_PASS_COLUMN in cols}
 
 
 def rich_table(rows: Sequence[ReportRow]):
@@ -89,7 +103,7 @@ def rich_table(rows: Sequence[ReportRow]):
     for name in cols:
         table.add_column(name, justify="left" if name in _TEXT_COLUMNS else "right", overflow="fold")
     for row in rows:
-        table.add_row(*row_cells(row, paired=len(cols) > len(_COLUMNS)))
+        table.add_row(*row_cells(row, **_flags(cols)))
     return table
 
 
@@ -101,6 +115,9 @@ def _legend(rows: Sequence[ReportRow]) -> str:
                  f"with its 95% bootstrap interval over questions ({p.resamples:,} resamples, seed {p.seed}); "
                  "won/lost/tied: questions where the run scored higher than the baseline, lower, the same; "
                  "sign test p: exact two-sided sign test of won vs lost (exact McNemar for 0/1 scores).")
+    if any(r.paired_pass_at_1 is not None for r in rows):
+        text += (" pass@1 Δ: the same paired difference for pass@1 (the mean accuracy of a question's samples), "
+                 "the per-sample effect under the vote.")
     return text
 
 
@@ -114,7 +131,7 @@ def markdown_table(rows: Sequence[ReportRow]) -> str:
     align = ["---" if c in _TEXT_COLUMNS else "---:" for c in cols]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(esc(c) for c in row_cells(row, paired=len(cols) > len(_COLUMNS))) + " |")
+        lines.append("| " + " | ".join(esc(c) for c in row_cells(row, **_flags(cols))) + " |")
     lines += ["", "fwd = token forwards (tokens fed through the model), /q = per question, ~ = estimated from the "
               "logged samples (no trace); flips/q = steps where the verifier changed the LLM's top token, per "
               "question (all k samples; from the trace). Wall time is lm-eval's total_evaluation_time_seconds of "
