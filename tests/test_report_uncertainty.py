@@ -198,8 +198,12 @@ def test_baseline_pairs_pass_at_1_of_maj_runs(tmp_path):
     md = rep.markdown.read_text()
     assert "| pass@1 Δ (pts) |" in md and "pass@1 Δ: the same paired difference for pass@1" in md
     iv = want.interval
-    cell = f"| {100 * want.difference:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}] |"
-    assert cell in md.splitlines()[[i for i, l in enumerate(md.splitlines()) if "llm2_maj8" in l][0]]
+    table = [line.strip("|").split(" | ") for line in md.splitlines() if line.startswith("| ")]
+    header, cells = table[0], {t[0].strip(): t for t in table[1:]}
+    assert all(len(t) == len(header) for t in table)
+    at = [h.strip() for h in header].index("pass@1 Δ (pts)")
+    assert cells["llm2_maj8"][at] == f"{100 * want.difference:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]"
+    assert cells["maj8"][at].strip() == ""  # the baseline's own row
     data = json.loads(rep.json.read_text())
     by = {x["run"]: x for x in data["rows"]}
     assert by["llm2_maj8"]["paired_pass_at_1"]["won"] == want.won and by["maj8"]["paired_pass_at_1"] is None

@@ -6,7 +6,7 @@
   interval is computed from the results' accuracy and question count.
 - :func:`add_paired`: ``llm2 report RUN... --baseline RUN_DIR``: for every other run of a task the baseline ran,
   the difference in accuracy on the same questions (matched by lm-eval's ``doc_id``), its paired bootstrap
-  interval and the questions won, lost and tied.
+  interval and the questions won, lost and tied; for self-consistency runs, the same for pass@1.
 """
 
 from __future__ import annotations
@@ -125,12 +125,18 @@ def add_paired(
         try:
             r.paired = paired_difference(r.scores_by_doc, b.scores_by_doc, baseline=b.run,
                                          resamples=resamples, seed=seed)
-            if r.pass_at_1_by_doc and b.pass_at_1_by_doc:
-                r.paired_pass_at_1 = paired_difference(r.pass_at_1_by_doc, b.pass_at_1_by_doc, baseline=b.run,
-                                                       resamples=resamples, seed=seed)
         except ValueError as err:
             raise ReportError(f"--baseline: {r.run} / {r.task} and {b.run} scored {err}: pair runs of the same "
                               "questions (same --limit / --samples)") from err
+        if r.pass_at_1_by_doc and b.pass_at_1_by_doc:
+            try:
+                r.paired_pass_at_1 = paired_difference(r.pass_at_1_by_doc, b.pass_at_1_by_doc, baseline=b.run,
+                                                       resamples=resamples, seed=seed)
+            except ValueError as err:  # the same questions, but pass@1 missing from some samples
+                raise ReportError(f"--baseline: {r.run} / {r.task} and {b.run} have pass@1 for {err}: their "
+                                  "samples files are incomplete") from err
+        elif bool(r.pass_at_1_by_doc) != bool(b.pass_at_1_by_doc):
+            r.notes.append(f"no paired pass@1: only {r.run if r.pass_at_1_by_doc else b.run} has per-question pass@1")
         compared += 1
     if not compared:
         raise ReportError(f"--baseline {baseline}: no other run has one of its tasks ({', '.join(sorted(by_task))})")

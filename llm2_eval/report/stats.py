@@ -158,7 +158,8 @@ def doc_order(ids: Iterable) -> list:
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Accuracy of a run minus that of a baseline on the same n questions (fractions; +0.03 = 3 points better).
+    """A score (accuracy, or pass@1) of a run minus that of a baseline on the same n questions (fractions; +0.03 =
+    3 points better).
 
     ``won``: questions where the run scored higher than the baseline, ``lost``: lower, ``tied``: equal
     (for 0/1 scores: right where the baseline was wrong, and the reverse). ``sign_test_p``: the exact two-sided sign
@@ -199,8 +200,8 @@ def paired_difference(
     scores: Mapping[str, float], baseline_scores: Mapping[str, float], *, baseline: str = "baseline",
     resamples: int = RESAMPLES, seed: int = SEED, confidence: float = CONFIDENCE,
 ) -> PairedDifference:
-    """Paired difference in accuracy between a run and a baseline on the same questions, with its percentile
-    bootstrap interval over questions.
+    """Paired difference in a per-question score (accuracy, or pass@1) between a run and a baseline on the same
+    questions, with its percentile bootstrap interval over questions.
 
     With ``d_i = score_i - baseline_score_i`` per question (keyed by lm-eval's ``doc_id``), the difference is
     ``mean(d)``; the interval resamples the n questions with replacement (``resamples`` times, numpy PCG64

@@ -117,7 +117,8 @@ def _legend(rows: Sequence[ReportRow]) -> str:
                  "sign test p: exact two-sided sign test of won vs lost (exact McNemar for 0/1 scores).")
     if any(r.paired_pass_at_1 is not None for r in rows):
         text += (" pass@1 Δ: the same paired difference for pass@1 (the mean accuracy of a question's samples), "
-                 "the per-sample effect under the vote.")
+                 "the per-sample effect under the vote (its won/lost/tied and sign test: paired_pass_at_1 in "
+                 "report.json).")
     return text
 
 
