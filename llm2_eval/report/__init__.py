@@ -140,7 +140,8 @@ def report_command(run_dirs: tuple[Path, ...], output: Path, tokenizer: str | No
     Prints one row per (run, task): method (greedy, LLM2, maj@k, LLM2+maj@k), accuracy with its 95% interval,
     LLM and verifier token forwards (from the llm2 model's trace=; estimated from the logged samples otherwise,
     marked ~) and wall time; with --baseline, each run's paired difference in accuracy to the baseline on the
-    same questions (and of pass@1, for maj@k runs). Writes report.md, report.json and accuracy_vs_compute.png into --output.
+    same questions (and of pass@1, for maj@k runs). Writes report.md, report.json and accuracy_vs_compute.png
+    into --output.
     """
     from rich.console import Console
 
