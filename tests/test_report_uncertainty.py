@@ -169,15 +169,26 @@ def test_pass_at_1_interval_and_no_samples_fallback(tmp_path):
     assert any("no samples" in n for n in by["nos"].notes)
 
 
-def maj_run(tmp_path, name, pass1, model_args="pretrained=/x"):
-    """A maj@8 run whose question i has pass@1 ``pass1[i]`` (in eighths) and a right vote when it is >= 1/2."""
+def maj_task(pass1):
+    """A maj@8 task whose question i has pass@1 ``pass1[i]`` (in eighths) and a right vote when it is >= 1/2."""
     lines = [{"doc_id": i, "arguments": {}, "resps": [["a"] * 8], "filter": "none",
               "metrics": ["maj_at_k", "pass_at_1"], "maj_at_k": float(v >= 0.5), "pass_at_1": v}
              for i, v in pass1.items()]
-    return make_run(tmp_path, name, "llm2", model_args, {"gsm8k_llm2_maj": {
+    return {"gsm8k_llm2_maj": {
         "results": {"maj_at_k,none": sum(v >= 0.5 for v in pass1.values()) / len(pass1),
                     "pass_at_1,none": sum(pass1.values()) / len(pass1)},
-        "repeats": 8, "do_sample": True, "samples": lines}})
+        "repeats": 8, "do_sample": True, "samples": lines}}
+
+
+def maj_run(tmp_path, name, pass1, model_args="pretrained=/x"):
+    return make_run(tmp_path, name, "llm2", model_args, maj_task(pass1))
+
+
+def markdown_cells(md: str) -> tuple[list[str], dict[tuple[str, str], list[str]]]:
+    """The header and the cells by (run, task) of a report.md table; every line must have the header's width."""
+    table = [[c.strip() for c in line.strip("|").split(" | ")] for line in md.splitlines() if line.startswith("| ")]
+    assert all(len(t) == len(table[0]) for t in table)
+    return table[0], {(t[0], t[1]): t for t in table[1:]}
 
 
 def test_baseline_pairs_pass_at_1_of_maj_runs(tmp_path):
@@ -198,15 +209,35 @@ def test_baseline_pairs_pass_at_1_of_maj_runs(tmp_path):
     md = rep.markdown.read_text()
     assert "| pass@1 Δ (pts) |" in md and "pass@1 Δ: the same paired difference for pass@1" in md
     iv = want.interval
-    table = [line.strip("|").split(" | ") for line in md.splitlines() if line.startswith("| ")]
-    header, cells = table[0], {t[0].strip(): t for t in table[1:]}
-    assert all(len(t) == len(header) for t in table)
-    at = [h.strip() for h in header].index("pass@1 Δ (pts)")
-    assert cells["llm2_maj8"][at] == f"{100 * want.difference:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]"
-    assert cells["maj8"][at].strip() == ""  # the baseline's own row
+    header, cells = markdown_cells(md)
+    at = header.index("pass@1 Δ (pts)")
+    maj = "gsm8k_llm2_maj"
+    assert cells["llm2_maj8", maj][at] == f"{100 * want.difference:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]"
+    assert cells["maj8", maj][at] == ""  # the baseline's own row
     data = json.loads(rep.json.read_text())
     by = {x["run"]: x for x in data["rows"]}
     assert by["llm2_maj8"]["paired_pass_at_1"]["won"] == want.won and by["maj8"]["paired_pass_at_1"] is None
+
+
+def test_baseline_with_a_greedy_and_a_maj_task_fills_every_cell(tmp_path):
+    """One baseline run of two tasks (greedy and maj@8): the greedy rows get "n/a" under pass@1 Δ, not a shifted row."""
+    base_pass = {i: (i % 9) / 8 for i in range(20)}
+    run_pass = {i: min(1.0, v + 0.125) for i, v in base_pass.items()}
+    base = make_run(tmp_path, "base", "llm2", "pretrained=/x", {
+        TASK: {"results": {"exact_match,none": 0.8}, "repeats": 1, "do_sample": False, "samples": em_samples(BASE)},
+        **maj_task(base_pass)})
+    run = make_run(tmp_path, "run", "llm2", "pretrained=/x,verifier=/v,beta=1", {
+        TASK: {"results": {"exact_match,none": 0.9}, "repeats": 1, "do_sample": False, "samples": em_samples(LLM2)},
+        **maj_task(run_pass)})
+    rep = write_report([run], tmp_path / "out", baseline=base)
+    by = {(r.run, r.task): r for r in rep.rows}
+    assert by["run", TASK].paired is not None and by["run", TASK].paired_pass_at_1 is None
+    assert by["run", "gsm8k_llm2_maj"].paired_pass_at_1.difference > 0
+    header, cells = markdown_cells(rep.markdown.read_text())
+    at = header.index("pass@1 Δ (pts)")
+    assert cells["run", TASK][at] == "n/a" and cells["base", TASK][at] == ""
+    assert cells["run", TASK][header.index("won/lost/tied")] == "8/3/39"
+    assert cells["run", "gsm8k_llm2_maj"][at].startswith("+")
 
 
 def test_baseline_cli_table_json_and_determinism(pair, tmp_path):
