@@ -220,7 +220,7 @@ def test_baseline_pairs_pass_at_1_of_maj_runs(tmp_path):
 
 
 def test_baseline_with_a_greedy_and_a_maj_task_fills_every_cell(tmp_path):
-    """One baseline run of two tasks (greedy and maj@8): the greedy rows get "n/a" under pass@1 Δ, not a shifted row."""
+    """One baseline run of two tasks (greedy and maj@8): greedy rows get "n/a" under pass@1 Δ, not a shifted row."""
     base_pass = {i: (i % 9) / 8 for i in range(20)}
     run_pass = {i: min(1.0, v + 0.125) for i, v in base_pass.items()}
     base = make_run(tmp_path, "base", "llm2", "pretrained=/x", {
