@@ -146,29 +146,6 @@ def test_intervals_on_rows(pair):
     assert by["greedy"].pass_at_1_ci is None
 
 
-def test_pass_at_1_interval_and_no_samples_fallback(tmp_path):
-    values = [0.0, 0.125, 1.0, 0.375, 0.875, 0.25, 0.625, 0.5, 0.75, 1.0, 0.0, 0.125]
-    pass1 = dict(enumerate(values))  # 12 questions: "10" < "2" as text, so the two orders differ
-    lines = [{"doc_id": i, "arguments": {}, "resps": [["a"] * 8], "filter": "none",
-              "metrics": ["maj_at_k", "pass_at_1"], "maj_at_k": float(pass1[i] >= 0.5), "pass_at_1": pass1[i]}
-             for i in (7, 11, 0, 3, 10, 1, 9, 2, 5, 8, 4, 6)]  # the file in neither order
-    maj = make_run(tmp_path, "maj", "hf", "pretrained=/x", {"gsm8k_llm2_maj": {
-        "results": {"maj_at_k,none": 6 / 12, "pass_at_1,none": sum(values) / 12}, "repeats": 8,
-        "do_sample": True, "samples": lines}})
-    nosamples = em_run(tmp_path, "nos", BASE, samples=False)
-    rows = collect_rows([maj, nosamples])
-    add_intervals(rows, seed=5)
-    by = {r.run: r for r in rows}
-    assert by["maj"].accuracy_ci == wilson_interval(6, 12)
-    # questions in numeric doc order, the order paired_difference uses too, not as text or as the file has them
-    as_text = bootstrap_mean_interval([pass1[int(k)] for k in sorted(map(str, pass1))], seed=5)
-    assert by["maj"].pass_at_1_ci == bootstrap_mean_interval(values, seed=5) != as_text
-    assert by["maj"].pass_at_1_ci.contains(sum(values) / 12)
-    # no samples: Wilson from the results' accuracy and n-samples' question count, with a note
-    assert by["nos"].accuracy_ci == wilson_interval(40, 50)
-    assert any("no samples" in n for n in by["nos"].notes)
-
-
 def maj_task(pass1):
     """A maj@8 task whose question i has pass@1 ``pass1[i]`` (in eighths) and a right vote when it is >= 1/2."""
     lines = [{"doc_id": i, "arguments": {}, "resps": [["a"] * 8], "filter": "none",
@@ -189,6 +166,25 @@ def markdown_cells(md: str) -> tuple[list[str], dict[tuple[str, str], list[str]]
     table = [[c.strip() for c in line.strip("|").split(" | ")] for line in md.splitlines() if line.startswith("| ")]
     assert all(len(t) == len(table[0]) for t in table)
     return table[0], {(t[0], t[1]): t for t in table[1:]}
+
+
+def test_pass_at_1_interval_and_no_samples_fallback(tmp_path):
+    values = [0.0, 0.125, 1.0, 0.375, 0.875, 0.25, 0.625, 0.5, 0.75, 1.0, 0.0, 0.125]
+    pass1 = dict(enumerate(values))  # 12 questions: "10" < "2" as text, so the two orders differ
+    in_file = {i: pass1[i] for i in (7, 11, 0, 3, 10, 1, 9, 2, 5, 8, 4, 6)}  # the file in neither order
+    maj = make_run(tmp_path, "maj", "hf", "pretrained=/x", maj_task(in_file))
+    nosamples = em_run(tmp_path, "nos", BASE, samples=False)
+    rows = collect_rows([maj, nosamples])
+    add_intervals(rows, seed=5)
+    by = {r.run: r for r in rows}
+    assert by["maj"].accuracy_ci == wilson_interval(6, 12)
+    # questions in numeric doc order, the order paired_difference uses too, not as text or as the file has them
+    as_text = bootstrap_mean_interval([pass1[int(k)] for k in sorted(map(str, pass1))], seed=5)
+    assert by["maj"].pass_at_1_ci == bootstrap_mean_interval(values, seed=5) != as_text
+    assert by["maj"].pass_at_1_ci.contains(sum(values) / 12)
+    # no samples: Wilson from the results' accuracy and n-samples' question count, with a note
+    assert by["nos"].accuracy_ci == wilson_interval(40, 50)
+    assert any("no samples" in n for n in by["nos"].notes)
 
 
 def test_baseline_pairs_pass_at_1_of_maj_runs(tmp_path):
